@@ -1,0 +1,1 @@
+"""Hand GGUFs to Ollama, LM Studio, KoboldCpp and the Hugging Face Hub."""

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Install qwythos, with a llama-cpp-python build that cannot hit the AMX crash.
+#
+#   bash install.sh            # what a user runs
+#   bash install.sh dev,ref    # + test, lint and reference-check tools (torch, transformers)
+#
+# Why: a native llama.cpp build on a CPU that reports AMX (many cloud VMs) uses ggml's AMX matmul
+# for quantized weights and dies with SIGILL/SIGSEGV where the VM does not really support AMX.
+# Building with -mno-amx-* keeps every other native instruction set (AVX-512, VNNI ...) at full
+# speed. Set QWYTHOS_ALLOW_AMX=1 to keep AMX (bare-metal Sapphire Rapids and newer).
+# The wheel is built once and kept in ~/.cache/qwythos/wheels; the unpacked source distribution
+# stays in ~/.cache/qwythos/src (its llama.cpp converter is the reference our tests compare with).
+set -euo pipefail
+
+LLAMA_VERSION=0.3.36
+PY=${PYTHON:-python3}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+EXTRAS=${1:-}
+CACHE=${QWYTHOS_CACHE:-$HOME/.cache/qwythos}
+FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+[ "${QWYTHOS_ALLOW_AMX:-0}" = 1 ] && FLAGS=""
+TAG=$(printf '%s' "$FLAGS" | sha256sum | cut -c1-8)
+SRC=$CACHE/src
+WHEELS=$CACHE/wheels/llama-cpp-python-$LLAMA_VERSION-$TAG
+SDIST=$SRC/llama_cpp_python-$LLAMA_VERSION.tar.gz
+
+mkdir -p "$SRC" "$WHEELS"
+if [ ! -f "$SDIST" ]; then
+  echo "== downloading the llama-cpp-python $LLAMA_VERSION source distribution"
+  "$PY" -m pip download --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_VERSION" -d "$SRC"
+fi
+[ -d "$SRC/llama_cpp_python-$LLAMA_VERSION" ] || tar -xzf "$SDIST" -C "$SRC"
+
+WHEEL=$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
+if [ -z "$WHEEL" ]; then
+  echo "== building llama-cpp-python $LLAMA_VERSION (native, C/C++ flags: ${FLAGS:-none}); about 4 minutes on 2 cores"
+  CMAKE_ARGS="-DCMAKE_C_FLAGS='$FLAGS' -DCMAKE_CXX_FLAGS='$FLAGS' ${CMAKE_ARGS:-}" \
+    "$PY" -m pip wheel --no-deps --no-cache-dir "$SDIST" -w "$WHEELS.partial"
+  mv "$WHEELS.partial"/*.whl "$WHEELS"/ && rmdir "$WHEELS.partial"
+  WHEEL=$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)
+fi
+echo "== installing $WHEEL"
+"$PY" -m pip install -q "$WHEEL"
+"$PY" -m pip install -q --no-deps --force-reinstall "$WHEEL"
+
+if [[ ",$EXTRAS," == *",ref,"* ]] && ! "$PY" -c "import torch" 2>/dev/null; then
+  # A CPU build; a bare `torch` requirement would pull a multi-GB CUDA build.
+  "$PY" -m pip install -q "torch==2.13.0"
+fi
+echo "== installing qwythos${EXTRAS:+[$EXTRAS]}"
+"$PY" -m pip install -q -e "$HERE${EXTRAS:+[$EXTRAS]}"
+"$PY" -m qwythos.runtime.probe --quiet || {
+  echo "warning: the llama.cpp build failed its crash probe; run 'qwythos doctor'" >&2
+}
+echo "== done: try 'qwythos doctor' and 'qwythos demo'"

@@ -1,0 +1,1 @@
+"""Finding, grafting and validating the multi-token-prediction (nextn) head."""

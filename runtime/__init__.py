@@ -1,0 +1,1 @@
+"""llama-cpp-python handles, the MTP speculative loop, sampling, chat and bench."""

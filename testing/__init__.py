@@ -1,0 +1,1 @@
+"""Builders of small models for tests and demos (need the dev extra)."""
