@@ -1,0 +1,298 @@
+"""Reading a Hugging Face checkpoint folder (config, tokenizer files, safetensors) without torch.
+
+Safetensors headers are parsed here (8-byte length, JSON header, raw data) and validated before any
+byte is used: a truncated or corrupt file, a shard missing from the index, or a tensor whose data
+lies beyond the end of its file ends in a `QwythosError` naming the file. Tensor data is reached by
+file offset, so the converter can copy bytes straight from the source file (no Python objects), or
+memory-map / read one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qwythos.errors import QwythosError
+
+# safetensors dtype -> (numpy dtype used to view the raw bytes, bytes per element)
+ST_DTYPES: dict[str, tuple[str, int]] = {
+    "BF16": ("<u2", 2),  # viewed as uint16; converted explicitly where needed
+    "F16": ("<f2", 2),
+    "F32": ("<f4", 4),
+    "F64": ("<f8", 8),
+    "I8": ("i1", 1),
+    "U8": ("u1", 1),
+    "I16": ("<i2", 2),
+    "I32": ("<i4", 4),
+    "I64": ("<i8", 8),
+    "BOOL": ("?", 1),
+}
+
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
+HUB_PATTERNS = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+]
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes lie: file, absolute byte offset, length; dtype and shape."""
+
+    name: str
+    dtype: str  # safetensors dtype string, e.g. "BF16"
+    shape: tuple[int, ...]
+    file: Path
+    offset: int  # absolute offset of the first data byte in `file`
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Checkpoint:
+    """A validated checkpoint folder. Tensors are listed in llama.cpp's converter order:
+    shard files in sorted order, names sorted within each shard."""
+
+    path: Path
+    config: dict[str, Any]
+    files: list[Path]
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    hub_id: str | None = None
+
+    def tensor_names(self) -> list[str]:
+        return list(self.tensors)
+
+    def tensor_info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise QwythosError(
+                f"tensor {name} is not in the checkpoint {self.path}", "check that the folder is complete"
+            ) from None
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as a read-only memory-mapped array (BF16 viewed as uint16)."""
+        info = self.tensor_info(name)
+        np_dtype = np.dtype(ST_DTYPES[info.dtype][0])
+        if info.nbytes == 0:
+            return np.zeros(info.shape, dtype=np_dtype)
+        return np.memmap(info.file, dtype=np_dtype, mode="r", offset=info.offset, shape=info.shape)
+
+    def read_copy(self, name: str) -> np.ndarray:
+        """The tensor read into memory with one pread (no mapping kept alive; BF16 as uint16)."""
+        info = self.tensor_info(name)
+        np_dtype = np.dtype(ST_DTYPES[info.dtype][0])
+        buf = bytearray(info.nbytes)
+        with open(info.file, "rb") as f:
+            f.seek(info.offset)
+            got = f.readinto(buf)
+        if got != info.nbytes:
+            raise QwythosError(f"{info.file} is truncated (tensor {name})", "download the file again")
+        return np.frombuffer(buf, dtype=np_dtype).reshape(info.shape)
+
+    def read_f32(self, name: str) -> np.ndarray:
+        """The tensor as float32 (exact for BF16/F16/F32 sources)."""
+        return to_f32(self.read_copy(name), self.tensor_info(name).dtype)
+
+
+def to_f32(arr: np.ndarray, st_dtype: str) -> np.ndarray:
+    """Widen a raw safetensors array to float32; BF16 (uint16 view) is shifted into the high half."""
+    if st_dtype == "BF16":
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.astype(np.float32)
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise QwythosError(
+            f"{path} is not valid JSON ({e.msg}, line {e.lineno})", f"repair or re-download the {what}"
+        ) from e
+    except OSError as e:
+        raise QwythosError(f"cannot read {path}: {e.strerror}", f"check the {what} file") from e
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse and validate one safetensors file's header. Tensors come back sorted by name."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise QwythosError(
+                    f"{path} is truncated (shorter than a safetensors header)", "download the file again"
+                )
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > MAX_HEADER_BYTES or 8 + hlen > size:
+                raise QwythosError(
+                    f"{path} is truncated or corrupt: its header claims {hlen} bytes but the file has {size}",
+                    "download the file again",
+                )
+            raw = f.read(hlen)
+    except OSError as e:
+        raise QwythosError(f"cannot read {path}: {e.strerror}", "check the file and its permissions") from e
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise QwythosError(
+            f"{path} is corrupt: the safetensors header is not valid JSON ({e})", "download the file again"
+        ) from e
+    data_start = 8 + hlen
+    data_len = size - data_start
+    out: dict[str, TensorInfo] = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = meta["dtype"]
+            shape = tuple(int(d) for d in meta["shape"])
+            begin, end = (int(x) for x in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise QwythosError(
+                f"{path} is corrupt: bad header entry for tensor {name}", "download the file again"
+            ) from e
+        if dtype not in ST_DTYPES:
+            raise QwythosError(
+                f"{path}: tensor {name} has unsupported dtype {dtype}", "use a BF16, F16 or F32 checkpoint"
+            )
+        numel = 1
+        for d in shape:
+            numel *= d
+        if end < begin or end - begin != numel * ST_DTYPES[dtype][1]:
+            raise QwythosError(
+                f"{path} is corrupt: tensor {name} has {end - begin} bytes for shape {list(shape)} {dtype}",
+                "download the file again",
+            )
+        if end > data_len:
+            raise QwythosError(
+                f"{path} is truncated: tensor {name} ends at byte {data_start + end} but the file has {size}",
+                "download the file again (the copy is incomplete)",
+            )
+        out[name] = TensorInfo(name, dtype, shape, path, data_start + begin, end - begin)
+    return dict(sorted(out.items()))
+
+
+def _shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The safetensors files to read (sorted, as llama.cpp does), and the index's weight map if any."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        data = _load_json(index, "index")
+        wmap = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(wmap, dict) or not wmap:
+            raise QwythosError(f"{index} has no weight_map", "re-download the index file")
+        names = sorted(set(wmap.values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise QwythosError(
+                f"{folder / missing[0]} is missing (named in {index.name}; {len(missing)} shard(s) missing in all)",
+                "download the missing shards into the folder",
+            )
+        return [folder / n for n in names], wmap
+    files = sorted(p for p in folder.glob("model*.safetensors") if p.is_file())
+    return files, None
+
+
+def _looks_like_hub_id(src: str) -> bool:
+    return bool(HUB_ID_RE.match(src)) and not src.startswith((".", "/", "~"))
+
+
+def download_from_hub(repo_id: str) -> Path:
+    """Download only config, tokenizer and safetensors files of a Hub repo; a clear message offline."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise QwythosError("huggingface-hub is not installed", "pip install huggingface-hub") from e
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # noqa: BLE001 - the hub raises many kinds; all mean "could not get it"
+        kind = type(e).__name__
+        offline = (
+            os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or "Offline" in kind or "LocalEntry" in kind
+        )
+        if offline or "Connection" in kind or "Timeout" in kind:
+            raise QwythosError(
+                f"cannot download {repo_id} from the Hugging Face Hub: offline or the Hub is unreachable, "
+                "and no complete copy is cached",
+                "connect to the network (and unset HF_HUB_OFFLINE), or pass a local folder",
+            ) from None
+        if "RepositoryNotFound" in kind or "GatedRepo" in kind or "401" in str(e) or "404" in str(e):
+            raise QwythosError(
+                f"{repo_id} was not found on the Hugging Face Hub (or needs a login)",
+                "check the repo id, or run `huggingface-cli login`",
+            ) from None
+        raise QwythosError(
+            f"downloading {repo_id} failed: {kind}: {e}", "try again, or pass a local folder"
+        ) from None
+
+
+def resolve_source(src: str | Path) -> tuple[Path, str | None]:
+    """A local folder, or a Hub repo id downloaded to the local cache."""
+    p = Path(src).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise QwythosError(
+                f"{p} is a file, not a checkpoint folder", "pass the folder holding config.json"
+            )
+        return p, None
+    if _looks_like_hub_id(str(src)):
+        return download_from_hub(str(src)), str(src)
+    raise QwythosError(
+        f"{p} does not exist", "pass a checkpoint folder or a Hugging Face repo id (owner/name)"
+    )
+
+
+def open_checkpoint(src: str | Path) -> Checkpoint:
+    """Open and validate a checkpoint folder (or Hub repo id)."""
+    folder, hub_id = resolve_source(src)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise QwythosError(f"{folder} has no config.json", "pass the folder of a Hugging Face checkpoint")
+    config = _load_json(cfg_path, "config")
+    if not isinstance(config, dict):
+        raise QwythosError(f"{cfg_path} is not a JSON object", "re-download config.json")
+    files, wmap = _shard_files(folder)
+    if not files:
+        raise QwythosError(f"{folder} has no *.safetensors weights", "download the model's safetensors files")
+    tensors: dict[str, TensorInfo] = {}
+    for f in files:
+        for name, info in read_safetensors_header(f).items():
+            if name in tensors:
+                raise QwythosError(
+                    f"tensor {name} appears in both {tensors[name].file.name} and {f.name}",
+                    "remove the stray file",
+                )
+            tensors[name] = info
+    if wmap is not None:
+        missing = sorted(set(wmap) - set(tensors))
+        if missing:
+            shard = folder / wmap[missing[0]]
+            raise QwythosError(
+                f"{shard} lacks tensor {missing[0]} listed in model.safetensors.index.json ({len(missing)} missing)",
+                "download that shard again",
+            )
+    return Checkpoint(path=folder, config=config, files=files, tensors=tensors, hub_id=hub_id)

@@ -1,0 +1,174 @@
+"""Shared pytest fixtures. Each helper owns one marked block; edit only your own block."""
+
+from __future__ import annotations
+
+import pytest
+
+
+# ---- fixtures: base (fixtures helper)
+@pytest.fixture(scope="session")
+def tiny_mtp_dir(tmp_path_factory):
+    """Tiny Qwen3.5 HF folder in the base-model layout: config with one MTP layer + mtp.* tensors."""
+    from qwythos.testing.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-mtp"), variant="mtp")
+
+
+@pytest.fixture(scope="session")
+def tiny_nomtp_dir(tmp_path_factory):
+    """Tiny Qwen3.5 HF folder without any MTP layer (config and tensors)."""
+    from qwythos.testing.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-nomtp"), variant="no-mtp")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwythos_dir(tmp_path_factory):
+    """Tiny folder shaped like the Qwythos release: config promises 1 MTP layer, no mtp.* tensors."""
+    from qwythos.testing.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwythos"), variant="qwythos")
+
+
+# ---- end: base
+
+
+# ---- fixtures: converter (converter helper)
+@pytest.fixture(scope="session")
+def tiny_mtp_gguf(tiny_mtp_dir, tmp_path_factory):
+    """Our converter's BF16 GGUF of tiny_mtp_dir, MTP head included (blk.N.nextn.*)."""
+    from qwythos.quantize.convert import convert
+
+    return convert(tiny_mtp_dir, tmp_path_factory.mktemp("conv-mtp") / "tiny-mtp-BF16.gguf").output
+
+
+@pytest.fixture(scope="session")
+def tiny_trunk_gguf(tiny_mtp_dir, tmp_path_factory):
+    """The same checkpoint converted without its head (what the Qwythos release converts to)."""
+    from qwythos.quantize.convert import convert
+
+    out = tmp_path_factory.mktemp("conv-trunk") / "tiny-trunk-BF16.gguf"
+    return convert(tiny_mtp_dir, out, mtp=False).output
+
+
+# ---- end: converter
+
+
+# ---- fixtures: export (export helper)
+@pytest.fixture(scope="session")
+def export_real_gguf(request, tmp_path_factory):
+    """kind -> a real qwen35 GGUF for the export tests, built once per session.
+
+    "mtp" / "trunk": the converter's tiny_mtp_gguf / tiny_trunk_gguf when conftest has them, else
+    llama.cpp's reference converter on tiny_mtp_dir (with --no-mtp for "trunk").
+    "qwythos-ref": the reference converter's file for the Qwythos layout (declares a head it lacks).
+    """
+    cache: dict[str, object] = {}
+
+    def get(kind: str):
+        if kind in cache:
+            return cache[kind]
+        fixture = {"mtp": "tiny_mtp_gguf", "trunk": "tiny_trunk_gguf"}.get(kind)
+        if fixture:
+            try:
+                cache[kind] = request.getfixturevalue(fixture)
+                return cache[kind]
+            except pytest.FixtureLookupError:
+                pass
+        from qwythos.testing.reference import reference_available, run_reference_converter
+
+        if not reference_available():
+            pytest.skip("llama.cpp's reference converter is not available")
+        src = request.getfixturevalue("tiny_qwythos_dir" if kind == "qwythos-ref" else "tiny_mtp_dir")
+        out = tmp_path_factory.mktemp(f"export-{kind}") / f"tiny-{kind}-BF16.gguf"
+        extra = ["--no-mtp"] if kind == "trunk" else []
+        cache[kind] = run_reference_converter(src, out, extra_args=extra)
+        return cache[kind]
+
+    return get
+
+
+# ---- end: export
+
+
+# ---- fixtures: mtp (mtp helper)
+TRAINED_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "tiny-trained"
+OTHER_HEAD_DIR = TRAINED_DIR.with_name("tiny-trained-other")
+
+
+@pytest.fixture(scope="session")
+def mtp_fixture_ggufs(tiny_mtp_gguf, tiny_trunk_gguf):
+    """{"full": converter output with the head, "trunk": the same without it} for tiny_mtp_dir."""
+    return {"full": tiny_mtp_gguf, "trunk": tiny_trunk_gguf}
+
+
+@pytest.fixture(scope="session")
+def trained_dir():
+    """The committed trained tiny model (HF layout, with a working MTP head; scripts/train_tiny.py)."""
+    return TRAINED_DIR
+
+
+@pytest.fixture(scope="session")
+def other_head_dir():
+    """The head of a differently seeded training run (config, index and only the mtp.* shard)."""
+    return OTHER_HEAD_DIR
+
+
+@pytest.fixture(scope="session")
+def trained_ggufs(tmp_path_factory):
+    """{"full", "trunk", "separate", "wrong"} GGUFs of the trained model (wrong: other seed's head)."""
+    from qwythos.mtp.graft import restore
+    from qwythos.quantize.convert import convert
+
+    d = tmp_path_factory.mktemp("mtp-trained-gguf")
+    trunk = convert(TRAINED_DIR, d / "trained-trunk-BF16.gguf", mtp=False).output
+    return {
+        "full": convert(TRAINED_DIR, d / "trained-BF16.gguf").output,
+        "trunk": trunk,
+        "separate": restore(trunk, TRAINED_DIR, d / "mtp-trained-BF16.gguf", separate=True).output,
+        "wrong": restore(trunk, OTHER_HEAD_DIR, d / "trained-wrong-head.gguf").output,
+    }
+
+
+# ---- end: mtp
+
+
+# ---- fixtures: runtime (runtime helper)
+@pytest.fixture(scope="session")
+def rt_trained_gguf(tmp_path_factory):
+    """BF16 GGUF (with its trained MTP head) of the bundled data/tiny-trained model."""
+    from pathlib import Path
+
+    from qwythos.quantize.convert import convert
+
+    src = Path(__file__).resolve().parent.parent / "data" / "tiny-trained"
+    if not (src / "config.json").is_file():
+        pytest.skip("data/tiny-trained is not there yet")
+    return convert(src, tmp_path_factory.mktemp("rt-trained") / "tiny-trained-BF16.gguf").output
+
+
+@pytest.fixture(scope="session")
+def rt_trained_trunk_gguf(tmp_path_factory):
+    """The trained tiny model without its head."""
+    from pathlib import Path
+
+    from qwythos.quantize.convert import convert
+
+    src = Path(__file__).resolve().parent.parent / "data" / "tiny-trained"
+    if not (src / "config.json").is_file():
+        pytest.skip("data/tiny-trained is not there yet")
+    out = tmp_path_factory.mktemp("rt-trunk") / "tiny-trained-trunk-BF16.gguf"
+    return convert(src, out, mtp=False).output
+
+
+@pytest.fixture(scope="session")
+def rt_trained_model(rt_trained_gguf):
+    """The trained tiny model loaded once (with its MTP layer)."""
+    from qwythos.runtime.backend import load_model
+
+    m = load_model(rt_trained_gguf)
+    yield m
+    m.close()
+
+
+# ---- end: runtime

@@ -1,0 +1,324 @@
+"""qwythos convert on the tiny fixtures: structure, streaming fast path, bf16 rounding, every error."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import quantize as gguf_quantize
+
+from qwythos.errors import QwythosError
+from qwythos.quantize import qwen35
+from qwythos.quantize.checkpoint import open_checkpoint
+from qwythos.quantize.convert import RESTORE_HINT, convert
+
+
+def kv(reader: GGUFReader, key: str):
+    return reader.fields[key].contents()
+
+
+def names(reader: GGUFReader) -> list[str]:
+    return [t.name for t in reader.tensors]
+
+
+def text_cfg(folder: Path) -> dict:
+    c = json.loads((folder / "config.json").read_text())
+    return c.get("text_config", c)
+
+
+def copy_dir(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------- structure
+
+
+def test_mtp_gguf_has_nextn_block(tiny_mtp_dir: Path, tiny_mtp_gguf: Path) -> None:
+    r = GGUFReader(tiny_mtp_gguf)
+    n = text_cfg(tiny_mtp_dir)["num_hidden_layers"]
+    assert kv(r, "general.architecture") == "qwen35"
+    assert kv(r, "qwen35.block_count") == n + 1
+    assert kv(r, "qwen35.nextn_predict_layers") == 1
+    nextn = {x for x in names(r) if x.startswith(f"blk.{n}.nextn.")}
+    assert nextn == {f"blk.{n}.nextn.{t}.weight" for t in ("eh_proj", "enorm", "hnorm", "shared_head_norm")}
+    assert f"blk.{n}.attn_q.weight" in names(r)
+    rec = kv(r, "qwen35.attention.recurrent_layers")
+    assert len(rec) == n + 1 and rec[-1] is False
+    assert rec[:n] == [t == "linear_attention" for t in text_cfg(tiny_mtp_dir)["layer_types"]]
+    assert not any("visual" in x or x.startswith("v.") for x in names(r))
+    assert kv(r, "general.file_type") == 32
+
+
+def test_trunk_gguf_has_no_head(tiny_mtp_dir: Path, tiny_trunk_gguf: Path) -> None:
+    r = GGUFReader(tiny_trunk_gguf)
+    n = text_cfg(tiny_mtp_dir)["num_hidden_layers"]
+    assert kv(r, "qwen35.block_count") == n
+    assert "qwen35.nextn_predict_layers" not in r.fields
+    assert not any(".nextn." in x or x.startswith(f"blk.{n}.") for x in names(r))
+
+
+def test_tokenizer_metadata(tiny_mtp_dir: Path, tiny_mtp_gguf: Path) -> None:
+    r = GGUFReader(tiny_mtp_gguf)
+    tj = json.loads((tiny_mtp_dir / "tokenizer.json").read_text())
+    tc = json.loads((tiny_mtp_dir / "tokenizer_config.json").read_text())
+    assert kv(r, "tokenizer.ggml.model") == "gpt2"
+    assert kv(r, "tokenizer.ggml.pre") == "qwen35"
+    tokens = kv(r, "tokenizer.ggml.tokens")
+    types = kv(r, "tokenizer.ggml.token_type")
+    assert len(tokens) == text_cfg(tiny_mtp_dir)["vocab_size"] == len(types)
+    for a in tj["added_tokens"]:
+        assert tokens[a["id"]] == a["content"]
+        assert types[a["id"]] == (3 if a["special"] or a["content"].startswith("<|") else 4)
+    im_end = next(a["id"] for a in tj["added_tokens"] if a["content"] == "<|im_end|>")
+    assert kv(r, "tokenizer.ggml.eos_token_id") == im_end
+    assert kv(r, "tokenizer.ggml.add_bos_token") is False
+    tpl = tc.get("chat_template") or (tiny_mtp_dir / "chat_template.jinja").read_text()
+    assert kv(r, "tokenizer.chat_template") == tpl
+    assert len(kv(r, "tokenizer.ggml.merges")) == len(tj["model"]["merges"])
+
+
+def test_untransformed_tensors_are_byte_copies(tiny_mtp_dir: Path, tiny_mtp_gguf: Path) -> None:
+    ckpt = open_checkpoint(tiny_mtp_dir)
+    r = GGUFReader(tiny_mtp_gguf)
+    by_name = {t.name: t for t in r.tensors}
+    src = next(n for n in ckpt.tensor_names() if n.endswith("embed_tokens.weight"))
+    assert by_name["token_embd.weight"].data.tobytes() == ckpt.read(src).tobytes()
+    # a norm: stored as 1 + w in f32
+    norm = next(n for n in ckpt.tensor_names() if n.endswith("layers.0.input_layernorm.weight"))
+    got = np.asarray(by_name["blk.0.attn_norm.weight"].data)
+    np.testing.assert_array_equal(got, ckpt.read_f32(norm) + np.float32(1))
+
+
+def test_plan_mtp_only(tiny_mtp_dir: Path) -> None:
+    ckpt = open_checkpoint(tiny_mtp_dir)
+    cfg = qwen35.text_config_from(ckpt.config)
+    plans = qwen35.plan_tensors(ckpt, cfg, mtp_only=True)
+    assert plans and all(p.name.startswith(f"blk.{cfg.n_layer}.") for p in plans)
+    assert {p.name for p in plans} >= {
+        f"blk.{cfg.n_layer}.nextn.eh_proj.weight",
+        f"blk.{cfg.n_layer}.attn_q.weight",
+    }
+    trunk = qwen35.plan_tensors(ckpt, cfg, include_mtp=False)
+    assert not any(p.name.startswith(f"blk.{cfg.n_layer}.") for p in trunk)
+
+
+def test_qwythos_variant_is_trunk_only_with_note(tiny_qwythos_dir: Path, tmp_path: Path) -> None:
+    res = convert(tiny_qwythos_dir, tmp_path / "q.gguf")
+    assert res.nextn_layers == 0 and "promised" in res.mtp
+    assert any(RESTORE_HINT in n for n in res.notes)
+    assert any("vision tower left out" in n for n in res.notes)
+    r = GGUFReader(res.output)
+    assert kv(r, "qwen35.block_count") == text_cfg(tiny_qwythos_dir)["num_hidden_layers"]
+    assert "qwen35.nextn_predict_layers" not in r.fields
+    # llama.cpp accepts it (its own converter's file for this case is refused)
+    code = (
+        "import llama_cpp, sys; from qwythos.runtime.probe import safe_model_kwargs;"
+        "m = llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=False, **safe_model_kwargs());"
+        "m.eval([1, 2, 3]); print('ok', m.n_vocab())"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(res.output)], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "outtype,gtype", [("f16", GGMLQuantizationType.F16), ("f32", GGMLQuantizationType.F32)]
+)
+def test_outtypes(tiny_nomtp_dir: Path, tmp_path: Path, outtype: str, gtype: GGMLQuantizationType) -> None:
+    res = convert(tiny_nomtp_dir, tmp_path / "o.gguf", outtype=outtype)
+    r = GGUFReader(res.output)
+    assert {t.tensor_type for t in r.tensors if t.name.endswith("ffn_up.weight")} == {gtype}
+    assert {t.tensor_type for t in r.tensors if t.name.endswith("_norm.weight")} == {GGMLQuantizationType.F32}
+
+
+def test_bf16_rounding_matches_gguf_py() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(10000).astype(np.float32) * 10
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 3.4e38], dtype=np.float32)
+    ties = (np.arange(64, dtype=np.uint32) << 16 | 0x8000).view(np.float32)  # exact halfway cases
+    snan = np.array([0x7F800001, 0xFF812345], dtype=np.uint32).view(np.float32)
+    x = np.concatenate([x, special, ties, snan])
+    ours = qwen35.f32_to_bf16(x).view(np.uint8)
+    ref = gguf_quantize(x, GGMLQuantizationType.BF16)
+    assert ours.tobytes() == ref.tobytes()
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(QwythosError, match="does not exist"):
+        convert(tmp_path / "nope", tmp_path / "o.gguf")
+
+
+def test_folder_without_config_or_weights(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QwythosError, match="no config.json"):
+        convert(tmp_path / "empty", tmp_path / "o.gguf")
+    d = tmp_path / "noweights"
+    d.mkdir()
+    shutil.copy(tiny_nomtp_dir / "config.json", d)
+    with pytest.raises(QwythosError, match="safetensors"):
+        convert(d, tmp_path / "o.gguf")
+
+
+def test_wrong_architecture(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    c = json.loads((d / "config.json").read_text())
+    c["architectures"] = ["LlamaForCausalLM"]
+    (d / "config.json").write_text(json.dumps(c))
+    with pytest.raises(QwythosError, match="LlamaForCausalLM.*not Qwen3.5") as e:
+        convert(d, tmp_path / "o.gguf")
+    assert "config.json" in str(e.value)
+
+
+def _a_shard(d: Path) -> Path:
+    return sorted(d.glob("*.safetensors"))[0]
+
+
+def test_header_length_beyond_file(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    shard = _a_shard(d)
+    data = bytearray(shard.read_bytes())
+    data[:8] = struct.pack("<Q", len(data) * 4)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(QwythosError, match="truncated or corrupt") as e:
+        convert(d, tmp_path / "o.gguf")
+    assert shard.name in str(e.value)
+
+
+def test_data_offsets_beyond_file(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    shard = _a_shard(d)
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:
+        f.truncate(size - 64)
+    with pytest.raises(QwythosError, match="truncated: tensor") as e:
+        convert(d, tmp_path / "o.gguf")
+    assert shard.name in str(e.value)
+
+
+def test_corrupt_header_json(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    shard = _a_shard(d)
+    data = bytearray(shard.read_bytes())
+    data[8:12] = b"!!!!"
+    shard.write_bytes(bytes(data))
+    with pytest.raises(QwythosError, match="not valid JSON"):
+        convert(d, tmp_path / "o.gguf")
+
+
+def test_missing_shard(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    if not (d / "model.safetensors.index.json").exists():
+        pytest.skip("fixture is not sharded")
+    shard = _a_shard(d)
+    shard.unlink()
+    with pytest.raises(QwythosError, match="missing") as e:
+        convert(d, tmp_path / "o.gguf")
+    assert shard.name in str(e.value)
+
+
+def test_shape_mismatch(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    c = json.loads((d / "config.json").read_text())
+    c.setdefault("text_config", c)["intermediate_size"] += 8
+    (d / "config.json").write_text(json.dumps(c))
+    with pytest.raises(QwythosError, match="has shape .* config.json implies"):
+        convert(d, tmp_path / "o.gguf")
+
+
+def test_output_exists_needs_force(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.gguf"
+    out.write_bytes(b"old")
+    with pytest.raises(QwythosError, match="already exists"):
+        convert(tiny_nomtp_dir, out)
+    assert out.read_bytes() == b"old"
+    convert(tiny_nomtp_dir, out, force=True)
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_not_enough_space_is_checked_first(tiny_nomtp_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(QwythosError, match="not enough disk space"):
+        convert(tiny_nomtp_dir, tmp_path / "o.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_writing_leaves_nothing(tiny_nomtp_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    real_write = os.write
+    calls = {"n": 0}
+
+    def flaky_write(fd: int, data) -> int:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", flaky_write)
+    monkeypatch.setattr(
+        os, "copy_file_range", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+    )
+    with pytest.raises(QwythosError, match="disk full"):
+        convert(tiny_nomtp_dir, tmp_path / "o.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_leaves_no_partial_file(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    def interrupt(name: str, done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(tiny_nomtp_dir, tmp_path / "o.gguf", progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "qwythos.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "400", **(env or {})},
+    )
+
+
+def test_hub_id_offline_is_a_clear_message(tmp_path: Path) -> None:
+    p = _cli(
+        "convert",
+        "qwythos-test-nobody/no-such-model",
+        "-o",
+        str(tmp_path / "o.gguf"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr
+    assert "qwythos-test-nobody/no-such-model" in p.stderr and "offline" in p.stderr
+
+
+def test_cli_convert_json_and_errors(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.gguf"
+    p = _cli("convert", str(tiny_nomtp_dir), "-o", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["output"] == str(out) and res["arch"] == "qwen35" and out.is_file()
+    p = _cli("convert", str(tiny_nomtp_dir), "-o", str(out))
+    assert (
+        p.returncode == 1
+        and "already exists" in p.stderr
+        and "--force" in p.stderr
+        and "Traceback" not in p.stderr
+    )
+    p = _cli("convert", str(tmp_path / "missing"), "-o", str(tmp_path / "x.gguf"))
+    assert p.returncode == 1 and "does not exist" in p.stderr and "Traceback" not in p.stderr
