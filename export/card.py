@@ -1,0 +1,171 @@
+"""The model card facts every export shares (sampling defaults, names) and the Hub README renderer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qwythos.export.gguf_meta import GGUF_REPO, MODEL_CONTEXT, MODEL_REPO
+
+BASE_MODEL_REPO = "Qwen/Qwen3.5-9B"
+LICENSE = "apache-2.0"
+
+#: The model card's recommended sampling (greedy or T <= 0.3 falls into repetition loops).
+TEMPERATURE = 0.6
+TOP_P = 0.95
+TOP_K = 20
+REPEAT_PENALTY = 1.05
+MAX_NEW_TOKENS = 16384
+
+#: Ollama PARAMETER names -> values, in the order they are written.
+SAMPLING_OLLAMA: dict[str, float | int] = {
+    "temperature": TEMPERATURE,
+    "top_p": TOP_P,
+    "top_k": TOP_K,
+    "repeat_penalty": REPEAT_PENALTY,
+}
+
+__all__ = [
+    "BASE_MODEL_REPO",
+    "GGUF_REPO",
+    "MODEL_CONTEXT",
+    "MODEL_REPO",
+    "QuantRow",
+    "render_card",
+]
+
+
+@dataclass
+class QuantRow:
+    """One GGUF in the card's table."""
+
+    file: str
+    quant: str
+    size_bytes: int
+    sha256: str
+    has_mtp: bool
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def render_card(
+    repo_id: str,
+    rows: list[QuantRow],
+    *,
+    modelfile_name: str | None = "Modelfile",
+    ollama_file: str | None = None,
+    has_sums: bool = True,
+) -> str:
+    """README.md for a GGUF repository: front matter, quant table, sampling, usage per tool."""
+    rows = sorted(rows, key=lambda r: (r.size_bytes, r.file))
+    default = next((r for r in rows if r.quant == "Q4_K_M" and not r.has_mtp), None) or next(
+        (r for r in rows if r.quant == "Q4_K_M"), rows[0] if rows else None
+    )
+    mtp_row = next((r for r in rows if r.has_mtp), None)
+    pick = default.file if default else "MODEL.gguf"
+    lines = [
+        "---",
+        f"license: {LICENSE}",
+        f"base_model: {MODEL_REPO}",
+        "base_model_relation: quantized",
+        "library_name: gguf",
+        "pipeline_tag: text-generation",
+        "tags:",
+        "- gguf",
+        "- qwen35",
+        "- llama.cpp",
+        "- mtp",
+        "---",
+        "",
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"GGUF files of [{MODEL_REPO}](https://huggingface.co/{MODEL_REPO}) (a full fine-tune of "
+        f"[{BASE_MODEL_REPO}](https://huggingface.co/{BASE_MODEL_REPO}); llama.cpp arch `qwen35`), "
+        "made with `qwythos`. Files marked MTP carry the multi-token-prediction (nextn) head for "
+        "self-speculative decoding.",
+        "",
+        "## Files",
+        "",
+        "| file | quant | size | MTP head | sha256 |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| [{r.file}](./{r.file}) | {r.quant} | {_gib(r.size_bytes)} | "
+            f"{'yes' if r.has_mtp else 'no'} | `{r.sha256}` |"
+        )
+    if has_sums:
+        lines += ["", "Check a download with `sha256sum -c SHA256SUMS`."]
+    lines += [
+        "",
+        "## Sampling (from the model card)",
+        "",
+        f"temperature {TEMPERATURE}, top_p {TOP_P}, top_k {TOP_K}, repeat penalty {REPEAT_PENALTY}, "
+        f"up to {MAX_NEW_TOKENS} new tokens. Greedy decoding or temperature <= 0.3 falls into "
+        "repetition loops. Every answer starts with a `<think>...</think>` block; tools are called "
+        "with `<tool_call>...</tool_call>` blocks. Start at 32k context and grow; the full "
+        f"{MODEL_CONTEXT} tokens need far more memory than one consumer GPU has.",
+        "",
+        "## Usage",
+        "",
+        "### llama.cpp",
+        "",
+        "```sh",
+        f"llama-server -m {pick} --jinja -c 32768 --temp {TEMPERATURE} --top-p {TOP_P} "
+        f"--top-k {TOP_K} --repeat-penalty {REPEAT_PENALTY}",
+    ]
+    if mtp_row:
+        lines.append(
+            f"llama-server -m {mtp_row.file} --jinja -c 32768 --spec-type draft-mtp --spec-draft-n-max 3"
+        )
+    lines += [
+        "```",
+        "",
+        "### Ollama",
+        "",
+    ]
+    if modelfile_name:
+        lines += [
+            f"Download `{ollama_file or pick}` and the `{modelfile_name}` into one folder, then:",
+            "",
+            "```sh",
+            f"ollama create qwythos-9b -f {modelfile_name}",
+            "ollama run qwythos-9b",
+            "```",
+            "",
+            "The Modelfile selects Ollama's `qwen3.5` renderer and parser (thinking and tool calls "
+            "separated), the sampling above and the turn-ending stop tokens.",
+        ]
+    else:
+        lines += ["```sh", f"qwythos export ollama {pick} && ollama create qwythos-9b -f Modelfile", "```"]
+    if mtp_row and mtp_row.file != ollama_file:
+        lines += [
+            f"For MTP drafting use `qwythos export ollama {mtp_row.file}` (writes "
+            "`PARAMETER draft_num_predict 3`, Ollama >= 0.30.0).",
+        ]
+    lines += [
+        "",
+        "### LM Studio",
+        "",
+        "```sh",
+        f"lms import {pick} --user-repo {repo_id} -y -c",
+        "```",
+        "",
+        f"or `qwythos export lmstudio {pick}`, which also writes a `model.yaml` with the sampling above, "
+        "reasoning/tool-use metadata and MTP drafting for MTP files.",
+        "",
+        "### KoboldCpp",
+        "",
+        "```sh",
+        f"koboldcpp --model {pick} --contextsize 32768 --gpulayers -1 --flashattention --jinja",
+        "```",
+        "",
+        f"or `qwythos export koboldcpp {pick}` for a `.kcpps` launch config (`--usemtp` for MTP files).",
+        "",
+        "## License",
+        "",
+        "Apache-2.0, as the original model.",
+        "",
+    ]
+    return "\n".join(lines)

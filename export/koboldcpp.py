@@ -1,0 +1,171 @@
+"""Write a KoboldCpp `.kcpps` launch config for a Qwythos GGUF and the matching launch command.
+
+A `.kcpps` is a JSON object keyed by koboldcpp.py's argparse destination names. How complete it
+must be (read in LostRuins/koboldcpp koboldcpp.py, `load_config_cli` and the GUI's import):
+`--config FILE` parses the command line first, so every argument already holds its default, then
+sets each key of the file on that namespace (flags given on the command line win). The GUI import
+reads every key with an `in` test. So a partial file loads: keys it lacks keep KoboldCpp's own
+defaults. We write only what matters for this model and nothing we would have to guess
+(e.g. no GPU backend: KoboldCpp picks one, `--usecuda`/`--usevulkan` can be added at launch).
+
+The model path is written absolute (KoboldCpp opens it relative to its working folder, not the
+.kcpps), under both `model_param` (what the GUI saves and the loader uses) and `model`.
+Context is refused outside KoboldCpp's accepted range 256..262144 (`check_range` on
+`--contextsize`). `usemtp` and `draftamount` only for a file with the MTP head (KoboldCpp >= 1.115).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qwythos.errors import QwythosError
+from qwythos.export.gguf_meta import read_gguf_summary
+from qwythos.export.place import ensure_writable_dir
+from qwythos.fileio import atomic_output
+
+CONTEXT_MIN = 256
+CONTEXT_MAX = 262144
+DEFAULT_CONTEXT = 32768
+DEFAULT_GPULAYERS = -1  # KoboldCpp: -1 = detect how many layers fit
+DEFAULT_DRAFT = 3
+#: KoboldCpp's quantkv levels (0 = f16, 1 = q8, 2 = q4; needs flash attention).
+QUANTKV_LEVELS = (0, 1, 2)
+
+
+@dataclass
+class KoboldExport:
+    kcpps: Path
+    gguf: Path
+    config: dict
+    has_mtp: bool
+    unchanged: bool
+    launch_command: str
+    launch_command_flags: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def kcpps_config(
+    model: Path,
+    *,
+    contextsize: int = DEFAULT_CONTEXT,
+    gpulayers: int = DEFAULT_GPULAYERS,
+    threads: int | None = None,
+    quantkv: int = 0,
+    has_mtp: bool = False,
+    draftamount: int = DEFAULT_DRAFT,
+) -> dict:
+    """The .kcpps dict (argparse dest -> value); raises QwythosError on values KoboldCpp refuses."""
+    if not CONTEXT_MIN <= contextsize <= CONTEXT_MAX:
+        raise QwythosError(
+            f"--ctx {contextsize} is outside KoboldCpp's range {CONTEXT_MIN}..{CONTEXT_MAX}",
+            "pick e.g. 32768, 65536 or 131072",
+        )
+    if gpulayers < -1:
+        raise QwythosError(f"--gpulayers {gpulayers} is invalid", "use -1 (auto), 0 (CPU) or a layer count")
+    if threads is not None and threads < 1:
+        raise QwythosError(f"--threads {threads} is invalid", "use a positive count or leave it out")
+    if quantkv not in QUANTKV_LEVELS:
+        raise QwythosError(f"--quantkv {quantkv} is invalid", "use 0 (f16), 1 (q8) or 2 (q4)")
+    path = str(Path(model).resolve())
+    cfg: dict = {
+        "model": path,
+        "model_param": path,
+        "contextsize": contextsize,
+        "gpulayers": gpulayers,
+        "flashattention": True,
+        "quantkv": quantkv,
+        "jinja": True,
+    }
+    if threads is not None:
+        cfg["threads"] = threads
+    if has_mtp:
+        if draftamount < 1:
+            raise QwythosError(f"--draft {draftamount} is invalid", "use 1-4 (3 is a good start)")
+        cfg["usemtp"] = True
+        cfg["draftamount"] = draftamount
+    return cfg
+
+
+def launch_flags(cfg: dict) -> list[str]:
+    """The command-line flags equal to `cfg` (booleans as bare flags)."""
+    flags: list[str] = []
+    for key, value in cfg.items():
+        if key == "model_param":
+            continue
+        if value is True:
+            flags.append(f"--{key}")
+        elif value is False or value is None:
+            continue
+        else:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def export_koboldcpp(
+    gguf: Path,
+    out: Path | None = None,
+    *,
+    contextsize: int | None = None,
+    gpulayers: int = DEFAULT_GPULAYERS,
+    threads: int | None = None,
+    quantkv: int = 0,
+    draft: int | None = None,
+    force: bool = False,
+) -> KoboldExport:
+    """Validate `gguf`, write `<stem>.kcpps` (default: beside the GGUF) and return the launch command.
+
+    `contextsize` defaults to 32768 (or the file's trained context when smaller, at least 256)."""
+    gguf = Path(gguf)
+    summary = read_gguf_summary(gguf)
+    if draft is not None and draft > 0 and not summary.has_mtp:
+        raise QwythosError(
+            f"{gguf.name} has no MTP (nextn) head, so KoboldCpp cannot draft with it",
+            "export an -MTP- file, or leave --draft out",
+        )
+    limit = summary.context_length
+    if contextsize is None:
+        contextsize = max(CONTEXT_MIN, min(DEFAULT_CONTEXT, limit or DEFAULT_CONTEXT))
+    elif limit and contextsize > limit:
+        raise QwythosError(
+            f"--ctx {contextsize} exceeds the trained context of {gguf.name} ({limit})",
+            f"pick a context up to {min(limit, CONTEXT_MAX)}",
+        )
+    use_mtp = summary.has_mtp and draft != 0
+    cfg = kcpps_config(
+        gguf,
+        contextsize=contextsize,
+        gpulayers=gpulayers,
+        threads=threads,
+        quantkv=quantkv,
+        has_mtp=use_mtp,
+        draftamount=draft if draft else DEFAULT_DRAFT,
+    )
+    out = Path(out) if out is not None else gguf.with_suffix(".kcpps")
+    if out.is_dir():
+        out = out / gguf.with_suffix(".kcpps").name
+    if out.suffix.lower() not in (".kcpps",):
+        raise QwythosError(
+            f"{out} does not end in .kcpps", "KoboldCpp recognises configs by the .kcpps ending"
+        )
+    text = json.dumps(cfg, indent=2) + "\n"
+    unchanged = out.is_file() and out.read_bytes() == text.encode()
+    if not unchanged:
+        if out.exists() and not force:
+            raise QwythosError(f"{out} already exists with other content", "pass --force or -o elsewhere")
+        ensure_writable_dir(out.parent, "folder")
+        with atomic_output(out) as tmp:
+            tmp.write_bytes(text.encode())
+    warnings = list(summary.warnings)
+    return KoboldExport(
+        kcpps=out,
+        gguf=gguf,
+        config=cfg,
+        has_mtp=use_mtp,
+        unchanged=unchanged,
+        launch_command=f"koboldcpp --config {shlex.quote(str(out))}",
+        launch_command_flags="koboldcpp " + " ".join(shlex.quote(f) for f in launch_flags(cfg)),
+        warnings=warnings,
+    )

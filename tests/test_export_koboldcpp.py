@@ -1,0 +1,158 @@
+"""KoboldCpp export: .kcpps keyed by koboldcpp.py's argparse destinations, within its limits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qwythos.cli import app
+from qwythos.errors import QwythosError
+from qwythos.export import gguf_meta
+from qwythos.export.koboldcpp import export_koboldcpp, kcpps_config
+
+
+def kobold_parser() -> argparse.ArgumentParser:
+    """The arguments we write, with koboldcpp.py's dest names, types, ranges and defaults."""
+
+    def ctx_range(value: str) -> int:
+        v = int(value)
+        if not 256 <= v <= 262144:
+            raise argparse.ArgumentTypeError("contextsize out of range")
+        return v
+
+    p = argparse.ArgumentParser(exit_on_error=False)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", type=str, default="")
+    g.add_argument("model_param", nargs="?")
+    p.add_argument("--config", nargs=1)
+    p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--contextsize", type=ctx_range, default=8192)
+    p.add_argument("--gpulayers", nargs="?", const=1, type=int, default=-1)
+    p.add_argument("--flashattention", action="store_true")
+    p.add_argument("--quantkv", type=int, choices=[0, 1, 2], default=0)
+    p.add_argument("--jinja", action="store_true")
+    p.add_argument("--usemtp", action="store_true")
+    p.add_argument("--draftamount", type=int, default=8)
+    return p
+
+
+def load_like_koboldcpp(kcpps: Path, argv: list[str]) -> argparse.Namespace:
+    """koboldcpp's --config: parse argv (defaults), then set every key of the file not given in argv."""
+    args = kobold_parser().parse_args(argv)
+    for key, value in json.loads(kcpps.read_text()).items():
+        if f"--{key}" not in argv:
+            setattr(args, key, value)
+    if not args.model_param:
+        args.model_param = args.model
+    return args
+
+
+@pytest.fixture
+def mtp_gguf(tmp_path: Path) -> Path:
+    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M", mtp=True))
+
+
+@pytest.fixture
+def trunk_gguf(tmp_path: Path) -> Path:
+    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M"), nextn_layers=0)
+
+
+def test_kcpps_with_head_loads_with_koboldcpp_semantics(mtp_gguf: Path) -> None:
+    r = export_koboldcpp(mtp_gguf, gpulayers=20, threads=6)
+    assert r.kcpps == mtp_gguf.with_suffix(".kcpps")
+    cfg = json.loads(r.kcpps.read_text())
+    dests = {a.dest for a in kobold_parser()._actions}
+    assert set(cfg) <= dests, set(cfg) - dests
+    args = load_like_koboldcpp(r.kcpps, ["--config", str(r.kcpps)])
+    assert Path(args.model_param) == mtp_gguf.resolve()
+    assert (args.contextsize, args.gpulayers, args.threads) == (32768, 20, 6)
+    assert args.flashattention and args.jinja and args.quantkv == 0
+    assert args.usemtp is True and args.draftamount == 3
+    # command-line flags override the file, as in koboldcpp
+    args = load_like_koboldcpp(r.kcpps, ["--config", str(r.kcpps), "--contextsize", "4096"])
+    assert args.contextsize == 4096
+    # the printed flag form parses to the same settings
+    flags = shlex.split(r.launch_command_flags)[1:]
+    parsed = kobold_parser().parse_args(flags)
+    assert (parsed.model, parsed.contextsize, parsed.usemtp, parsed.draftamount) == (
+        str(mtp_gguf.resolve()),
+        32768,
+        True,
+        3,
+    )
+    assert r.launch_command == f"koboldcpp --config {r.kcpps}"
+
+
+def test_no_head_no_usemtp(trunk_gguf: Path) -> None:
+    cfg = export_koboldcpp(trunk_gguf).config
+    assert "usemtp" not in cfg and "draftamount" not in cfg
+    assert "threads" not in cfg  # left to KoboldCpp's own default
+    with pytest.raises(QwythosError, match="no MTP"):
+        export_koboldcpp(trunk_gguf, draft=2, force=True)
+
+
+def test_draft_zero_turns_mtp_off(mtp_gguf: Path) -> None:
+    assert "usemtp" not in export_koboldcpp(mtp_gguf, draft=0).config
+
+
+@pytest.mark.parametrize(
+    "ctx, ok", [(255, False), (256, True), (262144, True), (262145, False), (1048576, False)]
+)
+def test_context_limits(mtp_gguf: Path, ctx: int, ok: bool) -> None:
+    if ok:
+        assert kcpps_config(mtp_gguf, contextsize=ctx)["contextsize"] == ctx
+        kobold_parser().parse_args(["--contextsize", str(ctx)])
+    else:
+        with pytest.raises(QwythosError, match="256..262144"):
+            kcpps_config(mtp_gguf, contextsize=ctx)
+
+
+@pytest.mark.parametrize("kw", [{"quantkv": 3}, {"gpulayers": -2}, {"threads": 0}])
+def test_values_koboldcpp_refuses(mtp_gguf: Path, kw: dict) -> None:
+    with pytest.raises(QwythosError):
+        kcpps_config(mtp_gguf, **kw)
+
+
+def test_existing_file_rules(mtp_gguf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.kcpps"
+    export_koboldcpp(mtp_gguf, out)
+    assert export_koboldcpp(mtp_gguf, out).unchanged
+    with pytest.raises(QwythosError, match="already exists"):
+        export_koboldcpp(mtp_gguf, out, contextsize=8192)
+    assert json.loads(out.read_text())["contextsize"] == 32768
+    assert json.loads(out.read_text()) != export_koboldcpp(mtp_gguf, out, contextsize=8192, force=True).config
+    with pytest.raises(QwythosError, match=".kcpps"):
+        export_koboldcpp(mtp_gguf, tmp_path / "q.json")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(QwythosError, match="cannot write"):
+        export_koboldcpp(mtp_gguf, blocker / "q.kcpps")
+
+
+def test_refuses_non_qwen35(tmp_path: Path) -> None:
+    g = gguf_meta.write_stub_gguf(tmp_path / "x.gguf", arch="qwen3")
+    with pytest.raises(QwythosError, match="not qwen35"):
+        export_koboldcpp(g)
+    assert not g.with_suffix(".kcpps").exists()
+
+
+def test_cli(mtp_gguf: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "cfg.kcpps"
+    res = runner.invoke(app, ["export", "koboldcpp", str(mtp_gguf), "-o", str(out), "--ctx", "65536"])
+    assert res.exit_code == 0, res.output
+    assert "koboldcpp --config" in res.output and json.loads(out.read_text())["contextsize"] == 65536
+    res = runner.invoke(app, ["export", "koboldcpp", str(mtp_gguf), "-o", str(out), "--ctx", "100"])
+    assert res.exit_code == 1 and "256..262144" in res.output
+
+
+@pytest.mark.parametrize("kind, has_mtp", [("mtp", True), ("trunk", False)])
+def test_converter_output(export_real_gguf, tmp_path: Path, kind: str, has_mtp: bool) -> None:
+    g = Path(export_real_gguf(kind))
+    r = export_koboldcpp(g, tmp_path / "t.kcpps")
+    assert r.config.get("usemtp", False) is has_mtp
