@@ -1,0 +1,119 @@
+"""How often the MTP head's drafts equal the trunk's greedy tokens, per draft depth.
+
+The trunk reads a calibration text once (teacher forcing): at every position p it gives its greedy
+next token g_p and its post-norm hidden state h_p. The head then drafts from every position the way
+the speculative loop does: d_1 from (x_p, h_{p-1}), d_{j+1} from (d_j, the head's own hidden state).
+Depth 1 counts at every position. Depth j > 1 counts only where it is well defined: the drafts
+d_1..d_{j-1} were accepted and the text itself followed the trunk's greedy path there, so g_{p+j-1}
+is the token the trunk would really verify against. Rates per depth are conditional (given all
+shallower drafts accepted); the expected accepted length per step is sum_j prod_{i<=j} rate_i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qwythos.errors import QwythosError
+
+DEFAULT_TEXT_TOKENS = 512
+
+
+@dataclass
+class AcceptanceReport:
+    model: str
+    draft_model: str | None
+    n_tokens: int
+    depth: int
+    accepted: list[int] = field(default_factory=list)
+    total: list[int] = field(default_factory=list)
+
+    @property
+    def rates(self) -> list[float]:
+        return [a / t if t else 0.0 for a, t in zip(self.accepted, self.total, strict=True)]
+
+    @property
+    def expected_accepted(self) -> float:
+        """Expected accepted drafts per step with draft length `depth`."""
+        e, run = 0.0, 1.0
+        for r in self.rates:
+            run *= r
+            e += run
+        return e
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(rates=self.rates, expected_accepted=self.expected_accepted)
+        return d
+
+
+def _calibration_text() -> str:
+    p = Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
+    if p.is_file():
+        return p.read_text(encoding="utf-8")
+    return "The quick brown fox jumps over the lazy dog. " * 40
+
+
+def measure_acceptance(
+    model_path: str | Path,
+    *,
+    draft_path: str | Path | None = None,
+    text: str | None = None,
+    depth: int = 3,
+    n_ctx: int | None = None,
+    max_tokens: int = DEFAULT_TEXT_TOKENS,
+) -> AcceptanceReport:
+    """Measure the head's per-depth agreement with the trunk's greedy tokens over `text`."""
+    from qwythos.runtime.backend import load_model
+
+    if depth < 1:
+        raise QwythosError(f"depth {depth} must be at least 1", "use --depth 1..4")
+    model = load_model(model_path, mtp=True, draft_path=draft_path)
+    try:
+        toks = model.tokenize(text if text is not None else _calibration_text())
+        limit = min(max_tokens, (n_ctx or 4096) - depth - 2)
+        toks = toks[:limit]
+        if len(toks) < 2:
+            raise QwythosError("the calibration text is too short", "pass a longer --text file")
+        L = len(toks)
+        ctx_len = n_ctx or max(256, L + depth + 8)
+        tgt = model.new_target(ctx_len, n_draft=1, n_batch=64)
+        mtp = model.new_draft(ctx_len)
+        greedy = np.empty(L, dtype=np.int64)
+        hidden = np.empty((L, model.n_embd), dtype=np.float32)
+        for s in range(0, L, tgt.n_batch):
+            chunk = toks[s : s + tgt.n_batch]
+            tgt.decode(chunk, s, outputs="all")
+            greedy[s : s + len(chunk)] = tgt.logits(len(chunk)).argmax(axis=1)
+            hidden[s : s + len(chunk)] = tgt.hidden(len(chunk))
+        accepted = [0] * depth
+        total = [0] * depth
+        zero = np.zeros((1, model.n_embd), dtype=np.float32)
+        for p in range(L - 1):
+            mtp.decode([toks[p]], p, outputs="last", hidden=hidden[p - 1 : p] if p else zero)
+            for j in range(depth):
+                if p + j >= L:
+                    break
+                total[j] += 1
+                d = int(np.argmax(mtp.logits(1)[0]))
+                if d != greedy[p + j]:
+                    break
+                accepted[j] += 1
+                # deeper targets are known only while the text follows the trunk's greedy path
+                if j + 1 >= depth or p + j + 1 >= L or toks[p + j + 1] != d:
+                    break
+                h = mtp.hidden(1).copy()
+                mtp.decode([d], p + j + 1, outputs="last", hidden=h[None, :])
+            mtp.truncate(p + 1)
+        return AcceptanceReport(
+            model=str(model_path),
+            draft_model=str(draft_path) if draft_path else None,
+            n_tokens=L,
+            depth=depth,
+            accepted=accepted,
+            total=total,
+        )
+    finally:
+        model.close()

@@ -1,0 +1,230 @@
+"""Find an MTP head in a source: a HF checkpoint (folder or Hub id) with `mtp.*` tensors, a GGUF
+whose trunk carries a nextn block, or a stand-alone MTP GGUF.
+
+Our stand-alone MTP GGUF is what llama.cpp's `convert_hf_to_gguf.py --mtp` writes and what its
+qwen35 loader accepts as an MTP-only model: arch `qwen35`, the full model metadata (tokenizer,
+hyper-parameters, `block_count` = trunk layers + 1, `nextn_predict_layers` = 1, recurrent flags),
+and only the tensors `output.weight`, `token_embd.weight`, `output_norm.weight` plus the
+`blk.{n_layer}.*` block. llama.cpp sees no `blk.0.attn_norm.weight`, marks the trunk tensors
+optional, and runs the block as an MTP draft context next to the unchanged trunk.
+
+A head is returned as block-relative tensors (`nextn.eh_proj.weight`, `attn_q.weight`, ...) in
+llama.cpp's on-disk form, so the grafter can put it at any block index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from qwythos.errors import QwythosError
+from qwythos.mtp.structure import (
+    ARCH,
+    HeadDims,
+    dims_from_header,
+    has_trunk,
+    n_trunk_layers,
+    split_block_name,
+)
+from qwythos.quantize import qwen35
+from qwythos.quantize.checkpoint import Checkpoint, _looks_like_hub_id, read_safetensors_header
+from qwythos.quantize.gguf_file import RawSource, read_header
+
+HUB_HEAD_FILES = ("config.json", "model.safetensors.index.json")
+
+
+@dataclass
+class HeadTensor:
+    """One tensor of the head, block-relative name, in its source's on-disk GGML form."""
+
+    name: str  # e.g. "nextn.eh_proj.weight"
+    shape: tuple[int, ...]  # numpy order
+    ggml_type: GGMLQuantizationType
+    nbytes: int
+    load: Callable[[], Any]  # bytes-like or ndarray in `ggml_type`
+    raw: RawSource | None = None
+    source: str = ""
+
+
+@dataclass
+class HeadSource:
+    kind: str  # "hf" | "gguf-nextn" | "gguf-mtp"
+    path: Path
+    dims: HeadDims
+    tensors: list[HeadTensor] = field(default_factory=list)
+    hub_id: str | None = None
+    files_read: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+
+KIND_LABEL = {
+    "hf": "HF checkpoint (mtp.* tensors)",
+    "gguf-nextn": "GGUF with a nextn block",
+    "gguf-mtp": "stand-alone MTP GGUF",
+}
+
+
+# ---------------------------------------------------------------- HF checkpoints
+
+
+def _hf_folder(src: str) -> tuple[Path, str | None]:
+    p = Path(src).expanduser()
+    if p.is_dir():
+        return p, None
+    if p.exists():
+        raise QwythosError(
+            f"{p} is neither a checkpoint folder nor a GGUF file", "pass a folder, a .gguf or a repo id"
+        )
+    if not _looks_like_hub_id(src):
+        raise QwythosError(f"{p} does not exist", "pass a checkpoint folder, a .gguf file, or a Hub repo id")
+    return _download_head_shards(src), src
+
+
+def _download_head_shards(repo_id: str) -> Path:
+    """config + index first, then only the shards that hold mtp.* tensors."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:  # pragma: no cover
+        raise QwythosError("huggingface-hub is not installed", "pip install huggingface-hub") from e
+    try:
+        paths = [Path(hf_hub_download(repo_id, f)) for f in HUB_HEAD_FILES]
+        index = json.loads(paths[1].read_text())
+        shards = sorted({f for n, f in index["weight_map"].items() if _is_mtp_name(n)})
+        if not shards:
+            raise QwythosError(
+                f"{repo_id} has no mtp.* tensors in its index",
+                "pick a checkpoint that has its MTP head, e.g. Qwen/Qwen3.5-9B",
+            )
+        for s in shards:
+            hf_hub_download(repo_id, s)
+    except QwythosError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any hub failure means "could not get it"
+        raise QwythosError(
+            f"cannot download the MTP shards of {repo_id}: {type(e).__name__}: {e}",
+            "check the repo id and the network (or pass a local folder / GGUF)",
+        ) from None
+    return paths[0].parent
+
+
+def _is_mtp_name(name: str) -> bool:
+    return name.startswith(("mtp.", "model.mtp."))
+
+
+def open_hf_head(src: str | Path) -> HeadSource:
+    folder, hub_id = _hf_folder(str(src))
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise QwythosError(f"{folder} has no config.json", "pass the folder of a Hugging Face checkpoint")
+    config = json.loads(cfg_path.read_text())
+    tcfg = qwen35.text_config_from(config, where=str(cfg_path))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        wmap = json.loads(index.read_text()).get("weight_map", {})
+        files = sorted({folder / f for n, f in wmap.items() if _is_mtp_name(n)})
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    tensors = {}
+    for f in files:
+        if not f.is_file():
+            raise QwythosError(f"{f} is missing (it holds the mtp.* tensors)", "download that shard")
+        tensors.update({n: i for n, i in read_safetensors_header(f).items() if _is_mtp_name(n)})
+    if not tensors:
+        raise QwythosError(
+            f"{folder} has no mtp.* tensors (config promises {tcfg.mtp_layers} MTP layer(s))",
+            "use a checkpoint that ships its head, e.g. the base Qwen/Qwen3.5-9B, or a GGUF with a nextn block",
+        )
+    ckpt = Checkpoint(
+        path=folder, config=config, files=files, tensors=dict(sorted(tensors.items())), hub_id=hub_id
+    )
+    if qwen35.mtp_layer_count(ckpt) != 1:
+        raise QwythosError(
+            f"{folder} carries {qwen35.mtp_layer_count(ckpt)} MTP blocks",
+            "llama.cpp's qwen35 runs exactly one",
+        )
+    plans = qwen35.plan_tensors(ckpt, tcfg, outtype="bf16", include_mtp=True, mtp_only=True)
+    head = []
+    for p in plans:
+        sb = split_block_name(p.name)
+        if sb is None or sb[0] != tcfg.n_layer:
+            raise QwythosError(f"{folder}: unexpected head tensor {p.source}", "check the checkpoint")
+        head.append(HeadTensor(sb[1], tuple(p.shape), p.ggml_type, p.nbytes, p.load, p.raw, p.source))
+    dims = HeadDims(ARCH, tcfg.n_embd, tcfg.n_vocab, tcfg.n_head, tcfg.n_head_kv, tcfg.head_dim, tcfg.n_ff)
+    return HeadSource("hf", folder, dims, head, hub_id, [f.name for f in files])
+
+
+# ---------------------------------------------------------------- GGUF files
+
+
+def _gguf_loader(path: Path, offset: int, nbytes: int) -> Callable[[], bytes]:
+    def load() -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(nbytes)
+
+    return load
+
+
+def open_gguf_head(src: str | Path) -> HeadSource:
+    hdr = read_header(src)
+    arch = hdr.kv.get("general.architecture")
+    if arch != ARCH:
+        raise QwythosError(
+            f"{src} is a {arch!r} model, not {ARCH}", "take the head from a Qwen3.5 (qwen35) GGUF"
+        )
+    n_nextn = int(hdr.kv.get(f"{arch}.nextn_predict_layers", 0) or 0)
+    if n_nextn == 0:
+        raise QwythosError(
+            f"{src} has no MTP head (no {arch}.nextn_predict_layers)",
+            "take the head from a GGUF that has one (e.g. the official ...-MTP-BF16.gguf)",
+        )
+    il = n_trunk_layers(hdr)
+    head = []
+    for t in hdr.tensors:
+        sb = split_block_name(t.name)
+        if sb and sb[0] == il:
+            raw = RawSource(hdr.path, t.offset, t.nbytes)
+            gt = GGMLQuantizationType(t.ggml_type)
+            head.append(
+                HeadTensor(
+                    sb[1], t.shape, gt, t.nbytes, _gguf_loader(hdr.path, t.offset, t.nbytes), raw, t.name
+                )
+            )
+    if not head:
+        raise QwythosError(
+            f"{src} promises a nextn block {il} but has none of its tensors", "re-download the file"
+        )
+    kind = "gguf-nextn" if has_trunk(hdr) else "gguf-mtp"
+    return HeadSource(kind, hdr.path, dims_from_header(hdr), head, None, [hdr.path.name])
+
+
+def open_head(src: str | Path) -> HeadSource:
+    """A head from any of the three source kinds."""
+    p = Path(str(src)).expanduser()
+    if p.is_file():
+        return open_gguf_head(p)
+    return open_hf_head(src)
+
+
+def dequantize(t: HeadTensor) -> np.ndarray:
+    """A head tensor as float32 (numpy shape)."""
+    from gguf.quants import dequantize as gdeq
+
+    data = t.load()
+    if isinstance(data, np.ndarray) and data.dtype == np.float32:
+        return data.reshape(t.shape)
+    raw = np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data.tobytes(), dtype=np.uint8)
+    if t.ggml_type == GGMLQuantizationType.F32:
+        return raw.view(np.float32).reshape(t.shape)
+    if t.ggml_type == GGMLQuantizationType.F16:
+        return raw.view(np.float16).astype(np.float32).reshape(t.shape)
+    return np.asarray(gdeq(raw.reshape(t.shape[0], -1), t.ggml_type), dtype=np.float32).reshape(t.shape)

@@ -1,0 +1,118 @@
+"""Validate an MTP head: structure first (nothing is loaded if it is broken), then the acceptance
+llama.cpp's own MTP context reaches on a calibration text, with a pass/fail gate at depth 1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwythos.errors import QwythosError
+from qwythos.mtp.structure import StructureReport, check_structure
+
+DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
+DEFAULT_MIN_ACCEPT = 0.0
+DEFAULT_MAX_TOKENS = 4096  # the bundled text is ~1.8k tokens with the tiny tokenizer, ~1k with Qwen's
+
+
+@dataclass
+class DepthRow:
+    depth: int
+    accepted: int
+    total: int
+    rate: float  # accepted / total: drafts at this depth equal to the trunk's greedy token
+
+
+@dataclass
+class ValidationReport:
+    model: str
+    draft: str | None
+    text: str
+    structure: StructureReport
+    draft_structure: StructureReport | None = None
+    depths: list[DepthRow] = field(default_factory=list)
+    expected_accepted_length: float | None = None  # mean accepted drafts per speculative step
+    n_positions: int = 0
+    min_accept: float = DEFAULT_MIN_ACCEPT
+    passed: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["structure"] = self.structure.to_dict()
+        d["draft_structure"] = self.draft_structure.to_dict() if self.draft_structure else None
+        return d
+
+
+def _rows_from(report: Any) -> list[DepthRow]:
+    """Per-depth rows from mtp.acceptance's report (parallel accepted/total lists)."""
+    return [
+        DepthRow(k + 1, int(a), int(t), a / t if t else 0.0)
+        for k, (a, t) in enumerate(zip(report.accepted, report.total, strict=True))
+    ]
+
+
+def _measure(model: str | Path, draft: str | Path | None, text: str, depth: int, max_tokens: int) -> Any:
+    from qwythos.mtp.acceptance import measure_acceptance
+
+    return measure_acceptance(
+        str(model), draft_path=str(draft) if draft else None, text=text, depth=depth, max_tokens=max_tokens
+    )
+
+
+def expected_length(rows: list[DepthRow]) -> float:
+    """Expected accepted drafts per step when depth k counts only after depths < k were accepted:
+    sum over k of P(first k all accepted) = sum of the cumulative products of the rates."""
+    e, p = 0.0, 1.0
+    for r in rows:
+        p *= r.rate
+        e += p
+    return e
+
+
+def validate(
+    model: str | Path,
+    *,
+    draft: str | Path | None = None,
+    text: str | Path | None = None,
+    depth: int = 3,
+    min_accept: float = DEFAULT_MIN_ACCEPT,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> ValidationReport:
+    """Check the head's structure, then measure acceptance at depths 1..`depth`."""
+    text_path = Path(text) if text is not None else DEFAULT_TEXT
+    if not text_path.is_file():
+        raise QwythosError(f"calibration text {text_path} does not exist", "pass --text FILE")
+    if depth < 1:
+        raise QwythosError(f"--depth {depth} must be at least 1", "use --depth 1..8")
+    if draft is None:
+        st = check_structure(model)
+        dst = None
+    else:
+        st = check_structure(model)
+        dst = check_structure(draft, trunk=model)
+    rep = ValidationReport(
+        str(model), str(draft) if draft else None, str(text_path), st, dst, min_accept=min_accept
+    )
+    head_ok = dst.ok if dst is not None else st.ok
+    if draft is not None and st.kind == "stand-alone head":
+        rep.reason = f"{model} is a stand-alone head; pass the trunk as MODEL and the head as --draft"
+        return rep
+    if not head_ok:
+        bad = (dst or st).issues
+        rep.reason = "structure: " + (f"{bad[0].tensor} {bad[0].problem}" if bad else "no MTP head")
+        return rep
+    measured = _measure(model, draft, text_path.read_text(encoding="utf-8"), depth, max_tokens)
+    rep.depths = _rows_from(measured)
+    rep.n_positions = rep.depths[0].total if rep.depths else 0
+    rep.expected_accepted_length = expected_length(rep.depths)
+    d1 = rep.depths[0].rate if rep.depths else 0.0
+    rep.passed = d1 >= min_accept
+    rep.reason = (
+        f"depth-1 acceptance {d1:.3f} >= {min_accept:.3f}"
+        if rep.passed
+        else f"depth-1 acceptance {d1:.3f} is below --min-accept {min_accept:.3f}"
+    )
+    return rep

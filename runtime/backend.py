@@ -1,0 +1,444 @@
+"""The one place that builds llama-cpp-python handles: models, target contexts, MTP draft contexts.
+
+Everything goes through llama-cpp-python's low-level (ctypes) API. A GGUF is read and checked in
+Python first (`read_model_info`), so llama.cpp never sees a file we have not validated.
+
+- `load_model(path, mtp=None)` loads the weights, with the nextn (MTP) layer when the file has one.
+- `Model.new_target(n_ctx, n_draft)` is the target context: it outputs the post-norm hidden state
+  of every token (the MTP head's input) and keeps `n_draft` recurrent-state snapshots so a verify
+  batch can be rolled back past a rejected draft (`n_rs_seq`).
+- `Model.new_draft(n_ctx)` is the MTP context (`LLAMA_CONTEXT_TYPE_MTP`): its own KV cache for the
+  one nextn block; each input row is a token plus the hidden state of the position before it.
+- `Batch` owns numpy arrays that a `llama_batch` struct points into: filling a batch is numpy
+  slicing, not a Python loop per field.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qwythos.errors import QwythosError
+
+#: Architectures whose GGUFs this runtime drives (the MTP graph and rollback are arch-specific).
+SUPPORTED_ARCHS: tuple[str, ...] = ("qwen35",)
+#: Largest draft length the runtime accepts (also the number of recurrent snapshots kept).
+MAX_DRAFT = 8
+
+_QUIET_LOG = None  # the ctypes log callback must outlive every call into llama.cpp
+
+
+def _llama():
+    import llama_cpp
+
+    return llama_cpp
+
+
+def _ext():
+    from llama_cpp import llama_cpp_ext
+
+    return llama_cpp_ext
+
+
+def quiet_llama_logs() -> None:
+    """Silence llama.cpp's stderr logging (library code must not spray logs)."""
+    global _QUIET_LOG
+    if _QUIET_LOG is None:
+        lc = _llama()
+        _QUIET_LOG = lc.llama_log_callback(lambda level, text, user_data: None)
+        lc.llama_log_set(_QUIET_LOG, None)
+
+
+_BACKEND_READY = False
+
+
+def _init_backend() -> None:
+    global _BACKEND_READY
+    if not _BACKEND_READY:
+        quiet_llama_logs()
+        _llama().llama_backend_init()
+        _BACKEND_READY = True
+
+
+def default_threads() -> int:
+    """Threads for llama.cpp: QWYTHOS_THREADS, else the CPUs this process may run on."""
+    env = os.environ.get("QWYTHOS_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class ModelInfo:
+    """What the runtime needs to know about a GGUF, read from its header before loading."""
+
+    path: Path
+    arch: str
+    n_layer: int  # trunk layers (block_count minus nextn layers)
+    n_nextn: int  # nextn (MTP) layers declared by the metadata
+    has_mtp_tensors: bool  # the declared nextn block's tensors are actually in the file
+    n_embd: int
+    n_vocab: int
+    context_length: int
+    chat_template: str | None
+    name: str = ""
+    file_type: int | None = None
+    kv: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def has_mtp(self) -> bool:
+        return self.n_nextn > 0 and self.has_mtp_tensors
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """Parse and check a GGUF header; raise QwythosError naming the file when it is unusable."""
+    from qwythos.quantize.gguf_file import read_header
+
+    path = Path(path)
+    hdr = read_header(path)
+    kv = hdr.kv
+    arch = str(kv.get("general.architecture", ""))
+    if arch not in SUPPORTED_ARCHS:
+        raise QwythosError(
+            f"{path} is a GGUF of architecture {arch or 'unknown'!r}, not qwen35",
+            "this runtime runs Qwen3.5-architecture (qwen35) GGUFs such as Qwythos-9B",
+        )
+    block_count = int(kv.get(f"{arch}.block_count", 0))
+    n_nextn = int(kv.get(f"{arch}.nextn_predict_layers", 0) or 0)
+    n_layer = block_count - n_nextn
+    names = {t.name for t in hdr.tensors}
+    has_head = n_nextn > 0 and all(f"blk.{n_layer + i}.nextn.eh_proj.weight" in names for i in range(n_nextn))
+    if n_nextn > 0 and not has_head:
+        raise QwythosError(
+            f"{path} declares {n_nextn} MTP (nextn) layer(s) but has no blk.{n_layer}.nextn.* tensors",
+            "llama.cpp cannot load it: restore the head with `qwythos mtp restore`, or convert again "
+            "with --no-mtp",
+        )
+    tokens = kv.get("tokenizer.ggml.tokens")
+    n_vocab = len(tokens) if tokens is not None else int(kv.get(f"{arch}.vocab_size", 0))
+    if not n_vocab or "token_embd.weight" not in names:
+        raise QwythosError(f"{path} has no vocabulary or token embedding", "convert the model again")
+    return ModelInfo(
+        path=path,
+        arch=arch,
+        n_layer=n_layer,
+        n_nextn=n_nextn,
+        has_mtp_tensors=has_head,
+        n_embd=int(kv.get(f"{arch}.embedding_length", 0)),
+        n_vocab=n_vocab,
+        context_length=int(kv.get(f"{arch}.context_length", 0)),
+        chat_template=kv.get("tokenizer.chat_template"),
+        name=str(kv.get("general.name", path.stem)),
+        file_type=kv.get("general.file_type"),
+        kv={k: v for k, v in kv.items() if not k.startswith("tokenizer.ggml.")},
+    )
+
+
+def check_draft_compatible(target: ModelInfo, draft: ModelInfo) -> None:
+    """A separate draft GGUF must come from the same model: same vocabulary and hidden size."""
+    if not draft.has_mtp:
+        raise QwythosError(
+            f"{draft.path} has no MTP (nextn) layer, so it cannot be an MTP draft",
+            "pass a GGUF that carries blk.N.nextn.* tensors (see `qwythos mtp extract`)",
+        )
+    for what, a, b in (
+        ("vocabulary size", target.n_vocab, draft.n_vocab),
+        ("hidden size", target.n_embd, draft.n_embd),
+    ):
+        if a != b:
+            raise QwythosError(
+                f"{draft.path} does not belong to {target.path}: {what} {b} != {a}",
+                "use the MTP draft GGUF made from the same model",
+            )
+
+
+class Batch:
+    """A `llama_batch` whose arrays are numpy buffers we own (one sequence, id 0)."""
+
+    def __init__(self, capacity: int, n_embd: int = 0) -> None:
+        lc = _llama()
+        self.capacity = capacity
+        self.n_embd = n_embd
+        self.tokens = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq_ids = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        self.embd = np.zeros((capacity, n_embd), dtype=np.float32) if n_embd else None
+        seq_ptr_t = ctypes.POINTER(lc.llama_seq_id)
+        base = self.seq_ids.ctypes.data
+        self._seq_ptrs = (seq_ptr_t * capacity)(
+            *[ctypes.cast(base + 4 * i, seq_ptr_t) for i in range(capacity)]
+        )
+        self.struct = lc.llama_batch()
+        s = self.struct
+        s.token = self.tokens.ctypes.data_as(ctypes.POINTER(lc.llama_token))
+        s.embd = self.embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if n_embd else None
+        s.pos = self.pos.ctypes.data_as(ctypes.POINTER(lc.llama_pos))
+        s.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        s.seq_id = self._seq_ptrs
+        s.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        s.n_tokens = 0
+
+    def set(self, tokens, pos0: int, *, outputs: str = "last", hidden: np.ndarray | None = None) -> int:
+        """Fill the batch with consecutive positions from pos0; outputs: 'last' or 'all'."""
+        n = len(tokens)
+        if n > self.capacity:
+            raise ValueError(f"batch of {n} tokens over capacity {self.capacity}")
+        self.tokens[:n] = tokens
+        self.pos[:n] = np.arange(pos0, pos0 + n, dtype=np.int32)
+        if outputs == "all":
+            self.logits[:n] = 1
+        else:
+            self.logits[:n] = 0
+            self.logits[n - 1] = 1
+        if hidden is not None:
+            self.embd[:n] = hidden
+        self.struct.n_tokens = n
+        return n
+
+
+class Context:
+    """A llama context plus a reusable batch and numpy views of its outputs."""
+
+    def __init__(self, model: Model, handle, n_ctx: int, n_batch: int, kind: str) -> None:
+        lc = _llama()
+        self.model = model
+        self.handle = handle
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.kind = kind
+        self.mem = lc.llama_get_memory(handle)
+        self.n_vocab = model.n_vocab
+        self.n_embd = model.n_embd
+        self.batch = Batch(n_batch, model.n_embd if kind == "mtp" else 0)
+        self.n_past = 0  # positions held in this context's memory
+        self._closed = False
+
+    def decode(self, tokens, pos0: int, *, outputs: str = "last", hidden: np.ndarray | None = None) -> None:
+        """Decode tokens at positions pos0.. (all in one llama_decode call)."""
+        n = self.batch.set(tokens, pos0, outputs=outputs, hidden=hidden)
+        rc = _llama().llama_decode(self.handle, self.batch.struct)
+        if rc != 0:
+            if rc == 1:
+                raise QwythosError(
+                    f"{self.model.path}: the context of {self.n_ctx} tokens is full",
+                    "raise --ctx or shorten the prompt / --max-tokens",
+                )
+            raise QwythosError(f"{self.model.path}: llama_decode failed with code {rc}", None)
+        self.n_past = pos0 + n
+
+    def logits(self, n_rows: int) -> np.ndarray:
+        """(n_rows, n_vocab) float32 view of the last decode's output rows (batch order)."""
+        ptr = _llama().llama_get_logits(self.handle)
+        return np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
+
+    def hidden(self, n_rows: int) -> np.ndarray:
+        """(n_rows, n_embd) view of the post-norm hidden states the MTP head consumes."""
+        ptr = _ext().llama_get_embeddings_nextn(self.handle)
+        if not ptr:
+            raise QwythosError(f"{self.model.path}: llama.cpp returned no hidden states", None)
+        return np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_embd))
+
+    def truncate(self, n_keep: int) -> bool:
+        """Drop every position >= n_keep (KV cache and, with snapshots, recurrent state)."""
+        ok = bool(_llama().llama_memory_seq_rm(self.mem, 0, n_keep, -1))
+        if ok:
+            self.n_past = min(self.n_past, n_keep)
+        return ok
+
+    def clear(self) -> None:
+        _llama().llama_memory_clear(self.mem, True)
+        self.n_past = 0
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _llama().llama_free(self.handle)
+            if self in self.model._contexts:
+                self.model._contexts.remove(self)
+
+
+class Model:
+    """A loaded GGUF (weights + vocabulary), optionally with a separate MTP draft model."""
+
+    def __init__(self, info: ModelInfo, handle, mtp: bool, draft: Model | None = None) -> None:
+        lc = _llama()
+        self.info = info
+        self.path = info.path
+        self.handle = handle
+        self.vocab = lc.llama_model_get_vocab(handle)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+        n_out = int(lc.llama_model_n_embd_out(handle))
+        self.n_embd = n_out if n_out > 0 else int(lc.llama_model_n_embd(handle))
+        self.mtp_loaded = mtp
+        self.draft_model = draft
+        self.eog = np.array(
+            [t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self.vocab, t)], dtype=np.int32
+        )
+        self._eog_set = set(int(t) for t in self.eog)
+        self._contexts: list[Context] = []
+        self._closed = False
+
+    @property
+    def has_mtp(self) -> bool:
+        return self.mtp_loaded or self.draft_model is not None
+
+    # -- vocabulary -------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        lc = _llama()
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = True) -> bytes:
+        lc = _llama()
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, int(token), buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, int(token), buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens, *, special: bool = True) -> str:
+        return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return int(token) in self._eog_set
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a special token spelled `text` (e.g. '<think>'), or None."""
+        ids = self.tokenize(text, parse_special=True)
+        return ids[0] if len(ids) == 1 else None
+
+    # -- contexts ---------------------------------------------------------------------------
+    def _context_params(self, n_ctx: int, n_batch: int, threads: int | None):
+        lc = _llama()
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = n_batch
+        cp.n_ubatch = n_batch
+        cp.n_seq_max = 1
+        t = threads or default_threads()
+        cp.n_threads = cp.n_threads_batch = t
+        cp.no_perf = True
+        return cp
+
+    def new_target(
+        self, n_ctx: int, *, n_draft: int = 0, n_batch: int = 512, threads: int | None = None
+    ) -> Context:
+        """The target context: logits + hidden states, `n_draft` recurrent snapshots for rollback."""
+        lc = _llama()
+        if not 0 <= n_draft <= MAX_DRAFT:
+            raise QwythosError(f"draft length {n_draft} is out of range", f"use 0..{MAX_DRAFT}")
+        cp = self._context_params(n_ctx, max(n_batch, n_draft + 1), threads)
+        cp.n_rs_seq = n_draft
+        handle = lc.llama_init_from_model(self.handle, cp)
+        if not handle:
+            raise QwythosError(
+                f"{self.path}: llama.cpp could not create a context of {n_ctx} tokens",
+                "lower --ctx (the KV cache may not fit in memory)",
+            )
+        ctx = Context(self, handle, n_ctx, cp.n_batch, "target")
+        if n_draft > 0:
+            _ext().llama_set_embeddings_nextn(handle, True, False)
+            if lc.llama_n_rs_seq(handle) < n_draft:
+                ctx.close()
+                raise QwythosError(f"{self.path}: this llama.cpp cannot roll back recurrent state", None)
+        self._contexts.append(ctx)
+        return ctx
+
+    def new_draft(self, n_ctx: int, *, n_batch: int = 64, threads: int | None = None) -> Context:
+        """The MTP draft context (own KV for the nextn block), on this model or the draft GGUF."""
+        lc = _llama()
+        owner = self.draft_model or self
+        if not (self.mtp_loaded or self.draft_model):
+            raise QwythosError(
+                f"{self.path} was loaded without an MTP layer",
+                "use a GGUF with the MTP head (blk.N.nextn.*) or run with --no-mtp",
+            )
+        cp = owner._context_params(n_ctx, n_batch, threads)
+        cp.ctx_type = lc.LLAMA_CONTEXT_TYPE_MTP
+        cp.n_rs_seq = 0
+        handle = lc.llama_init_from_model(owner.handle, cp)
+        if not handle:
+            raise QwythosError(f"{owner.path}: llama.cpp could not create the MTP draft context", None)
+        _ext().llama_set_embeddings_nextn(handle, True, True)
+        ctx = Context(owner, handle, n_ctx, n_batch, "mtp")
+        owner._contexts.append(ctx)
+        return ctx
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for c in list(self._contexts):
+            c.close()
+        self._contexts.clear()
+        if self.draft_model is not None:
+            self.draft_model.close()
+        _llama().llama_model_free(self.handle)
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _load_handle(info: ModelInfo, *, load_mtp: bool, n_gpu_layers: int):
+    from qwythos.runtime.probe import safe_model_kwargs
+
+    lc = _llama()
+    _init_backend()
+    mp = lc.llama_model_default_params()
+    for k, v in safe_model_kwargs().items():
+        setattr(mp, k, v)
+    mp.n_gpu_layers = n_gpu_layers
+    mp.load_mtp = load_mtp
+    handle = lc.llama_model_load_from_file(str(info.path).encode(), mp)
+    if not handle:
+        raise QwythosError(f"llama.cpp failed to load {info.path}", "check the file with `qwythos inspect`")
+    return handle
+
+
+def load_model(
+    path: str | Path,
+    *,
+    mtp: bool | None = None,
+    draft_path: str | Path | None = None,
+    n_gpu_layers: int = 0,
+) -> Model:
+    """Load a qwen35 GGUF. mtp=None: load the MTP layer when the file has one; True: insist."""
+    info = read_model_info(path)
+    draft = None
+    if draft_path is not None and mtp is not False:
+        dinfo = read_model_info(draft_path)
+        check_draft_compatible(info, dinfo)
+        draft = Model(dinfo, _load_handle(dinfo, load_mtp=True, n_gpu_layers=n_gpu_layers), True)
+    if mtp and not info.has_mtp and draft is None:
+        raise QwythosError(
+            f"{info.path} has no MTP (nextn) layer, so it cannot draft tokens",
+            "restore the head (`qwythos mtp restore`), pass --draft-model FILE, or run with --no-mtp",
+        )
+    load_mtp = info.has_mtp and mtp is not False and draft is None
+    try:
+        handle = _load_handle(info, load_mtp=load_mtp, n_gpu_layers=n_gpu_layers)
+    except BaseException:
+        if draft is not None:
+            draft.close()
+        raise
+    return Model(info, handle, load_mtp, draft)

@@ -1,0 +1,125 @@
+"""Token choice from logits, as numpy over the vocabulary (no Python loop per token id).
+
+One function turns a row of logits into a sparse distribution (`Dist`: candidate ids and their
+probabilities) under the sampling transforms, in this order: repetition penalty (llama.cpp style:
+positive logits divided, negative multiplied), top-k, temperature softmax, top-p, min-p. The
+speculative loop uses the same function for the target (p) and the MTP draft (q), which is what
+makes rejection sampling exact. Temperature <= 0 means greedy: the argmax of the penalised logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings. Defaults are the model card's (temperature 0.6, top-p 0.95, top-k 20, rp 1.05)."""
+
+    temperature: float = 0.6
+    top_k: int = 20  # 0 = off
+    top_p: float = 0.95  # 1.0 = off
+    min_p: float = 0.0  # 0.0 = off
+    repeat_penalty: float = 1.05  # 1.0 = off
+    repeat_last_n: int = 64  # window of recent tokens the penalty looks at
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CARD_DEFAULTS = SamplingParams()
+GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+
+
+@dataclass
+class Dist:
+    """A sparse distribution: ids (int64) with probabilities p (float64, sums to 1)."""
+
+    ids: np.ndarray
+    p: np.ndarray
+
+    def prob(self, token: int) -> float:
+        hit = np.nonzero(self.ids == token)[0]
+        return float(self.p[hit[0]]) if hit.size else 0.0
+
+    def sample(self, rng: np.random.Generator) -> int:
+        if self.ids.size == 1:
+            return int(self.ids[0])
+        c = np.cumsum(self.p)
+        i = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+        return int(self.ids[min(i, self.ids.size - 1)])
+
+
+def penalized(logits: np.ndarray, history, params: SamplingParams) -> np.ndarray:
+    """Logits after the repetition penalty over the last `repeat_last_n` tokens (a copy if changed)."""
+    if params.repeat_penalty == 1.0 or params.repeat_last_n == 0 or len(history) == 0:
+        return logits
+    window = history[-params.repeat_last_n :] if params.repeat_last_n > 0 else history
+    ids = np.unique(np.asarray(window, dtype=np.int64))
+    ids = ids[(ids >= 0) & (ids < logits.shape[-1])]
+    out = np.array(logits, dtype=np.float32, copy=True)
+    v = out[ids]
+    out[ids] = np.where(v > 0, v / params.repeat_penalty, v * params.repeat_penalty)
+    return out
+
+
+def greedy_token(logits: np.ndarray, history, params: SamplingParams = GREEDY) -> int:
+    """Argmax of the penalised logits (ties: lowest id, like numpy)."""
+    return int(np.argmax(penalized(logits, history, params)))
+
+
+def distribution(logits: np.ndarray, history, params: SamplingParams) -> Dist:
+    """The sparse sampling distribution of one logits row under `params` (not for greedy)."""
+    x = penalized(logits, history, params)
+    n = x.shape[-1]
+    k = params.top_k if 0 < params.top_k < n else n
+    if k < n:
+        ids = np.argpartition(x, n - k)[n - k :]
+    else:
+        ids = np.arange(n)
+    vals = x[ids].astype(np.float64)
+    order = np.argsort(-vals, kind="stable")
+    ids, vals = ids[order], vals[order]
+    t = max(params.temperature, 1e-6)
+    z = (vals - vals[0]) / t
+    p = np.exp(z)
+    p /= p.sum()
+    keep = p.size
+    if params.top_p < 1.0:
+        c = np.cumsum(p)
+        keep = min(keep, int(np.searchsorted(c, params.top_p, side="left")) + 1)
+    if params.min_p > 0.0:
+        keep = min(keep, max(1, int(np.count_nonzero(p >= params.min_p * p[0]))))
+    ids, p = ids[:keep], p[:keep]
+    p = p / p.sum()
+    return Dist(ids.astype(np.int64), p)
+
+
+def residual(p: Dist, q: Dist) -> Dist:
+    """norm(max(p - q, 0)): where to resample after a rejected draft (support within p's)."""
+    qv = np.zeros(p.ids.size)
+    if q.ids.size:
+        sorter = np.argsort(q.ids)
+        pos = np.searchsorted(q.ids, p.ids, sorter=sorter)
+        pos = np.clip(pos, 0, q.ids.size - 1)
+        hit = q.ids[sorter[pos]] == p.ids
+        qv[hit] = q.p[sorter[pos[hit]]]
+    r = np.maximum(p.p - qv, 0.0)
+    s = r.sum()
+    if s <= 0.0:  # p == q up to rounding: any p-sample is exact
+        return p
+    return Dist(p.ids, r / s)
+
+
+def choose(logits: np.ndarray, history, params: SamplingParams, rng: np.random.Generator) -> int:
+    """One token as plain decoding would choose it."""
+    if params.greedy:
+        return greedy_token(logits, history, params)
+    return distribution(logits, history, params).sample(rng)

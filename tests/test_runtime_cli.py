@@ -1,0 +1,63 @@
+"""`qwythos run` and `qwythos bench` on the trained tiny model; `chat` through stdin."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from qwythos.cli import app
+
+runner = CliRunner()
+
+
+def test_run_json_mtp_equals_plain(rt_trained_gguf):
+    args = [
+        "run",
+        str(rt_trained_gguf),
+        "-p",
+        "def main():",
+        "--raw",
+        "--temp",
+        "0",
+        "--max-tokens",
+        "24",
+        "--json",
+    ]
+    a = runner.invoke(app, args + ["--draft", "3"])
+    b = runner.invoke(app, args + ["--no-mtp"])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    ga, gb = json.loads(a.stdout)["generation"], json.loads(b.stdout)["generation"]
+    assert ga["tokens"] == gb["tokens"] and len(ga["tokens"]) == 24
+    assert ga["stats"]["draft"] == 3 and ga["stats"]["drafted"] > 0 and gb["stats"]["drafted"] == 0
+
+
+def test_run_chat_template_and_bad_input(rt_trained_gguf, rt_trained_trunk_gguf):
+    r = runner.invoke(
+        app, ["run", str(rt_trained_gguf), "-p", "hi", "--system", "S", "--max-tokens", "8", "--seed", "1"]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["run", str(rt_trained_trunk_gguf), "-p", "hi", "--draft", "2"])
+    assert r.exit_code == 1 and "no MTP" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["run", str(rt_trained_trunk_gguf), "-p", "hi", "--max-tokens", "4"])
+    assert r.exit_code == 0 and "no MTP layer; decoding without drafts" in r.output
+    r = runner.invoke(app, ["run", str(rt_trained_gguf), "-p", "word " * 300, "--ctx", "64"])
+    assert r.exit_code == 1 and "context holds 64" in r.output
+
+
+def test_bench_json_and_table(rt_trained_gguf):
+    r = runner.invoke(app, ["bench", str(rt_trained_gguf), "--max-tokens", "16", "--drafts", "1,2", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert [x["draft"] for x in rows] == [0, 1, 2]
+    assert all(x["same_output"] for x in rows) and rows[2]["tokens_per_pass"] > 1.0
+    r = runner.invoke(app, ["bench", str(rt_trained_gguf), "--max-tokens", "8", "--drafts", "2"])
+    assert r.exit_code == 0 and "plain" in r.output and "tok/s" in r.output
+
+
+def test_chat_streams_and_exits(rt_trained_gguf):
+    r = runner.invoke(
+        app, ["chat", str(rt_trained_gguf), "--max-tokens", "12", "--seed", "0"], input="hello\n/exit\n"
+    )
+    assert r.exit_code == 0, r.output
+    assert "generated" in r.output
