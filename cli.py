@@ -758,7 +758,7 @@ def demo(
         print_json(rep.to_dict())
         return
     rows = [
-        [f.step, Path(f.path).name, f"{f.bytes / 2**20:.2f} MiB", f"{f.seconds:.1f} s"] for f in rep.files
+        [f.step, Path(f.path).name, f"{f.bytes / 2**20:.2f} MiB", f"{f.seconds:.2f} s"] for f in rep.files
     ]
     console.print(simple_table("files", ["step", "file", "size", "time"], rows))
     acc = " ".join(f"d{i + 1} {r:.2f}" for i, r in enumerate(rep.acceptance_per_depth))

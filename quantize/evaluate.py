@@ -1,0 +1,224 @@
+"""Quality of quantizations against their BF16 base, the way `llama-perplexity --kl-divergence` does it.
+
+The text is tokenized once (with the base model's vocabulary), cut into windows of `n_ctx` tokens,
+and each model scores every window; for each position after the first half of a window (as
+llama-perplexity scores only the second half) we compare the next-token distributions: perplexity
+of each model, mean KL(base || quant), and how often both pick the same top-1 token.
+A PNG plot of size vs KLD is written with a small pure-numpy/zlib PNG encoder (no matplotlib).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qwythos.errors import QwythosError
+from qwythos.quantize.ftypes import ftype_by_id
+from qwythos.quantize.gguf_file import read_header
+from qwythos.quantize.llama_quant import llama_log_to
+
+
+@dataclass
+class EvalRow:
+    file: str
+    type: str
+    gib: float
+    ppl: float
+    mean_kld: float
+    top1_agreement: float  # "Same top p" of llama-perplexity, as a fraction
+
+
+@dataclass
+class EvalReport:
+    base: str
+    n_tokens_scored: int
+    n_ctx: int
+    base_ppl: float
+    rows: list[EvalRow] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Scorer:
+    """One loaded model: log-probabilities for every position of a window."""
+
+    def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
+        import llama_cpp
+
+        from qwythos.runtime.probe import safe_model_kwargs
+
+        self.llama_cpp = llama_cpp
+        llama_cpp.llama_backend_init()
+        mp = llama_cpp.llama_model_default_params()
+        for k, v in safe_model_kwargs().items():
+            setattr(mp, k, v)
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
+        if not self.model:
+            raise QwythosError(f"llama.cpp could not load {path}", "check the file with `qwythos inspect`")
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx
+        cp.n_threads = cp.n_threads_batch = threads
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise QwythosError(f"no context for {path}", "lower the context or free memory")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+
+    def tokenize(self, text: str) -> list[int]:
+        lc = self.llama_cpp
+        data = text.encode()
+        buf = (lc.llama_token * (len(data) + 8))()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, False)
+        if n < 0:
+            raise QwythosError("the text could not be tokenized", "use plain UTF-8 text")
+        return list(buf[:n])
+
+    def logprobs(self, tokens: list[int]) -> np.ndarray:
+        lc = self.llama_cpp
+        mem = lc.llama_get_memory(self.ctx)
+        lc.llama_memory_clear(mem, True)
+        n = len(tokens)
+        batch = lc.llama_batch_init(n, 0, 1)
+        try:
+            for i, t in enumerate(tokens):
+                batch.token[i] = t
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+            batch.n_tokens = n
+            if lc.llama_decode(self.ctx, batch) != 0:
+                raise QwythosError("llama.cpp failed to decode the evaluation text", "lower --ctx")
+            ptr = lc.llama_get_logits(self.ctx)
+            logits = np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)).astype(np.float64)
+        finally:
+            lc.llama_batch_free(batch)
+        logits -= logits.max(axis=1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+    def close(self) -> None:
+        self.llama_cpp.llama_free(self.ctx)
+        self.llama_cpp.llama_model_free(self.model)
+
+
+def _type_name(path: Path) -> str:
+    ft = ftype_by_id(int(read_header(path).kv.get("general.file_type", -1)))
+    return ft.name if ft else "?"
+
+
+def evaluate(
+    base_gguf: str | Path,
+    quant_ggufs: list[str | Path],
+    text: str,
+    *,
+    n_ctx: int = 256,
+    max_windows: int = 8,
+    threads: int = 2,
+) -> EvalReport:
+    """PPL, mean KLD and top-1 agreement of each quantization against `base_gguf` on `text`."""
+    base = Path(base_gguf)
+    for p in [base, *map(Path, quant_ggufs)]:
+        read_header(p)  # validates before llama.cpp sees it
+    with llama_log_to(None):
+        s = _Scorer(base, n_ctx, threads)
+        try:
+            toks = s.tokenize(text)
+            if len(toks) < 2 * 16:
+                raise QwythosError(
+                    f"the text has only {len(toks)} tokens", "give at least a paragraph of text"
+                )
+            win = min(n_ctx, len(toks))
+            windows = [toks[i : i + win] for i in range(0, len(toks) - win + 1, win)][:max_windows]
+            base_lp = [s.logprobs(w) for w in windows]
+            n_vocab = s.n_vocab
+        finally:
+            s.close()
+        first = win // 2
+        targets = [np.array(w[first + 1 :]) for w in windows]
+        base_sel = [lp[first:-1] for lp in base_lp]
+        n_scored = sum(len(t) for t in targets)
+        base_nll = -sum(lp[np.arange(len(t)), t].sum() for lp, t in zip(base_sel, targets, strict=True))
+        report = EvalReport(str(base), n_scored, win, float(np.exp(base_nll / n_scored)))
+        for q in map(Path, quant_ggufs):
+            qs = _Scorer(q, n_ctx, threads)
+            try:
+                if qs.n_vocab != n_vocab:
+                    raise QwythosError(
+                        f"{q} has a different vocabulary from {base}", "compare files of one model"
+                    )
+                nll = kld = same = 0.0
+                for w, b, t in zip(windows, base_sel, targets, strict=True):
+                    lq = qs.logprobs(w)[first:-1]
+                    nll -= lq[np.arange(len(t)), t].sum()
+                    kld += (np.exp(b) * (b - lq)).sum()
+                    same += (b.argmax(axis=1) == lq.argmax(axis=1)).sum()
+            finally:
+                qs.close()
+            report.rows.append(
+                EvalRow(
+                    file=str(q),
+                    type=_type_name(q),
+                    gib=round(q.stat().st_size / 2**30, 4),
+                    ppl=float(np.exp(nll / n_scored)),
+                    mean_kld=float(kld / n_scored),
+                    top1_agreement=float(same / n_scored),
+                )
+            )
+    return report
+
+
+# ---------------------------------------------------------------- a PNG without matplotlib
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(np.uint8).tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def plot_png(report: EvalReport, out: str | Path, width: int = 480, height: int = 320) -> Path:
+    """Size (x, GiB) against mean KLD (y, log scale): one dot per type, joined in size order."""
+    from qwythos.fileio import atomic_output
+
+    img = np.full((height, width, 3), 255, dtype=np.uint8)
+    m = 40
+    img[height - m, m : width - m // 2] = 0  # x axis
+    img[m // 2 : height - m + 1, m] = 0  # y axis
+    rows = sorted(report.rows, key=lambda r: r.gib)
+    if rows:
+        xs = np.array([r.gib for r in rows])
+        ys = np.log10(np.array([max(r.mean_kld, 1e-9) for r in rows]))
+        x0, x1 = xs.min(), xs.max() if xs.max() > xs.min() else xs.min() + 1
+        y0, y1 = ys.min(), ys.max() if ys.max() > ys.min() else ys.min() + 1
+        px = (m + (xs - x0) / (x1 - x0) * (width - 2 * m)).astype(int)
+        py = (height - m - (ys - y0) / (y1 - y0) * (height - 2 * m)).astype(int)
+        for i in range(len(rows) - 1):
+            for t in np.linspace(0, 1, 200):
+                x = int(px[i] + t * (px[i + 1] - px[i]))
+                y = int(py[i] + t * (py[i + 1] - py[i]))
+                img[y, x] = (120, 120, 220)
+        for x, y in zip(px, py, strict=True):
+            img[max(0, y - 3) : y + 4, max(0, x - 3) : x + 4] = (200, 30, 30)
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(_png(img))
+    return out

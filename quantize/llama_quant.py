@@ -1,0 +1,384 @@
+"""llama.cpp's own quantizer, called through llama-cpp-python's `llama_model_quantize`.
+
+This fills `llama_model_quantize_params` the way `llama-quantize` does: ftype, threads, output /
+token-embedding types, per-tensor type overrides (`tt_overrides`, a NULL-terminated array of
+regex -> ggml type), importance-matrix data (`imatrix`, a NULL-terminated array of name -> floats,
+already normalised the way llama-quantize normalises a loaded file) and the matching
+`quantize.imatrix.*` metadata, and `dry_run`. llama.cpp's log is captured (never printed): its
+per-tensor lines drive progress and, in a dry run, tell which type each tensor would get.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import re
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qwythos.errors import QwythosError
+from qwythos.quantize.ftypes import FType, GGMLType, ggml_types
+
+# "[  12/ 345]  blk.0.attn_q.weight - [ 4096, 8192, 1, 1], type =   bf16, size = ... MiB -> ... MiB (q4_K)"
+TENSOR_LINE = re.compile(
+    r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)\s+-\s+\[([^\]]*)\],\s+type =\s*(\S+),\s+"
+    r"(?:converting to (\S+) \.\. )?size =\s*[\d.]+ MiB(?:\s*->\s*[\d.]+ MiB(?:\s*\((\S+)\))?)?"
+)
+PROGRESS_HEAD = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+ERROR_LINE = re.compile(r"failed to quantize: (.*)")
+IMATRIX_KV = (
+    "quantize.imatrix.file",
+    "quantize.imatrix.dataset",
+    "quantize.imatrix.entries_count",
+    "quantize.imatrix.chunks_count",
+)
+_LOCK = threading.RLock()  # llama.cpp's log callback is process-wide
+
+
+@dataclass
+class Imatrix:
+    """Importance data per tensor name, normalised as llama-quantize uses it (mean of squares)."""
+
+    path: Path
+    entries: dict[str, np.ndarray]
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+    legacy: bool = False
+
+    def has(self, tensor: str) -> bool:
+        return tensor in self.entries
+
+
+@dataclass
+class TensorChoice:
+    name: str
+    ne: tuple[int, ...]  # ggml order
+    src_type: str
+    new_type: str
+
+    def nbytes(self) -> int:
+        t = ggml_types()[self.new_type.lower()]
+        rows = 1
+        for d in self.ne[1:]:
+            rows *= d
+        return rows * t.row_bytes(self.ne[0])
+
+
+@dataclass
+class QuantizeCall:
+    ok: bool
+    tensors: list[TensorChoice]
+    error: str | None
+    log: str
+
+
+# ---------------------------------------------------------------- imatrix files
+
+
+def _imatrix_from_gguf(path: Path) -> Imatrix:
+    from gguf import GGUFReader
+
+    try:
+        r = GGUFReader(path)
+    except Exception as e:  # noqa: BLE001 - not a GGUF: caller tries the legacy form
+        raise ValueError(str(e)) from e
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    for t in r.tensors:
+        arr = np.asarray(t.data, dtype=np.float32).reshape(-1)
+        if t.name.endswith(".in_sum2"):
+            sums[t.name[: -len(".in_sum2")]] = arr
+        elif t.name.endswith(".counts"):
+            counts[t.name[: -len(".counts")]] = arr
+    if not sums:
+        raise QwythosError(
+            f"{path} holds no importance data (no *.in_sum2 tensors)", "use a llama-imatrix output"
+        )
+    entries: dict[str, np.ndarray] = {}
+    for name, s in sums.items():
+        c = counts.get(name)
+        if c is None:
+            raise QwythosError(f"{path}: {name} has sums but no counts", "the imatrix file is damaged")
+        ne0 = s.size // c.size
+        per = s.reshape(c.size, ne0)
+        cnt = np.round(c).reshape(-1, 1)
+        entries[name] = np.where(cnt > 0, per / np.maximum(cnt, 1), 1.0).astype(np.float32).reshape(-1)
+    fields = r.fields
+    datasets: list[str] = []
+    if "imatrix.datasets" in fields:
+        f = fields["imatrix.datasets"]
+        datasets = [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]
+    if "imatrix.chunk_count" not in fields or "imatrix.chunk_size" not in fields or not datasets:
+        raise QwythosError(f"{path}: imatrix metadata missing", "regenerate it with a current llama-imatrix")
+    chunks = int(fields["imatrix.chunk_count"].parts[-1][0])
+    return Imatrix(path, entries, datasets, chunks, legacy=False)
+
+
+def _imatrix_from_dat(path: Path) -> Imatrix:
+    data = path.read_bytes()
+    pos = 0
+
+    def take(fmt: str) -> tuple:
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(data):
+            raise QwythosError(f"{path} is truncated or not an imatrix file", "use a llama-imatrix output")
+        out = struct.unpack_from(fmt, data, pos)
+        pos += size
+        return out
+
+    (n,) = take("<i")
+    if n < 1 or n > 1_000_000:
+        raise QwythosError(
+            f"{path} is not an imatrix file (GGUF or legacy .dat)", "use a llama-imatrix output"
+        )
+    entries: dict[str, np.ndarray] = {}
+    for _ in range(n):
+        (ln,) = take("<i")
+        if ln <= 0 or ln > 4096:
+            raise QwythosError(f"{path} is not an imatrix file", "use a llama-imatrix output")
+        name = data[pos : pos + ln].decode("utf-8", "replace")
+        pos += ln
+        ncall, nval = take("<ii")
+        if nval < 1 or pos + 4 * nval > len(data):
+            raise QwythosError(f"{path} is truncated (entry {name})", "regenerate the imatrix")
+        vals = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
+        pos += 4 * nval
+        entries[name] = vals / ncall if ncall > 0 else vals.copy()
+    chunks, datasets = 0, []
+    if pos + 4 <= len(data):
+        (chunks,) = take("<i")
+        if pos + 4 <= len(data):
+            (ln,) = take("<i")
+            if 0 < ln <= len(data) - pos:
+                datasets.append(data[pos : pos + ln].decode("utf-8", "replace"))
+    return Imatrix(path, entries, datasets, chunks, legacy=True)
+
+
+def load_imatrix(path: str | Path) -> Imatrix:
+    """Read a llama-imatrix output: the GGUF form (`*.in_sum2` / `*.counts`) or the legacy .dat."""
+    path = Path(path)
+    if not path.is_file():
+        raise QwythosError(f"imatrix file {path} not found", "pass the file written by llama-imatrix")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    im = _imatrix_from_gguf(path) if magic == b"GGUF" else _imatrix_from_dat(path)
+    for name, v in im.entries.items():
+        if not np.all(np.isfinite(v)):
+            raise QwythosError(f"{path}: entry {name} has non-finite values", "regenerate the imatrix")
+    return im
+
+
+# ---------------------------------------------------------------- the call
+
+
+@dataclass
+class _Buffers:
+    """Everything the C side points into; kept alive for the duration of the call."""
+
+    keep: list = field(default_factory=list)
+
+
+def _overrides(pairs: list[tuple[str, GGMLType]], buf: _Buffers):
+    import llama_cpp
+
+    arr = (llama_cpp.llama_model_tensor_override * (len(pairs) + 1))()
+    for i, (pattern, t) in enumerate(pairs):
+        b = pattern.encode()
+        buf.keep.append(b)
+        arr[i].pattern = b
+        arr[i].type = t.id
+    arr[len(pairs)].pattern = None
+    arr[len(pairs)].type = int(llama_cpp.GGML_TYPE_COUNT)
+    buf.keep.append(arr)
+    return arr
+
+
+def _imatrix_array(im: Imatrix, buf: _Buffers):
+    import llama_cpp
+
+    items = list(im.entries.items())
+    arr = (llama_cpp.llama_model_imatrix_data * (len(items) + 1))()
+    for i, (name, v) in enumerate(items):
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        b = name.encode()
+        buf.keep += [v, b]
+        arr[i].name = b
+        arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = v.size
+    arr[len(items)].name = None
+    buf.keep.append(arr)
+    return arr
+
+
+def _kv_overrides(im: Imatrix, buf: _Buffers):
+    import llama_cpp
+
+    vals: list[tuple[str, int, object]] = [
+        ("quantize.imatrix.file", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, str(im.path.name)),
+        ("quantize.imatrix.entries_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, len(im.entries)),
+    ]
+    if im.datasets:
+        vals.append(("quantize.imatrix.dataset", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, im.datasets[0]))
+    if im.chunk_count > 0:
+        vals.append(("quantize.imatrix.chunks_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, im.chunk_count))
+    arr = (llama_cpp.llama_model_kv_override * (len(vals) + 1))()
+    for i, (key, tag, v) in enumerate(vals):
+        arr[i].key = key.encode()
+        arr[i].tag = tag
+        if tag == llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR:
+            arr[i].value.val_str = str(v).encode()[:127]
+        else:
+            arr[i].value.val_i64 = int(v)  # type: ignore[arg-type]
+    arr[len(vals)].key = b""
+    buf.keep.append(arr)
+    return arr
+
+
+@contextlib.contextmanager
+def llama_log_to(callback=None) -> Iterator[None]:
+    """Route llama.cpp's log to `callback` (default: drop it) for the duration of the block."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    if callback is None:
+        callback = _DROP
+    with _LOCK:
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+        try:
+            yield
+        finally:
+            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    return None
+
+
+def _make_drop():
+    import llama_cpp
+
+    return llama_cpp.llama_log_callback(_drop)
+
+
+_DROP = _make_drop()  # module-level: a collected callback would crash the C side
+
+
+def parse_tensor_lines(log: str) -> list[TensorChoice]:
+    """The per-tensor lines of llama.cpp's quantize log (dry run or real)."""
+    out: list[TensorChoice] = []
+    for m in TENSOR_LINE.finditer(log):
+        ne = tuple(int(x) for x in m.group(4).split(","))
+        while len(ne) > 1 and ne[-1] == 1:
+            ne = ne[:-1]
+        src = m.group(5)
+        out.append(TensorChoice(m.group(3), ne, src, m.group(7) or m.group(6) or src))
+    return out
+
+
+def llama_quantize(
+    src: str | Path,
+    dst: str | Path | None,
+    ftype: FType,
+    *,
+    nthread: int = 0,
+    output_tensor_type: GGMLType | None = None,
+    token_embedding_type: GGMLType | None = None,
+    overrides: list[tuple[str, GGMLType]] | None = None,
+    imatrix: Imatrix | None = None,
+    allow_requantize: bool = False,
+    pure: bool = False,
+    dry_run: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> QuantizeCall:
+    """One llama_model_quantize call. Returns ok/error and the per-tensor choices; never prints."""
+    import llama_cpp
+
+    buf = _Buffers()
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.nthread = int(nthread or 0)
+    p.ftype = ftype.id
+    p.allow_requantize = bool(allow_requantize)
+    p.pure = bool(pure)
+    p.dry_run = bool(dry_run)
+    p.quantize_output_tensor = True
+    if output_tensor_type is not None:
+        p.output_tensor_type = output_tensor_type.id
+    if token_embedding_type is not None:
+        p.token_embedding_type = token_embedding_type.id
+    if overrides:
+        p.tt_overrides = ctypes.cast(
+            _overrides(overrides, buf), ctypes.POINTER(llama_cpp.llama_model_tensor_override)
+        )
+    if imatrix is not None and imatrix.entries:
+        p.imatrix = ctypes.cast(
+            _imatrix_array(imatrix, buf), ctypes.POINTER(llama_cpp.llama_model_imatrix_data)
+        )
+        p.kv_overrides = ctypes.cast(
+            _kv_overrides(imatrix, buf), ctypes.POINTER(llama_cpp.llama_model_kv_override)
+        )
+
+    chunks: list[str] = []
+    raised: list[BaseException] = []
+
+    @llama_cpp.llama_log_callback
+    def _collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        # an exception (Ctrl-C lands here too) cannot cross the C frames: keep it, raise it after
+        try:
+            s = text.decode("utf-8", "replace")
+            chunks.append(s)
+            if progress is not None and not raised:
+                m = PROGRESS_HEAD.match(s)
+                if m:
+                    progress(int(m.group(1)), int(m.group(2)), m.group(3))
+        except BaseException as e:  # noqa: BLE001
+            raised.append(e)
+
+    out_path = b"" if dst is None else str(dst).encode()
+    with llama_log_to(_collect):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), out_path, ctypes.byref(p))
+    if raised:
+        raise raised[0]
+    log = "".join(chunks)
+    error = None
+    if rc != 0:
+        m = ERROR_LINE.search(log)
+        error = m.group(1).strip() if m else f"llama_model_quantize returned {rc}"
+    return QuantizeCall(ok=rc == 0, tensors=parse_tensor_lines(log), error=error, log=log)
+
+
+# ---------------------------------------------------------------- header size of an output
+
+
+class _GGUFInitParams(ctypes.Structure):
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+
+def output_meta_size(src: str | Path, ftype_id: int) -> int:
+    """Bytes of the header llama.cpp will write for a quantization of `src` (same tensors and keys,
+    general.file_type and general.quantization_version set), from ggml's own gguf code."""
+    from llama_cpp import _ggml
+
+    lib = _ggml.libggml
+    lib.gguf_init_from_file.restype = ctypes.c_void_p
+    lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, _GGUFInitParams]
+    lib.gguf_get_meta_size.restype = ctypes.c_size_t
+    lib.gguf_get_meta_size.argtypes = [ctypes.c_void_p]
+    lib.gguf_set_val_u32.restype = None
+    lib.gguf_set_val_u32.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]
+    lib.gguf_free.restype = None
+    lib.gguf_free.argtypes = [ctypes.c_void_p]
+    ctx = lib.gguf_init_from_file(str(src).encode(), _GGUFInitParams(True, None))
+    if not ctx:
+        raise QwythosError(f"{src}: ggml cannot read this GGUF header", "convert or download the file again")
+    try:
+        lib.gguf_set_val_u32(ctx, b"general.quantization_version", 2)
+        lib.gguf_set_val_u32(ctx, b"general.file_type", int(ftype_id))
+        return int(lib.gguf_get_meta_size(ctx))
+    finally:
+        lib.gguf_free(ctx)

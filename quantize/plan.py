@@ -1,0 +1,422 @@
+"""Predict each quantization's file size, and the memory to run it, without any weights.
+
+The sizes come from llama.cpp's own quantizer in dry-run mode: it needs only tensor headers, so
+we hand it a *sparse* GGUF (the real header - names, shapes, metadata - with the data region left
+as a hole: no disk used) and read back the type it picks for every tensor. The file size is then
+exact: llama.cpp's header size for the output (`gguf_get_meta_size`) plus each tensor's bytes,
+padded to the alignment. A bare config.json has no tokenizer, so its tokenizer metadata is an
+estimate (`TOKENIZER_BYTES_PER_TOKEN`); an HF folder or a GGUF gives the exact figure.
+
+Memory at a context: weights + KV cache of the full-attention layers (the MTP block is one more
+full-attention layer) + the recurrent state of the linear-attention layers (conv + delta state,
+f32, per sequence). Compute buffers are not included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFValueType
+
+from qwythos.errors import QwythosError
+from qwythos.quantize import qwen35
+from qwythos.quantize.checkpoint import Checkpoint, TensorInfo
+from qwythos.quantize.ftypes import FType, GGMLType, ggml_types, parse_ggml_type, parse_types
+from qwythos.quantize.gguf_file import KV, encode_header, normalize_kv, pad, read_header
+from qwythos.quantize.llama_quant import Imatrix, TensorChoice, llama_quantize, output_meta_size
+
+DEFAULT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16")
+MTP_TYPES = ("bf16", "q8_0", "same")
+# The MTP block's default type. Measured (bench/bench_mtp_type.py, trained tiny model, trunk Q4_K_M):
+# a q8_0 head drafts as well as a bf16 one (depth-1 acceptance +0.23 / -0.07 points on two texts,
+# same expected accepted length per step; q4_0 loses 0.9-1.8 points) and its weights are half the
+# bytes: the 9B head 0.453 -> 0.241 GiB, so a draft step (head + the shared 0.777 GiB q6_K output
+# matrix) reads 1.23 -> 1.02 GiB.
+DEFAULT_MTP_TYPE = "q8_0"
+# bytes per KV-cache element for each --kv-type
+KV_TYPES = ("f16", "q8_0", "q4_0")
+# Tokenizer metadata of a bare config.json (no tokenizer files): bytes per vocab entry, for the
+# Qwen3.5 byte-level BPE (token string + length, token type, ~one merge per token).
+TOKENIZER_BYTES_PER_TOKEN = 40
+GIB = 2**30
+
+
+@dataclass
+class TypePlan:
+    type: str
+    file_bytes: int  # the file `qwythos quantize` writes from this source
+    file_gib: float
+    trunk_gib: float  # without the MTP block (how the official GGUF repo ships its quants)
+    with_mtp_gib: float | None  # with the MTP block at `mtp_type` (None: no head known)
+    bpw: float  # bits per weight over all weights
+    mtp_type: str
+    mtp_bytes: int
+    tensor_types: dict[str, int]  # ggml type -> number of tensors
+    needs_imatrix: bool
+    weights_bytes: int
+    memory_bytes: int
+    memory_gib: float
+
+
+@dataclass
+class Plan:
+    source: str
+    source_kind: str  # "gguf" | "hf-folder" | "config"
+    n_params: int
+    n_layer: int
+    mtp_layers: int
+    ctx: int
+    kv_type: str
+    kv_cache_bytes: int
+    recurrent_state_bytes: int
+    types: list[TypePlan] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- header-only views
+
+
+def _config_checkpoint(config: dict[str, Any], cfg: qwen35.TextConfig, mtp: bool, where: Path) -> Checkpoint:
+    """A Checkpoint with headers only (BF16, no file) for every tensor a Qwen3.5 config implies."""
+    names: list[str] = list(qwen35.GLOBAL_RULES)
+    if cfg.tie_embeddings:
+        names.remove("lm_head.weight")
+    common = [k for k in qwen35.LAYER_RULES if k.startswith(("mlp.", "input_", "post_"))]
+    full = [k for k in qwen35.LAYER_RULES if k.startswith("self_attn.")]
+    linear = [k for k in qwen35.LAYER_RULES if k.startswith("linear_attn.")]
+    for i, kind in enumerate(cfg.layer_types):
+        names += [f"model.layers.{i}.{k}" for k in common + (linear if kind == "linear_attention" else full)]
+    if mtp:
+        names += list(qwen35.MTP_RULES)
+        for k in range(max(1, cfg.mtp_layers)):
+            names += [f"mtp.layers.{k}.{n}" for n in common + full]
+    tensors: dict[str, TensorInfo] = {}
+    for n in names:
+        _, rule = qwen35.lookup(n, cfg)  # type: ignore[misc]
+        shape = tuple(int(d) for d in rule.shape(cfg))
+        numel = 1
+        for d in shape:
+            numel *= d
+        tensors[n] = TensorInfo(n, "BF16", shape, where, 0, 2 * numel)
+    return Checkpoint(path=where.parent, config=config, files=[], tensors=tensors)
+
+
+def _tokenizer_estimate(cfg: qwen35.TextConfig) -> KV:
+    """A placeholder key whose size stands for the tokenizer metadata a real folder would add."""
+    return KV(
+        "qwythos.plan.tokenizer_estimate",
+        GGUFValueType.STRING,
+        "x" * (cfg.n_vocab * TOKENIZER_BYTES_PER_TOKEN),
+    )
+
+
+def write_sparse_gguf(path: Path, kvs: list[KV], plans: list) -> int:
+    """Write the header and leave the data region as a hole (sparse file: no blocks allocated)."""
+    header = encode_header(normalize_kv(qwen35.ARCH, kvs), plans)
+    total = len(header) + sum(pad(p.nbytes) for p in plans)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(total)
+    return total
+
+
+@dataclass
+class _View:
+    gguf: Path
+    kind: str
+    cfg: qwen35.TextConfig
+    n_nextn: int
+    notes: list[str]
+    cleanup: bool
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise QwythosError(f"cannot read {path}: {e}", "pass a Qwen3.5 config.json") from e
+
+
+def _cfg_from_gguf(hdr: Any) -> tuple[qwen35.TextConfig | None, int]:
+    a = hdr.kv.get("general.architecture")
+    if a != qwen35.ARCH:
+        raise QwythosError(
+            f"{hdr.path} is a GGUF of architecture {a!r}, not {qwen35.ARCH}", "pass a Qwen3.5 (qwen35) GGUF"
+        )
+    return None, int(hdr.kv.get(f"{a}.nextn_predict_layers", 0) or 0)
+
+
+def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None = None) -> _View:
+    """A GGUF the dry run can read: the file itself, or a sparse GGUF built from a folder/config."""
+    p = Path(src)
+    if p.is_file() and p.suffix == ".gguf":
+        hdr = read_header(p)
+        _, n_nextn = _cfg_from_gguf(hdr)
+        return _View(p, "gguf", _cfg_from_header(hdr), n_nextn, [], False)
+    notes: list[str] = []
+    if p.is_dir():
+        from qwythos.quantize.checkpoint import open_checkpoint
+
+        ckpt = open_checkpoint(p)
+        cfg = qwen35.text_config_from(ckpt.config, where=str(p / "config.json"))
+        in_files = qwen35.mtp_layer_count(ckpt)
+        want = in_files > 0 if mtp is None else mtp
+        if want and not in_files:
+            ckpt_h = _config_checkpoint(ckpt.config, cfg, True, p / "config.json")
+            notes.append("the folder has no MTP tensors: the head is sized from config.json")
+            plans = qwen35.plan_tensors(ckpt, cfg, include_mtp=False) + qwen35.plan_tensors(
+                ckpt_h, cfg, mtp_only=True
+            )
+        else:
+            plans = qwen35.plan_tensors(ckpt, cfg, include_mtp=want)
+        n_nextn = max(1, cfg.mtp_layers) if want else 0
+        kvs = qwen35.metadata(cfg, ckpt, n_nextn=n_nextn)
+        kind = "hf-folder"
+    elif p.is_file():
+        config = _load_config(p)
+        cfg = qwen35.text_config_from(config, where=str(p))
+        want = cfg.mtp_layers > 0 if mtp is None else mtp
+        ckpt_h = _config_checkpoint(config, cfg, want, p)
+        plans = qwen35.plan_tensors(ckpt_h, cfg, include_mtp=want)
+        n_nextn = max(1, cfg.mtp_layers) if want else 0
+        kvs = [
+            KV("general.architecture", GGUFValueType.STRING, qwen35.ARCH),
+            KV("general.type", GGUFValueType.STRING, "model"),
+            KV("general.name", GGUFValueType.STRING, p.parent.name or "model"),
+            *qwen35.hparams_kv(cfg, n_nextn=n_nextn),
+            KV("general.quantization_version", GGUFValueType.UINT32, 2),
+            _tokenizer_estimate(cfg),
+        ]
+        notes.append(
+            f"no tokenizer files: tokenizer metadata estimated at {TOKENIZER_BYTES_PER_TOKEN} bytes x "
+            f"{cfg.n_vocab} tokens"
+        )
+        kind = "config"
+    else:
+        raise QwythosError(f"{p} not found", "pass a GGUF, an HF folder or a config.json")
+    tmp = Path(tempfile.mkdtemp(prefix="qwythos-plan-", dir=tmpdir))
+    out = tmp / "header-only.gguf"
+    write_sparse_gguf(out, kvs, plans)
+    return _View(out, kind, cfg, n_nextn, notes, True)
+
+
+def _cfg_from_header(hdr: Any) -> qwen35.TextConfig:
+    """The few hyper-parameters the memory estimate needs, from a qwen35 GGUF's metadata."""
+    kv = hdr.kv
+    a = qwen35.ARCH
+    n_nextn = int(kv.get(f"{a}.nextn_predict_layers", 0) or 0)
+    n_layer = int(kv[f"{a}.block_count"]) - n_nextn
+    rec = kv.get(f"{a}.attention.recurrent_layers")
+    if rec is None:
+        interval = int(kv.get(f"{a}.full_attention_interval", 4))
+        rec = [(i + 1) % interval != 0 for i in range(n_layer)]
+    layer_types = ["linear_attention" if r else "full_attention" for r in list(rec)[:n_layer]]
+    n_embd = int(kv[f"{a}.embedding_length"])
+    v_heads = int(kv.get(f"{a}.ssm.time_step_rank", 0) or 0)
+    inner = int(kv.get(f"{a}.ssm.inner_size", 0) or 0)
+    k_heads = int(kv.get(f"{a}.ssm.group_count", 0) or 0)
+    k_dim = int(kv.get(f"{a}.ssm.state_size", 0) or 0)
+    head_dim = int(kv.get(f"{a}.attention.key_length", 0) or n_embd // int(kv[f"{a}.attention.head_count"]))
+    return qwen35.TextConfig(
+        hf_arch="gguf",
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_ff=int(kv.get(f"{a}.feed_forward_length", 0)),
+        n_head=int(kv[f"{a}.attention.head_count"]),
+        n_head_kv=int(kv.get(f"{a}.attention.head_count_kv", 0)),
+        head_dim=head_dim,
+        n_ctx=int(kv.get(f"{a}.context_length", 0)),
+        n_vocab=0,
+        rms_eps=0.0,
+        lin_k_heads=k_heads,
+        lin_v_heads=v_heads,
+        lin_k_dim=k_dim,
+        lin_v_dim=inner // v_heads if v_heads else 0,
+        conv_kernel=int(kv.get(f"{a}.ssm.conv_kernel", 4)),
+        layer_types=layer_types,
+        full_attention_interval=4,
+        mtp_layers=n_nextn,
+        tie_embeddings="output.weight" not in {t.name for t in hdr.tensors},
+    )
+
+
+# ---------------------------------------------------------------- memory
+
+
+def kv_cache_bytes(cfg: qwen35.TextConfig, ctx: int, kv_type: str, n_nextn: int) -> int:
+    if kv_type not in KV_TYPES:
+        raise QwythosError(f"unknown --kv-type {kv_type}", "use " + ", ".join(KV_TYPES))
+    t = ggml_types()[kv_type]
+    n_full = sum(1 for k in cfg.layer_types if k == "full_attention") + n_nextn
+    row = cfg.n_head_kv * cfg.head_dim
+    return 2 * n_full * ctx * t.row_bytes(row)
+
+
+def recurrent_state_bytes(cfg: qwen35.TextConfig, n_seq: int = 1) -> int:
+    n_lin = sum(1 for k in cfg.layer_types if k == "linear_attention")
+    conv = (cfg.conv_kernel - 1) * cfg.conv_dim
+    ssm = cfg.lin_v_heads * cfg.lin_k_dim * cfg.lin_v_dim
+    return 4 * n_lin * (conv + ssm) * n_seq
+
+
+# ---------------------------------------------------------------- per type
+
+
+def check_mtp_type(mtp_type: str) -> str:
+    """`--mtp-type`: "same" (the file's mix) or any storable GGML type (bf16, q8_0, q4_0 ...), lower-cased.
+
+    llama.cpp falls back per tensor where a row is not a multiple of the type's block (q6_K on a
+    128-wide row gives q8_0), exactly as for the trunk: the dry run reports what each tensor gets.
+    """
+    m = mtp_type.strip().lower()
+    if m == "same":
+        return m
+    try:
+        parse_ggml_type(m, "--mtp-type")
+    except QwythosError as e:
+        others = (e.hint or "").removeprefix("valid types: ")
+        raise QwythosError(e.message, "use " + ", ".join(MTP_TYPES) + ", or any of: " + others) from None
+    return m
+
+
+def mtp_overrides(n_layer: int, n_nextn: int, mtp_type: str, ftype: FType) -> list[tuple[str, GGMLType]]:
+    """Per-tensor overrides that keep the MTP block (blk.{n_layer}.*) at `mtp_type`."""
+    if n_nextn == 0 or mtp_type == "same":
+        return []
+    t = parse_ggml_type(mtp_type, "--mtp-type")
+    blocks = "|".join(str(n_layer + k) for k in range(n_nextn))
+    return [(rf"^blk\.({blocks})\.", t)]
+
+
+def dry_run(
+    gguf: Path,
+    ftype: FType,
+    *,
+    overrides: list[tuple[str, GGMLType]] | None = None,
+    output_tensor_type: GGMLType | None = None,
+    token_embedding_type: GGMLType | None = None,
+    imatrix: Imatrix | None = None,
+) -> tuple[list[TensorChoice], int]:
+    """llama.cpp's choice for every tensor, and the exact size of the file it would write."""
+    call = llama_quantize(
+        gguf,
+        None,
+        ftype,
+        overrides=overrides,
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+        imatrix=imatrix,
+        allow_requantize=True,
+        dry_run=True,
+    )
+    if not call.ok:
+        raise QwythosError(f"llama.cpp's quantizer rejected {gguf}: {call.error}", "check the input file")
+    extra = 0
+    if imatrix is not None:
+        extra = 256  # quantize.imatrix.* keys (file name, dataset, counts): a few hundred bytes
+    size = output_meta_size(gguf, ftype.id) + extra + sum(pad(t.nbytes()) for t in call.tensors)
+    return call.tensors, size
+
+
+def plan(
+    src_or_config: str | Path,
+    types: list[str] | str = DEFAULT_TYPES,
+    ctx: int = 32768,
+    kv_type: str = "f16",
+    *,
+    mtp_type: str = DEFAULT_MTP_TYPE,
+    mtp: bool | None = None,
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+) -> Plan:
+    """Sizes of each quantization of `src_or_config` (GGUF, HF folder or config.json) and memory at `ctx`."""
+    ftypes_ = parse_types(list(types) if not isinstance(types, str) else types)
+    mtp_type = check_mtp_type(mtp_type)
+    if ctx <= 0:
+        raise QwythosError(f"--ctx {ctx} must be positive", "e.g. --ctx 32768")
+    ott = parse_ggml_type(output_tensor_type, "--output-tensor-type") if output_tensor_type else None
+    tet = parse_ggml_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else None
+    view = source_view(src_or_config, mtp=mtp)
+    try:
+        cfg, n_nextn = view.cfg, view.n_nextn
+        kv_b = kv_cache_bytes(cfg, ctx, kv_type, n_nextn if (view.kind != "config" or mtp) else 0)
+        rs_b = recurrent_state_bytes(cfg)
+        result = Plan(
+            source=str(src_or_config),
+            source_kind=view.kind,
+            n_params=0,
+            n_layer=cfg.n_layer,
+            mtp_layers=n_nextn,
+            ctx=ctx,
+            kv_type=kv_type,
+            kv_cache_bytes=kv_b,
+            recurrent_state_bytes=rs_b,
+            notes=list(view.notes),
+        )
+        trunk_view = source_view(src_or_config, mtp=False) if view.n_nextn and view.kind != "gguf" else None
+        mtp_prefix = tuple(f"blk.{cfg.n_layer + k}." for k in range(n_nextn))
+        for ft in ftypes_:
+            ov = mtp_overrides(cfg.n_layer, n_nextn, mtp_type, ft)
+            choices, size = dry_run(
+                view.gguf, ft, overrides=ov, output_tensor_type=ott, token_embedding_type=tet
+            )
+            trunk_size = size if not n_nextn else None
+            if trunk_view is not None:
+                trunk_size = dry_run(trunk_view.gguf, ft, output_tensor_type=ott, token_embedding_type=tet)[1]
+            n_params = sum(_numel(c.ne) for c in choices if not c.name.startswith(mtp_prefix or ("\0",)))
+            result.n_params = n_params
+            head = [c for c in choices if c.name.startswith(mtp_prefix)] if mtp_prefix else []
+            trunk_w = sum(c.nbytes() for c in choices if c not in head)
+            primary_with_head = bool(n_nextn) and (view.kind != "config" or mtp is True)
+            weights = trunk_w + (sum(c.nbytes() for c in head) if primary_with_head else 0)
+            counts: dict[str, int] = {}
+            for c in choices:
+                counts[c.new_type] = counts.get(c.new_type, 0) + 1
+            head_types = sorted({c.new_type for c in head if len(c.ne) > 1})
+            mem = weights + kv_b + rs_b
+            file_bytes = size if primary_with_head or trunk_size is None else trunk_size
+            result.types.append(
+                TypePlan(
+                    type=ft.name,
+                    file_bytes=file_bytes,
+                    file_gib=round(file_bytes / GIB, 3),
+                    trunk_gib=round((trunk_size if trunk_size is not None else size) / GIB, 3),
+                    with_mtp_gib=round(size / GIB, 3) if n_nextn else None,
+                    bpw=round(8 * trunk_w / max(n_params, 1), 3),
+                    mtp_type="/".join(head_types) if head else "-",
+                    mtp_bytes=sum(c.nbytes() for c in head),
+                    tensor_types=counts,
+                    needs_imatrix=ft.needs_imatrix,
+                    weights_bytes=weights,
+                    memory_bytes=mem,
+                    memory_gib=round(mem / GIB, 3),
+                )
+            )
+        if trunk_view is not None:
+            trunk_view.gguf.unlink(missing_ok=True)
+            os.rmdir(trunk_view.gguf.parent)
+        if view.kind == "config" and n_nextn and mtp is not True:
+            result.notes.append(
+                "file size = trunk only, as the official GGUF repo ships its quants (the MTP head is a "
+                "separate MTP-BF16 file); the +MTP column adds the head at --mtp-type"
+            )
+        return result
+    finally:
+        if view.cleanup:
+            view.gguf.unlink(missing_ok=True)
+            os.rmdir(view.gguf.parent)
+
+
+def _numel(ne: tuple[int, ...]) -> int:
+    n = 1
+    for d in ne:
+        n *= d
+    return n

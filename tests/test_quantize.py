@@ -1,0 +1,279 @@
+"""qwythos quantize on a tiny qwen35 GGUF: every type produced, verified, recorded; every refusal."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+
+from qwythos.errors import QwythosError
+from qwythos.quantize.ftypes import ftypes, parse_ftype, parse_ggml_type
+from qwythos.quantize.gguf_file import read_header
+from qwythos.quantize.llama_quant import load_imatrix
+from qwythos.quantize.run import MANIFEST, SUMS, quantize, sha256_file
+
+# ---------------------------------------------------------------- fixtures (conftest: tiny_mtp_gguf, tiny_mtp_dir)
+# tiny_mtp_gguf is the converter's BF16 GGUF of the tiny random checkpoint (hidden 256, 4 layers, a
+# real MTP head at blk.4), so every k-quant applies to it without llama.cpp's shape fallbacks.
+
+
+def _byte_tokens() -> list[str]:
+    """GPT-2 byte-level token strings (used by bench/bench_quantize_9b.py for its random 9B GGUF)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def write_imatrix(path: Path, src: Path, *, legacy: bool = False, skip_head: bool = True) -> Path:
+    """An importance matrix for `src` as llama-imatrix writes it (GGUF: in_sum2 + counts; or .dat)."""
+    hdr = read_header(src)
+    n_nextn = int(hdr.kv.get("qwen35.nextn_predict_layers", 0))
+    n_layer = int(hdr.kv["qwen35.block_count"]) - n_nextn
+    rng = np.random.default_rng(1)
+    entries = {}
+    for t in hdr.tensors:
+        if len(t.ne) < 2 or t.name in ("token_embd.weight", "output.weight") or "norm" in t.name:
+            continue
+        if skip_head and t.name.startswith(f"blk.{n_layer}."):
+            continue  # llama-imatrix never runs the nextn block
+        entries[t.name] = (rng.random(t.ne[0]).astype(np.float32) + 0.5) * 10
+    if legacy:
+        out = bytearray(struct.pack("<i", len(entries)))
+        for name, v in entries.items():
+            out += (
+                struct.pack("<i", len(name))
+                + name.encode()
+                + struct.pack("<ii", 10, v.size)
+                + (v * 10).tobytes()
+            )
+        out += struct.pack("<i", 10) + struct.pack("<i", 4) + b"text"
+        path.write_bytes(bytes(out))
+        return path
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch="imatrix")
+    w.add_type("imatrix")
+    w.add_array("imatrix.datasets", ["text.txt"])
+    w.add_uint32("imatrix.chunk_count", 10)
+    w.add_uint32("imatrix.chunk_size", 512)
+    for name, v in entries.items():
+        w.add_tensor(name + ".in_sum2", (v * 5120).reshape(1, -1))
+        w.add_tensor(name + ".counts", np.array([[5120.0]], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_mtp_gguf: Path) -> Path:
+    return tiny_mtp_gguf
+
+
+@pytest.fixture(scope="module")
+def five(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("q")
+    return out, quantize(tiny_gguf, out, types="Q4_K_M,Q5_K_M,Q6_K,Q8_0,BF16", threads=2)
+
+
+# ---------------------------------------------------------------- type tables
+
+
+def test_ftype_table_matches_binding() -> None:
+    import llama_cpp
+
+    t = ftypes()
+    assert t["Q4_K_M"].id == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert t["Q4_K_M"].default_type.name == "q4_K"
+    assert t["IQ2_M"].default_type.name == "iq2_s"
+    assert t["Q8_0"].nominal_bpw == 8.5 and t["BF16"].nominal_bpw == 16
+    assert parse_ftype("q4_k").name == "Q4_K_M"
+    assert t["IQ2_XS"].needs_imatrix and not t["Q4_K_M"].needs_imatrix
+
+
+def test_unknown_type_lists_valid_ones(tiny_gguf: Path, tmp_path: Path) -> None:
+    with pytest.raises(QwythosError) as e:
+        quantize(tiny_gguf, tmp_path, types="Q4_K_M,Q4_X")
+    assert "Q4_X" in e.value.message and "Q5_K_M" in (e.value.hint or "")
+    with pytest.raises(QwythosError) as e:
+        parse_ggml_type("q9_9")
+    assert "q8_0" in (e.value.hint or "")
+    assert not list(tmp_path.glob("*.gguf"))
+
+
+# ---------------------------------------------------------------- the five files
+
+
+def test_every_type_produced_verified_recorded(tiny_gguf: Path, five) -> None:
+    out, rep = five
+    assert [o.type for o in rep.outputs] == ["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16"]
+    sizes = [o.bytes for o in rep.outputs]
+    assert sizes == sorted(sizes)  # more bits, bigger file
+    for o in rep.outputs:
+        p = Path(o.path)
+        assert p.name == f"tiny-mtp-{o.type}.gguf" and p.stat().st_size == o.bytes
+        assert o.verified["decoded_tokens"] == 4
+        assert read_header(p).kv["general.file_type"] == parse_ftype(o.type).id
+        assert sha256_file(p) == o.sha256
+    sums = (out / SUMS).read_text().split("\n")
+    assert f"{rep.outputs[0].sha256}  tiny-mtp-Q4_K_M.gguf" in sums
+    man = json.loads((out / MANIFEST).read_text())
+    e = man["outputs"]["Q6_K"]
+    assert e["bytes"] == rep.outputs[2].bytes and e["source_fingerprint"] == rep.source_fingerprint
+    assert "llama-cpp-python 0.3.36" in e["tool_version"]
+    assert not list(out.glob("*.partial"))
+
+
+def test_mtp_block_keeps_its_type(five) -> None:
+    """Default --mtp-type q8_0: the whole MTP block (nextn.* and its decoder block) at q8_0."""
+    _, rep = five
+    q4 = read_header(Path(rep.outputs[0].path))
+    types = {t.name: t.ggml_type for t in q4.tensors}
+    assert types["blk.4.nextn.eh_proj.weight"] == GGMLQuantizationType.Q8_0
+    assert types["blk.4.ffn_down.weight"] == GGMLQuantizationType.Q8_0
+    assert types["blk.4.attn_norm.weight"] == GGMLQuantizationType.F32
+    assert types["blk.0.ffn_up.weight"] == GGMLQuantizationType.Q4_K
+    assert rep.outputs[0].mtp_type == "q8_0"
+    bf16 = read_header(Path(rep.outputs[-1].path))  # BF16 output: nothing quantized, head included
+    assert {t.name: t.ggml_type for t in bf16.tensors}["blk.4.ffn_down.weight"] == GGMLQuantizationType.BF16
+
+
+def test_mtp_type_bf16_same_and_any_ggml_type(tiny_gguf: Path, tmp_path: Path) -> None:
+    def head(mtp_type: str, sub: str) -> dict[str, int]:
+        rep = quantize(tiny_gguf, tmp_path / sub, types="Q4_K_M", mtp_type=mtp_type, verify=False)
+        return {x.name: x.ggml_type for x in read_header(Path(rep.outputs[0].path)).tensors}
+
+    assert head("bf16", "a")["blk.4.nextn.eh_proj.weight"] == GGMLQuantizationType.BF16
+    assert head("same", "b")["blk.4.nextn.eh_proj.weight"] == GGMLQuantizationType.Q4_K
+    t = head("Q4_0", "c")
+    assert t["blk.4.attn_q.weight"] == GGMLQuantizationType.Q4_0
+    assert t["blk.3.attn_q.weight"] == GGMLQuantizationType.Q4_K
+    with pytest.raises(QwythosError) as e:
+        quantize(tiny_gguf, tmp_path / "d", types="Q4_K_M", mtp_type="q9")
+    assert "--mtp-type" in e.value.message and "same" in (e.value.hint or "")
+
+
+def test_rerun_skips_current_outputs(tiny_gguf: Path, five) -> None:
+    out, rep = five
+    before = Path(rep.outputs[0].path).stat().st_mtime_ns
+    again = quantize(tiny_gguf, out, types="Q4_K_M,Q8_0", threads=2, verify=False)
+    assert all(o.skipped for o in again.outputs)
+    assert Path(rep.outputs[0].path).stat().st_mtime_ns == before
+    changed = quantize(tiny_gguf, out, types="Q4_K_M", mtp_type="bf16", verify=False)
+    assert not changed.outputs[0].skipped  # other parameters: redone
+
+
+def test_hf_folder_source_converted_once(tiny_mtp_dir: Path, tmp_path: Path) -> None:
+    """An HF folder is converted to <name>-BF16.gguf first; a rerun reuses that intermediate."""
+    rep = quantize(tiny_mtp_dir, tmp_path, types="Q8_0", verify=False)
+    inter = Path(rep.source_gguf)
+    assert rep.converted and inter == tmp_path / f"{tiny_mtp_dir.name}-BF16.gguf"
+    hdr = read_header(inter)
+    assert hdr.kv["general.file_type"] == parse_ftype("BF16").id
+    assert "blk.4.nextn.eh_proj.weight" in {t.name for t in hdr.tensors}
+    out = Path(rep.outputs[0].path)
+    assert out.name == f"{tiny_mtp_dir.name}-Q8_0.gguf"
+    assert read_header(out).kv["general.file_type"] == parse_ftype("Q8_0").id
+    stamp = inter.stat().st_mtime_ns, out.stat().st_mtime_ns
+    again = quantize(tiny_mtp_dir, tmp_path, types="Q8_0", verify=False)
+    assert not again.converted and any("reused the BF16 intermediate" in n for n in again.notes)
+    assert again.outputs[0].skipped and again.source_fingerprint == rep.source_fingerprint
+    assert (inter.stat().st_mtime_ns, out.stat().st_mtime_ns) == stamp
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_refuses_quantized_input_unless_requantize(five, tmp_path: Path) -> None:
+    _, rep = five
+    q8 = Path(rep.outputs[3].path)
+    with pytest.raises(QwythosError) as e:
+        quantize(q8, tmp_path, types="Q4_K_M")
+    assert "already quantized" in e.value.message and "--requantize" in (e.value.hint or "")
+    r = quantize(q8, tmp_path, types="Q4_K_M", requantize=True, verify=False)
+    assert r.outputs[0].bytes > 0
+
+
+def test_refuses_other_architecture(tmp_path: Path) -> None:
+    import gguf
+
+    p = tmp_path / "llama.gguf"
+    w = gguf.GGUFWriter(str(p), arch="llama")
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(QwythosError) as e:
+        quantize(p, tmp_path / "o", types="Q8_0")
+    assert "'llama'" in e.value.message and str(p) in e.value.message
+
+
+def test_not_enough_disk_checked_first(tiny_gguf: Path, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    du = namedtuple("du", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: du(10**9, 10**9, 1000))
+    with pytest.raises(QwythosError) as e:
+        quantize(tiny_gguf, tmp_path, types="Q4_K_M,Q8_0")
+    assert "not enough disk space" in e.value.message
+    assert not list(tmp_path.glob("*.gguf*"))
+
+
+def test_interrupted_run_leaves_no_partial_and_resumes(tiny_gguf: Path, tmp_path: Path) -> None:
+    def stop(tname: str, done: int, total: int) -> None:
+        if tname == "Q8_0" and done > 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        quantize(tiny_gguf, tmp_path, types="Q4_K_M,Q8_0", progress=stop, verify=False)
+    assert (tmp_path / "tiny-mtp-Q4_K_M.gguf").is_file()
+    assert not (tmp_path / "tiny-mtp-Q8_0.gguf").exists() and not list(tmp_path.glob("*.partial"))
+    rep = quantize(tiny_gguf, tmp_path, types="Q4_K_M,Q8_0", verify=False)
+    assert [o.skipped for o in rep.outputs] == [True, False]
+
+
+# ---------------------------------------------------------------- imatrix
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_imatrix_both_formats_load_identically(tiny_gguf: Path, tmp_path: Path, legacy: bool) -> None:
+    p = write_imatrix(tmp_path / ("im.dat" if legacy else "im.gguf"), tiny_gguf, legacy=legacy)
+    im = load_imatrix(p)
+    assert im.legacy is legacy
+    assert "blk.0.ffn_up.weight" in im.entries and not any(k.startswith("blk.4.") for k in im.entries)
+    v = im.entries["blk.0.ffn_up.weight"]
+    assert v.shape == (256,) and 5 <= v.min() and v.max() <= 15  # sums / counts: the per-column mean
+
+
+def test_iq_type_needs_imatrix(tiny_gguf: Path, tmp_path: Path) -> None:
+    with pytest.raises(QwythosError) as e:
+        quantize(tiny_gguf, tmp_path, types="IQ2_XS")
+    assert "--imatrix" in (e.value.hint or "")
+
+
+@pytest.mark.parametrize("mtp_type", ["bf16", "same"])
+def test_iq_type_with_headless_imatrix(tiny_gguf: Path, tmp_path: Path, mtp_type: str) -> None:
+    im = write_imatrix(tmp_path / "im.gguf", tiny_gguf)
+    rep = quantize(tiny_gguf, tmp_path / "o", types="IQ2_XS", imatrix=im, mtp_type=mtp_type)
+    o = rep.outputs[0]
+    assert o.verified["decoded_tokens"] == 4
+    hdr = read_header(Path(o.path))
+    t = {x.name: x.ggml_type for x in hdr.tensors}
+    assert t["blk.0.ffn_up.weight"] == GGMLQuantizationType.IQ2_XS
+    want = GGMLQuantizationType.BF16 if mtp_type == "bf16" else GGMLQuantizationType.Q8_0
+    assert t["blk.4.nextn.eh_proj.weight"] == want
+    assert hdr.kv["quantize.imatrix.entries_count"] == len(load_imatrix(im).entries)
+    assert (mtp_type == "same") == any("no data for the MTP block" in n for n in rep.notes)
