@@ -242,9 +242,11 @@ def _kv_overrides(im: Imatrix, buf: _Buffers):
 
 @contextlib.contextmanager
 def llama_log_to(callback=None) -> Iterator[None]:
-    """Route llama.cpp's log to `callback` (default: drop it) for the duration of the block."""
+    """Route llama.cpp's log to `callback` (default: drop it) for the duration of the block.
+
+    Afterwards the log stays silenced: library code never lets llama.cpp print to the terminal.
+    """
     import llama_cpp
-    from llama_cpp import _logger
 
     if callback is None:
         callback = _DROP
@@ -253,7 +255,7 @@ def llama_log_to(callback=None) -> Iterator[None]:
         try:
             yield
         finally:
-            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+            llama_cpp.llama_log_set(_DROP, ctypes.c_void_p(0))
 
 
 def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:

@@ -76,9 +76,14 @@ def test_tokenizer_metadata(tiny_mtp_dir: Path, tiny_mtp_gguf: Path) -> None:
     tokens = kv(r, "tokenizer.ggml.tokens")
     types = kv(r, "tokenizer.ggml.token_type")
     assert len(tokens) == text_cfg(tiny_mtp_dir)["vocab_size"] == len(types)
+    # as in transformers (and so llama.cpp's converter), tokenizer_config.json decides what is special:
+    # Qwen's <think>, <tool_call> ... are added but not special there -> USER_DEFINED (4), not CONTROL (3)
+    special = {int(i): d["special"] for i, d in tc["added_tokens_decoder"].items()}
+    assert not special[tokens.index("<think>")] and not special[tokens.index("<tool_call>")]
     for a in tj["added_tokens"]:
         assert tokens[a["id"]] == a["content"]
-        assert types[a["id"]] == (3 if a["special"] or a["content"].startswith("<|") else 4)
+        assert types[a["id"]] == (3 if special[a["id"]] or a["content"].startswith("<|") else 4)
+    assert types[tokens.index("<think>")] == 4 and types[tokens.index("<|im_end|>")] == 3
     im_end = next(a["id"] for a in tj["added_tokens"] if a["content"] == "<|im_end|>")
     assert kv(r, "tokenizer.ggml.eos_token_id") == im_end
     assert kv(r, "tokenizer.ggml.add_bos_token") is False
