@@ -449,7 +449,9 @@ def mtp_validate(
     draft: Path | None = typer.Option(None, "--draft", help="A stand-alone MTP GGUF for MODEL."),
     text: Path | None = typer.Option(None, "--text", help="Calibration text (default: the bundled one)."),
     depth: int = typer.Option(3, "--depth", help="Draft depth to measure."),
-    min_accept: float = typer.Option(0.0, "--min-accept", help="Fail below this depth-1 acceptance rate."),
+    min_accept: float = typer.Option(
+        0.1, "--min-accept", help="Fail below this depth-1 acceptance rate (a wrong head scores ~0)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check the head's structure, then measure its draft acceptance with llama.cpp's MTP context."""

@@ -111,3 +111,13 @@ def test_torch_forward_matches_llama_cpp(trained_dir, trained_ggufs):
     (acc, tot) = stats["counts"][0]
     # same positions but the first (llama.cpp's loop also drafts from position 0 with a zero h)
     assert abs(acc / tot - ours.rates[0]) < 0.005, (acc, tot, ours.accepted, ours.total)
+
+
+def test_cli_default_gate_is_the_library_default():
+    import inspect
+
+    from qwythos.cli import mtp_validate
+    from qwythos.mtp.validate import DEFAULT_MIN_ACCEPT
+
+    opt = inspect.signature(mtp_validate).parameters["min_accept"].default
+    assert opt.default == DEFAULT_MIN_ACCEPT > 0
