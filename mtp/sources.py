@@ -15,6 +15,7 @@ llama.cpp's on-disk form, so the grafter can put it at any block index.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,6 @@ from qwythos.mtp.structure import (
 from qwythos.quantize import qwen35
 from qwythos.quantize.checkpoint import Checkpoint, _looks_like_hub_id, read_safetensors_header
 from qwythos.quantize.gguf_file import RawSource, read_header
-
-HUB_HEAD_FILES = ("config.json", "model.safetensors.index.json")
 
 
 @dataclass
@@ -89,31 +88,18 @@ def _hf_folder(src: str) -> tuple[Path, str | None]:
     return _download_head_shards(src), src
 
 
+def head_cache_dir(repo_id: str) -> Path:
+    """Where a Hub repo's MTP shards are kept: QWYTHOS_CACHE (default ~/.cache/qwythos)/heads/."""
+    root = Path(os.environ.get("QWYTHOS_CACHE") or Path.home() / ".cache" / "qwythos")
+    return root / "heads" / repo_id.replace("/", "--")
+
+
 def _download_head_shards(repo_id: str) -> Path:
-    """config + index first, then only the shards that hold mtp.* tensors."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as e:  # pragma: no cover
-        raise QwythosError("huggingface-hub is not installed", "pip install huggingface-hub") from e
-    try:
-        paths = [Path(hf_hub_download(repo_id, f)) for f in HUB_HEAD_FILES]
-        index = json.loads(paths[1].read_text())
-        shards = sorted({f for n, f in index["weight_map"].items() if _is_mtp_name(n)})
-        if not shards:
-            raise QwythosError(
-                f"{repo_id} has no mtp.* tensors in its index",
-                "pick a checkpoint that has its MTP head, e.g. Qwen/Qwen3.5-9B",
-            )
-        for s in shards:
-            hf_hub_download(repo_id, s)
-    except QwythosError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any hub failure means "could not get it"
-        raise QwythosError(
-            f"cannot download the MTP shards of {repo_id}: {type(e).__name__}: {e}",
-            "check the repo id and the network (or pass a local folder / GGUF)",
-        ) from None
-    return paths[0].parent
+    """config, tokenizer files and the index first, then only the shards that hold mtp.* tensors
+    (the same selection as `qwythos download --mtp-only`; resumable, complete files kept)."""
+    from qwythos.export import hub
+
+    return hub.download(repo_id, head_cache_dir(repo_id), mtp_only=True).local_dir
 
 
 def _is_mtp_name(name: str) -> bool:

@@ -372,3 +372,32 @@ def test_real_client_downloads_from_a_stand_in_hub(
     assert "model-00003-of-00003.safetensors" not in fetched and "config.json" not in fetched
     with pytest.raises(QwythosError, match="Hub request for nobody/none failed"):
         hub.download("nobody/none", tmp_path / "x", client=client)
+
+
+def test_mtp_restore_from_a_hub_repo_reads_only_the_head_shard(
+    stand_in: _StandInHub, fake: FakeHub, tmp_path: Path, monkeypatch
+) -> None:
+    """`qwythos mtp restore TRUNK --from REPO_ID`: config + index + the mtp.* shard, never the trunk's."""
+    from gguf import GGUFReader
+
+    from qwythos.mtp.graft import restore
+    from qwythos.quantize.convert import convert
+
+    trained = Path(__file__).resolve().parents[1] / "data" / "tiny-trained"
+    shutil.copytree(trained, fake.root / "Qwen" / "Tiny-Trained")
+    real_client = hub.HfClient
+    monkeypatch.setattr(hub, "HfClient", lambda: real_client(endpoint=stand_in.url))
+    monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "cache"))
+    trunk = convert(trained, tmp_path / "trunk.gguf", mtp=False).output
+    stand_in.gets.clear()
+    got = restore(trunk, "Qwen/Tiny-Trained", tmp_path / "hub.gguf").output
+    fetched = {g.split(" ")[0] for g in stand_in.gets}
+    assert "model-00002-of-00002.safetensors" in fetched  # the shard holding mtp.*
+    assert "model-00001-of-00002.safetensors" not in fetched  # the trunk's weights are never read
+    local = restore(trunk, trained, tmp_path / "local.gguf").output
+    a, b = GGUFReader(got), GGUFReader(local)
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    assert all(bytes(x.data) == bytes(y.data) for x, y in zip(a.tensors, b.tensors, strict=True))
+    stand_in.gets.clear()  # a second restore uses the cached shard
+    restore(trunk, "Qwen/Tiny-Trained", tmp_path / "again.gguf")
+    assert not any(g.endswith(".safetensors") for g in stand_in.gets)
