@@ -104,9 +104,14 @@ def test_trained_bf16_at_bf16_level(trained_reference, rt_trained_gguf: Path) ->
 
 
 @pytest.mark.slow
-def test_random_fixture_bf16_at_bf16_level(tiny_mtp_dir: Path, tiny_mtp_gguf: Path) -> None:
-    ids = _tokens(tiny_mtp_dir)
-    rel, agree, decisive = _compare(_llama_logits(tiny_mtp_gguf, ids), _hf_logits(tiny_mtp_dir, ids))
+@pytest.mark.parametrize("variant", ["tiny_mtp_dir", "tiny_nomtp_dir", "tiny_qwythos_dir"])
+def test_random_fixtures_bf16_at_bf16_level(variant: str, request, tmp_path: Path) -> None:
+    from qwythos.quantize.convert import convert
+
+    folder = request.getfixturevalue(variant)
+    gguf = convert(folder, tmp_path / "f-BF16.gguf").output
+    ids = _tokens(folder)
+    rel, agree, decisive = _compare(_llama_logits(gguf, ids), _hf_logits(folder, ids))
     assert rel.max() < 0.05 and rel.mean() < 0.02
     assert decisive.sum() >= 0.6 * len(ids)
     assert agree[decisive].all(), f"top-1 differs at decisive {np.where(decisive & ~agree)[0].tolist()}"
