@@ -213,59 +213,32 @@ def verify_output(path: Path, ft: FType) -> dict[str, Any]:
 
 
 def decode_probe(path: Path, n: int = VERIFY_TOKENS) -> int:
-    """Load the model and greedily decode `n` tokens; returns how many were produced."""
+    """Load the model (with its MTP layer when it has one) through the runtime and greedily decode
+    `n` tokens one at a time; returns how many were produced. NaN logits or a failed decode mean a
+    broken file."""
+    import numpy as np
+
+    from qwythos.runtime.backend import load_model
 
     with llama_log_to(None):
-        return _decode_probe(path, n)
-
-
-def _decode_probe(path: Path, n: int) -> int:
-    import llama_cpp
-
-    from qwythos.runtime.probe import safe_model_kwargs
-
-    llama_cpp.llama_backend_init()
-    mp = llama_cpp.llama_model_default_params()
-    for k, v in safe_model_kwargs().items():
-        setattr(mp, k, v)
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
-    if not model:
-        raise QwythosError(
-            f"llama.cpp could not load {path}", "the output is broken; delete it and run again"
-        )
-    try:
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx = 64
-        cp.n_batch = 64
-        cp.n_threads = cp.n_threads_batch = max(1, min(4, os.cpu_count() or 1))
-        ctx = llama_cpp.llama_init_from_model(model, cp)
-        if not ctx:
-            raise QwythosError(f"llama.cpp could not create a context for {path}", "check free memory")
         try:
-            vocab = llama_cpp.llama_model_get_vocab(model)
-            n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-            tok = llama_cpp.llama_vocab_bos(vocab)
-            if tok < 0 or tok >= n_vocab:
-                tok = 0
-            produced = 0
-            for _ in range(n):
-                arr = (llama_cpp.llama_token * 1)(tok)
-                if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, 1)) != 0:
-                    raise QwythosError(f"llama.cpp failed to decode with {path}", "the output is broken")
-                logits = llama_cpp.llama_get_logits_ith(ctx, -1)
-                best, tok = float("-inf"), 0
-                for i in range(n_vocab):
-                    v = logits[i]
-                    if v != v:  # NaN
-                        raise QwythosError(f"{path} produces NaN logits", "the output is broken")
-                    if v > best:
-                        best, tok = v, i
-                produced += 1
-            return produced
+            model = load_model(path)
+        except QwythosError as e:
+            raise QwythosError(
+                f"{path} does not load: {e.message}", "the output is broken; run again"
+            ) from None
+        try:
+            ctx = model.new_target(64, n_batch=8, threads=max(1, min(4, os.cpu_count() or 1)))
+            tok = 0
+            for i in range(n):
+                ctx.decode([tok], i)
+                logits = ctx.logits(1)[0]
+                if not np.isfinite(logits).all():
+                    raise QwythosError(f"{path} produces NaN or infinite logits", "the output is broken")
+                tok = int(logits.argmax())
+            return n
         finally:
-            llama_cpp.llama_free(ctx)
-    finally:
-        llama_cpp.llama_model_free(model)
+            model.close()
 
 
 # ---------------------------------------------------------------- main

@@ -277,3 +277,22 @@ def test_iq_type_with_headless_imatrix(tiny_gguf: Path, tmp_path: Path, mtp_type
     assert t["blk.4.nextn.eh_proj.weight"] == want
     assert hdr.kv["quantize.imatrix.entries_count"] == len(load_imatrix(im).entries)
     assert (mtp_type == "same") == any("no data for the MTP block" in n for n in rep.notes)
+
+
+def test_verification_catches_a_broken_output(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
+    """A file that parses but computes NaN is reported broken, not passed on as done."""
+    import shutil
+
+    from gguf import GGUFReader
+
+    from qwythos.quantize.run import decode_probe
+
+    assert decode_probe(tiny_trunk_gguf, 3) == 3
+    bad = tmp_path / "nan.gguf"
+    shutil.copyfile(tiny_trunk_gguf, bad)
+    t = next(t for t in GGUFReader(bad).tensors if t.name == "output_norm.weight")
+    with open(bad, "r+b") as f:
+        f.seek(t.data_offset)
+        f.write(np.full(t.n_elements, np.nan, dtype=np.float32).tobytes())
+    with pytest.raises(QwythosError, match="NaN"):
+        decode_probe(bad, 3)
