@@ -69,7 +69,7 @@ def simple_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table
     return table
 
 
-# ---------------------------------------------------------------- section: doctor (lead)
+# ---------------------------------------------------------------- section: doctor
 @app.command()
 def doctor(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),

@@ -1,11 +1,11 @@
-"""Shared pytest fixtures. Each helper owns one marked block; edit only your own block."""
+"""Shared pytest fixtures, grouped by the part of qwythos they serve. Built once per session."""
 
 from __future__ import annotations
 
 import pytest
 
 
-# ---- fixtures: base (fixtures helper)
+# ---- fixtures: base
 @pytest.fixture(scope="session")
 def tiny_mtp_dir(tmp_path_factory):
     """Tiny Qwen3.5 HF folder in the base-model layout: config with one MTP layer + mtp.* tensors."""
@@ -33,7 +33,7 @@ def tiny_qwythos_dir(tmp_path_factory):
 # ---- end: base
 
 
-# ---- fixtures: converter (converter helper)
+# ---- fixtures: converter
 @pytest.fixture(scope="session")
 def tiny_mtp_gguf(tiny_mtp_dir, tmp_path_factory):
     """Our converter's BF16 GGUF of tiny_mtp_dir, MTP head included (blk.N.nextn.*)."""
@@ -54,7 +54,7 @@ def tiny_trunk_gguf(tiny_mtp_dir, tmp_path_factory):
 # ---- end: converter
 
 
-# ---- fixtures: export (export helper)
+# ---- fixtures: export
 @pytest.fixture(scope="session")
 def export_real_gguf(request, tmp_path_factory):
     """kind -> a real qwen35 GGUF for the export tests, built once per session.
@@ -91,7 +91,7 @@ def export_real_gguf(request, tmp_path_factory):
 # ---- end: export
 
 
-# ---- fixtures: mtp (mtp helper)
+# ---- fixtures: mtp
 TRAINED_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "tiny-trained"
 OTHER_HEAD_DIR = TRAINED_DIR.with_name("tiny-trained-other")
 
@@ -133,7 +133,7 @@ def trained_ggufs(tmp_path_factory):
 # ---- end: mtp
 
 
-# ---- fixtures: runtime (runtime helper)
+# ---- fixtures: runtime
 @pytest.fixture(scope="session")
 def rt_trained_gguf(tmp_path_factory):
     """BF16 GGUF (with its trained MTP head) of the bundled data/tiny-trained model."""
