@@ -146,7 +146,7 @@ def check_draft_compatible(target: ModelInfo, draft: ModelInfo) -> None:
     if not draft.has_mtp:
         raise QwythosError(
             f"{draft.path} has no MTP (nextn) layer, so it cannot be an MTP draft",
-            "pass a GGUF that carries blk.N.nextn.* tensors (see `qwythos mtp extract`)",
+            "pass a GGUF that carries blk.N.nextn.* tensors (`qwythos mtp restore TRUNK --from SRC --separate` writes one)",
         )
     for what, a, b in (
         ("vocabulary size", target.n_vocab, draft.n_vocab),
