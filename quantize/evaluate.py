@@ -46,66 +46,31 @@ class EvalReport:
 
 
 class _Scorer:
-    """One loaded model: log-probabilities for every position of a window."""
+    """One loaded model (trunk only, through the runtime backend): log-probabilities per position."""
 
     def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
-        import llama_cpp
+        from qwythos.runtime.backend import load_model
 
-        from qwythos.runtime.probe import safe_model_kwargs
-
-        self.llama_cpp = llama_cpp
-        llama_cpp.llama_backend_init()
-        mp = llama_cpp.llama_model_default_params()
-        for k, v in safe_model_kwargs().items():
-            setattr(mp, k, v)
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
-        if not self.model:
-            raise QwythosError(f"llama.cpp could not load {path}", "check the file with `qwythos inspect`")
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx
-        cp.n_threads = cp.n_threads_batch = threads
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
-        if not self.ctx:
-            llama_cpp.llama_model_free(self.model)
-            raise QwythosError(f"no context for {path}", "lower the context or free memory")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.model = load_model(path, mtp=False)
+        try:
+            self.ctx = self.model.new_target(n_ctx, n_batch=n_ctx, threads=threads)
+        except BaseException:
+            self.model.close()
+            raise
+        self.n_vocab = self.model.n_vocab
 
     def tokenize(self, text: str) -> list[int]:
-        lc = self.llama_cpp
-        data = text.encode()
-        buf = (lc.llama_token * (len(data) + 8))()
-        n = lc.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, False)
-        if n < 0:
-            raise QwythosError("the text could not be tokenized", "use plain UTF-8 text")
-        return list(buf[:n])
+        return self.model.tokenize(text, parse_special=False)
 
     def logprobs(self, tokens: list[int]) -> np.ndarray:
-        lc = self.llama_cpp
-        mem = lc.llama_get_memory(self.ctx)
-        lc.llama_memory_clear(mem, True)
-        n = len(tokens)
-        batch = lc.llama_batch_init(n, 0, 1)
-        try:
-            for i, t in enumerate(tokens):
-                batch.token[i] = t
-                batch.pos[i] = i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = True
-            batch.n_tokens = n
-            if lc.llama_decode(self.ctx, batch) != 0:
-                raise QwythosError("llama.cpp failed to decode the evaluation text", "lower --ctx")
-            ptr = lc.llama_get_logits(self.ctx)
-            logits = np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)).astype(np.float64)
-        finally:
-            lc.llama_batch_free(batch)
+        self.ctx.clear()
+        self.ctx.decode(tokens, 0, outputs="all")
+        logits = self.ctx.logits(len(tokens)).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
     def close(self) -> None:
-        self.llama_cpp.llama_free(self.ctx)
-        self.llama_cpp.llama_model_free(self.model)
+        self.model.close()
 
 
 def _type_name(path: Path) -> str:
