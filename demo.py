@@ -81,6 +81,7 @@ def run_demo(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> DemoReport:
     """Run convert -> quantize -> mtp restore -> validate -> generate (plain and MTP) in work_dir."""
+    from qwythos.fileio import ensure_writable_dir
     from qwythos.mtp.graft import restore
     from qwythos.mtp.validate import validate
     from qwythos.quantize.convert import convert
@@ -89,7 +90,7 @@ def run_demo(
     from qwythos.runtime.speculative import Engine
 
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(work, "demo folder")
     rep = DemoReport(str(work))
 
     def step(name: str, fn: Callable[[], Path]) -> Path:

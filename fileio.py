@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -60,3 +61,36 @@ def atomic_output(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def ensure_writable_dir(folder: Path, what: str = "folder") -> None:
+    """Create `folder` if needed; a QwythosError naming it when it cannot be created or written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QwythosError(
+            f"cannot write into {what} {folder}: {e.strerror or e}", "choose a writable folder"
+        ) from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise QwythosError(f"cannot write into {what} {folder}: not writable", "choose a writable folder")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file under a temporary name, renamed when complete; errors name the file."""
+    path = Path(path)
+    ensure_writable_dir(path.parent)
+    try:
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(text.encode())
+    except OSError as e:
+        raise QwythosError(f"cannot write {path}: {e.strerror or e}", "choose a writable output") from e
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    """Hex sha256 of a file, read in chunks (no whole-file buffer)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

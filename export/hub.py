@@ -25,7 +25,7 @@ from qwythos.export import card
 from qwythos.export.gguf_meta import read_gguf_summary
 from qwythos.export.modelfile import parse_modelfile, to_request
 from qwythos.export.ollama import ModelfileSpec, render
-from qwythos.export.place import sha256_file
+from qwythos.fileio import ensure_writable_dir, sha256_file
 
 #: Everything `qwythos convert` reads besides the weights.
 META_PATTERNS: tuple[str, ...] = (
@@ -179,14 +179,7 @@ def download(
         if not any(f.endswith(".safetensors") for f in files):
             raise QwythosError(f"{repo_id} has no .safetensors weights", "pass a safetensors model repo")
         if not dry_run:
-            try:
-                local_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise QwythosError(
-                    f"cannot create {local_dir}: {e.strerror}", "choose a writable --local-dir"
-                ) from e
-            if not os.access(local_dir, os.W_OK):
-                raise QwythosError(f"{local_dir} is not writable", "choose a writable --local-dir")
+            ensure_writable_dir(local_dir, "download folder")
             client.snapshot(repo_id, local_dir, files, revision)
     except QwythosError:
         raise

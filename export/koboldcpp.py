@@ -23,8 +23,7 @@ from pathlib import Path
 
 from qwythos.errors import QwythosError
 from qwythos.export.gguf_meta import read_gguf_summary
-from qwythos.export.place import ensure_writable_dir
-from qwythos.fileio import atomic_output
+from qwythos.fileio import atomic_output, ensure_writable_dir
 
 CONTEXT_MIN = 256
 CONTEXT_MAX = 262144

@@ -20,8 +20,8 @@ from pathlib import Path
 from qwythos.errors import QwythosError
 from qwythos.export import card
 from qwythos.export.gguf_meta import MODEL_CONTEXT, SIZE_LABEL, read_gguf_summary, split_quant_suffix
-from qwythos.export.place import MODES, Placement, ensure_writable_dir, place_file
-from qwythos.fileio import atomic_output
+from qwythos.export.place import MODES, Placement, place_file
+from qwythos.fileio import atomic_output, ensure_writable_dir
 
 DEFAULT_PUBLISHER = "empero-ai"
 DEFAULT_MODELS_DIR = Path("~/.lmstudio/models")

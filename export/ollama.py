@@ -32,8 +32,7 @@ from qwythos.errors import QwythosError
 from qwythos.export import card
 from qwythos.export.gguf_meta import MODEL_CONTEXT, QWEN35_TURN_END_TOKENS, gguf_file_name, read_gguf_summary
 from qwythos.export.modelfile import Command, parse_modelfile, render_modelfile, to_request
-from qwythos.export.place import ensure_writable_dir
-from qwythos.fileio import atomic_output
+from qwythos.fileio import ensure_writable_dir, write_text_atomic
 
 DEFAULT_NAME = "qwythos-9b"
 #: Ollama model names: [namespace/]name[:tag] of letters, digits, '.', '_', '-'.
@@ -202,7 +201,7 @@ def export_ollama(
             raise QwythosError(
                 f"{out} already exists with other content", "pass --force to replace it, or -o elsewhere"
             )
-        _write_text(out, text)
+        write_text_atomic(out, text)
     return OllamaExport(
         modelfile=out,
         gguf=gguf,
@@ -216,15 +215,3 @@ def export_ollama(
         text=text,
         warnings=list(summary.warnings),
     )
-
-
-def _write_text(path: Path, text: str) -> None:
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path) as tmp:
-            tmp.write_bytes(text.encode())
-    except PermissionError as e:
-        raise QwythosError(f"cannot write {path}: permission denied", "choose a writable -o") from e
-    except OSError as e:
-        raise QwythosError(f"cannot write {path}: {e.strerror}", "choose a writable -o") from e

@@ -7,14 +7,13 @@ holds different bytes is refused. Copies are written under a temporary name and 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from qwythos.errors import QwythosError
-from qwythos.fileio import atomic_output, check_free_space
+from qwythos.fileio import atomic_output, check_free_space, ensure_writable_dir, sha256_file
 
 #: Placement modes and what each does.
 MODES: dict[str, str] = {
@@ -33,14 +32,6 @@ class Placement:
     action: str  # "copied" / "hard-linked" / "symlinked" / "moved" / "already in place"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def same_bytes(a: Path, b: Path) -> bool:
     """True when `a` and `b` are the same file or hold identical bytes."""
     try:
@@ -51,17 +42,6 @@ def same_bytes(a: Path, b: Path) -> bool:
     if a.stat().st_size != b.stat().st_size:
         return False
     return sha256_file(a) == sha256_file(b)
-
-
-def ensure_writable_dir(folder: Path, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise QwythosError(
-            f"cannot write into {what} {folder}: {e.strerror}", "choose a writable folder"
-        ) from e
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise QwythosError(f"cannot write into {what} {folder}: not writable", "choose a writable folder")
 
 
 def place_file(source: Path, dest: Path, mode: str) -> Placement:

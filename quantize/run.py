@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from qwythos.errors import QwythosError
-from qwythos.fileio import atomic_output, check_free_space
+from qwythos.fileio import (
+    atomic_output,
+    check_free_space,
+    ensure_writable_dir,
+    sha256_file,
+    write_text_atomic,
+)
 from qwythos.quantize import qwen35
 from qwythos.quantize.ftypes import FType, ggml_types, parse_ggml_type, parse_types
 from qwythos.quantize.gguf_file import read_header
@@ -90,14 +96,6 @@ def fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(16 * 2**20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _load_manifest(out_dir: Path) -> dict[str, Any]:
     p = out_dir / MANIFEST
     if not p.is_file():
@@ -106,11 +104,6 @@ def _load_manifest(out_dir: Path) -> dict[str, Any]:
         return json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------- the source
@@ -192,7 +185,7 @@ def resolve_source(src: str | Path, out_dir: Path, requantize: bool, progress: C
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         res = convert(folder, inter, outtype="bf16", force=True, name=name, progress=progress)
-        _write_text(marker, fp + "\n")
+        write_text_atomic(marker, fp + "\n")
         notes += res.notes
         converted = True
     n_layer, n_nextn = check_source_gguf(inter, requantize)
@@ -285,9 +278,7 @@ def quantize(
             f"{', '.join(needs)} need an importance matrix", "pass --imatrix FILE (from llama-imatrix)"
         )
     out = Path(out_dir) if out_dir is not None else Path.cwd()
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise QwythosError(f"folder {out} is not writable", "choose a writable -o")
+    ensure_writable_dir(out, "output folder")
 
     source = resolve_source(src, out, requantize, None)
     src_fp = fingerprint(source.gguf)
@@ -398,9 +389,9 @@ def quantize(
 
 def _write_manifest(out: Path, entries: dict[str, Any]) -> None:
     manifest = {"tool_version": tool_version(), "outputs": entries}
-    _write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     lines = [f"{e['sha256']}  {e['file']}" for e in entries.values() if (out / e["file"]).is_file()]
-    _write_text(out / SUMS, "\n".join(lines) + "\n")
+    write_text_atomic(out / SUMS, "\n".join(lines) + "\n")
 
 
 def _hint_for(error: str) -> str:

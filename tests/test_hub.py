@@ -139,7 +139,7 @@ def test_download_errors(fake: FakeHub, tmp_path: Path) -> None:
         hub.download("nobody/none", tmp_path / "b", client=fake)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(QwythosError, match="cannot create"):
+    with pytest.raises(QwythosError, match="cannot write into download folder"):
         hub.download("Qwen/Qwen3.5-9B", blocker / "sub", client=fake)
 
 
