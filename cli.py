@@ -246,9 +246,12 @@ def quantize(
     """Quantize with llama.cpp's own quantizer; every output verified, hashed and recorded."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from qwythos.fileio import write_text_atomic
     from qwythos.quantize.run import quantize as run_quantize
 
     try:
+        if eval_text is not None and not eval_text.is_file():
+            raise QwythosError(f"--eval text {eval_text} not found", "pass a text file with --eval")
         kw = dict(
             types=types,
             imatrix=imatrix,
@@ -283,8 +286,9 @@ def quantize(
             base = next((o.path for o in report.outputs if o.type == "BF16"), report.source_gguf)
             quants = [o.path for o in report.outputs if o.path != base]
             evaluation = evaluate(base, quants, eval_text.read_text())
-            eval_json = Path(report.out_dir) / "quality.json"
-            eval_json.write_text(json.dumps(to_jsonable(evaluation), indent=2) + "\n")
+            write_text_atomic(
+                Path(report.out_dir) / "quality.json", json.dumps(to_jsonable(evaluation), indent=2) + "\n"
+            )
     except QwythosError as e:
         fail(e)
     if json_out:
@@ -373,6 +377,7 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Perplexity, mean KL divergence and top-1 agreement against the BF16 base."""
+    from qwythos.fileio import ensure_writable_dir
     from qwythos.quantize.evaluate import evaluate, plot_png
 
     try:
@@ -382,6 +387,8 @@ def eval_cmd(
             raise QwythosError(
                 f"--ctx {ctx} / --max-windows {max_windows} too small", "e.g. --ctx 256 --max-windows 8"
             )
+        if plot is not None:
+            ensure_writable_dir(plot.parent, "plot folder")
         report = evaluate(
             base, list(quants), text.read_text(), n_ctx=ctx, max_windows=max_windows, threads=threads
         )
@@ -696,10 +703,11 @@ def bench_cmd(
 
     try:
         ds = tuple(int(x) for x in drafts.split(",") if x.strip())
-        r = run_bench(model_path, drafts=ds, max_tokens=max_tokens, threads=threads)
     except ValueError:
         fail(QwythosError(f"--drafts {drafts!r} is not a list of numbers", "e.g. --drafts 1,2,3"))
         return
+    try:
+        r = run_bench(model_path, drafts=ds, max_tokens=max_tokens, threads=threads)
     except QwythosError as e:
         fail(e)
         return

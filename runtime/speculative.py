@@ -118,6 +118,11 @@ class Generation:
         }
 
 
+def _recent(history: list[int], sp: SamplingParams) -> list[int]:
+    """A copy of the tokens the repetition penalty can still see (not the whole history: O(1) a step)."""
+    return history[-sp.repeat_last_n :] if sp.repeat_last_n > 0 else history[:]
+
+
 class _Output:
     """Collects emitted tokens, streams text, and watches for EOG tokens and stop strings."""
 
@@ -351,7 +356,7 @@ class Engine:
                         hidden=hid[start : start + mtp.n_batch],
                     )
                 cu_tokens = []
-                dh = history[:]
+                dh = _recent(history, sp)  # the penalty's window, extended by the drafts
                 for j in range(n_draft):
                     lg = mtp.logits(1)[0]
                     if sp.greedy:
@@ -379,7 +384,7 @@ class Engine:
             # 3. accept -------------------------------------------------------------------------
             acc = 0
             nxt = None
-            ph = history[:]  # history as the target sees it at each row
+            ph = _recent(history, sp)  # the penalty's window as the target sees it at each row
             for j, d in enumerate(drafts):
                 stats.drafted += 1
                 stats.drafted_per_depth[j] += 1
