@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qwythos.export.gguf_meta import GGUF_REPO, MODEL_CONTEXT, MODEL_REPO
+from qwythos.runtime.sampling import CARD_DEFAULTS
 
 BASE_MODEL_REPO = "Qwen/Qwen3.5-9B"
 LICENSE = "apache-2.0"
 
 #: The model card's recommended sampling (greedy or T <= 0.3 falls into repetition loops).
-TEMPERATURE = 0.6
-TOP_P = 0.95
-TOP_K = 20
-REPEAT_PENALTY = 1.05
+TEMPERATURE = CARD_DEFAULTS.temperature  # 0.6
+TOP_P = CARD_DEFAULTS.top_p  # 0.95
+TOP_K = CARD_DEFAULTS.top_k  # 20
+REPEAT_PENALTY = CARD_DEFAULTS.repeat_penalty  # 1.05
 MAX_NEW_TOKENS = 16384
 
 #: Ollama PARAMETER names -> values, in the order they are written.

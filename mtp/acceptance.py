@@ -19,6 +19,7 @@ import numpy as np
 from qwythos.errors import QwythosError
 
 DEFAULT_TEXT_TOKENS = 512
+CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
 
 
 @dataclass
@@ -49,13 +50,6 @@ class AcceptanceReport:
         return d
 
 
-def _calibration_text() -> str:
-    p = Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
-    if p.is_file():
-        return p.read_text(encoding="utf-8")
-    return "The quick brown fox jumps over the lazy dog. " * 40
-
-
 def measure_acceptance(
     model_path: str | Path,
     *,
@@ -72,7 +66,7 @@ def measure_acceptance(
         raise QwythosError(f"depth {depth} must be at least 1", "use --depth 1..4")
     model = load_model(model_path, mtp=True, draft_path=draft_path)
     try:
-        toks = model.tokenize(text if text is not None else _calibration_text())
+        toks = model.tokenize(text if text is not None else CALIBRATION_TEXT.read_text(encoding="utf-8"))
         limit = min(max_tokens, (n_ctx or 4096) - depth - 2)
         toks = toks[:limit]
         if len(toks) < 2:

@@ -89,12 +89,8 @@ def validate(
         raise QwythosError(f"calibration text {text_path} does not exist", "pass --text FILE")
     if depth < 1:
         raise QwythosError(f"--depth {depth} must be at least 1", "use --depth 1..8")
-    if draft is None:
-        st = check_structure(model)
-        dst = None
-    else:
-        st = check_structure(model)
-        dst = check_structure(draft, trunk=model)
+    st = check_structure(model)
+    dst = check_structure(draft, trunk=model) if draft is not None else None
     rep = ValidationReport(
         str(model), str(draft) if draft else None, str(text_path), st, dst, min_accept=min_accept
     )

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -40,9 +39,6 @@ class EvalReport:
     n_ctx: int
     base_ppl: float
     rows: list[EvalRow] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class _Scorer:

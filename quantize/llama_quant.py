@@ -31,12 +31,6 @@ TENSOR_LINE = re.compile(
 )
 PROGRESS_HEAD = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 ERROR_LINE = re.compile(r"failed to quantize: (.*)")
-IMATRIX_KV = (
-    "quantize.imatrix.file",
-    "quantize.imatrix.dataset",
-    "quantize.imatrix.entries_count",
-    "quantize.imatrix.chunks_count",
-)
 _LOCK = threading.RLock()  # llama.cpp's log callback is process-wide
 
 

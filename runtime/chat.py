@@ -16,11 +16,10 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from qwythos.errors import QwythosError
-from qwythos.runtime.sampling import SamplingParams
+from qwythos.runtime.sampling import CARD_DEFAULTS
 
 #: The model card's defaults (temperature 0.6, top-p 0.95, top-k 20, repetition penalty 1.05).
-CARD_SAMPLING = SamplingParams(temperature=0.6, top_p=0.95, top_k=20, repeat_penalty=1.05)
-DEFAULT_CHAT_CTX = 32768
+CARD_SAMPLING = CARD_DEFAULTS
 ROLES = ("system", "user", "assistant", "tool")
 TURN_END = ("<|im_end|>", "<|endoftext|>")
 

@@ -125,7 +125,8 @@ def test_existing_file_rules(mtp_gguf: Path, tmp_path: Path) -> None:
     with pytest.raises(QwythosError, match="already exists"):
         export_koboldcpp(mtp_gguf, out, contextsize=8192)
     assert json.loads(out.read_text())["contextsize"] == 32768
-    assert json.loads(out.read_text()) != export_koboldcpp(mtp_gguf, out, contextsize=8192, force=True).config
+    export_koboldcpp(mtp_gguf, out, contextsize=8192, force=True)
+    assert json.loads(out.read_text())["contextsize"] == 8192  # --force really replaced the file
     with pytest.raises(QwythosError, match=".kcpps"):
         export_koboldcpp(mtp_gguf, tmp_path / "q.json")
     blocker = tmp_path / "file"

@@ -82,6 +82,9 @@ def test_cli_exit_codes_and_json(trained_ggufs):
 def test_head_q8_0_keeps_acceptance(trained_ggufs, tmp_path):
     q8 = restore(trained_ggufs["trunk"], trained_ggufs["full"], tmp_path / "q8.gguf", head_type="q8_0").output
     assert check_structure(q8).ok
+    rep = validate(q8, depth=1, min_accept=GATE)
+    bf16 = validate(trained_ggufs["full"], depth=1, min_accept=GATE)
+    assert rep.passed and abs(rep.depths[0].rate - bf16.depths[0].rate) < 0.02
 
 
 @pytest.mark.slow
