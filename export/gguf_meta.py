@@ -15,7 +15,7 @@ import gguf
 import numpy as np
 
 from qwythos.errors import QwythosError
-from qwythos.quantize.gguf_file import read_header
+from qwythos.quantize.gguf_file import file_type_name, read_header
 
 #: Architectures the exporters accept. A second arch (qwen35moe) would be added here with its table.
 ACCEPTED_ARCHS: tuple[str, ...] = ("qwen35",)
@@ -92,17 +92,6 @@ class GGUFSummary:
         return split_quant_suffix(self.path.stem)[1] or "unknown"
 
 
-def _file_type_name(value: int) -> str | None:
-    try:
-        name = gguf.LlamaFileType(value).name
-    except ValueError:
-        return None
-    for prefix in ("MOSTLY_", "ALL_"):
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
-
-
 def read_gguf_summary(path: Path, accept_archs: tuple[str, ...] = ACCEPTED_ARCHS) -> GGUFSummary:
     """Read the header of `path`; refuse files that are not a GGUF of an accepted architecture.
 
@@ -136,7 +125,7 @@ def read_gguf_summary(path: Path, accept_archs: tuple[str, ...] = ACCEPTED_ARCHS
         return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
 
     ft = kv.get("general.file_type")
-    file_type = _file_type_name(ft) if isinstance(ft, int) else None
+    file_type = file_type_name(ft) if isinstance(ft, int) else None
     name = kv.get("general.name")
     template = kv.get("tokenizer.chat_template")
     names = [t.name for t in hdr.tensors]

@@ -422,3 +422,17 @@ def read_tensor_bytes(hdr: GGUFHeader, name: str) -> bytes:
                 f.seek(t.offset)
                 return f.read(t.nbytes)
     raise KeyError(name)
+
+
+def file_type_name(value: int) -> str | None:
+    """`general.file_type` as llama.cpp names it (15 -> "Q4_K_M"), from gguf-py's table; None if unknown."""
+    import gguf
+
+    try:
+        name = gguf.LlamaFileType(value).name
+    except ValueError:
+        return None
+    for prefix in ("MOSTLY_", "ALL_"):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name

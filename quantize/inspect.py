@@ -8,9 +8,8 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType
 
-from qwythos.quantize.gguf_file import read_header
+from qwythos.quantize.gguf_file import file_type_name, read_header
 
-FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 15: "Q4_K_M", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
 NEXTN_RE = re.compile(r"^blk\.(\d+)\.nextn\.")
 
 
@@ -89,7 +88,7 @@ def inspect_gguf(path: str | Path) -> GGUFSummary:
         file_size=hdr.file_size,
         arch=arch,
         name=str(kv.get("general.name", "")),
-        file_type=FILE_TYPES.get(ft, str(ft)) if isinstance(ft, int) else "?",
+        file_type=(file_type_name(ft) or str(ft)) if isinstance(ft, int) else "?",
         context_length=a("context_length"),  # type: ignore[arg-type]
         block_count=block_count,  # type: ignore[arg-type]
         trunk_layers=trunk,

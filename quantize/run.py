@@ -30,7 +30,7 @@ from qwythos.fileio import (
     write_text_atomic,
 )
 from qwythos.quantize import qwen35
-from qwythos.quantize.ftypes import FType, ggml_types, parse_ggml_type, parse_types
+from qwythos.quantize.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
 from qwythos.quantize.gguf_file import read_header
 from qwythos.quantize.llama_quant import Imatrix, llama_log_to, llama_quantize, load_imatrix
 from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES, check_mtp_type, dry_run, mtp_overrides
@@ -142,10 +142,10 @@ def check_source_gguf(path: Path, requantize: bool) -> tuple[int, int]:
 
 
 def ggml_type_name(type_id: int) -> str:
-    for t in ggml_types().values():
-        if t.id == type_id:
-            return t.name.lower()
-    return f"type{type_id}"
+    try:
+        return ggml_type_by_id(type_id).name.lower()
+    except KeyError:
+        return f"type{type_id}"
 
 
 def _hf_fingerprint(folder: Path) -> str:
