@@ -19,7 +19,7 @@ import numpy as np
 from qwythos.errors import QwythosError
 from qwythos.quantize.ftypes import ftype_by_id
 from qwythos.quantize.gguf_file import read_header
-from qwythos.quantize.llama_quant import llama_log_to
+from qwythos.runtime.backend import llama_log_to
 
 
 @dataclass

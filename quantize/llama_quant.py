@@ -10,12 +10,10 @@ per-tensor lines drive progress and, in a dry run, tell which type each tensor w
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import re
 import struct
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +29,6 @@ TENSOR_LINE = re.compile(
 )
 PROGRESS_HEAD = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 ERROR_LINE = re.compile(r"failed to quantize: (.*)")
-_LOCK = threading.RLock()  # llama.cpp's log callback is process-wide
 
 
 @dataclass
@@ -234,37 +231,6 @@ def _kv_overrides(im: Imatrix, buf: _Buffers):
     return arr
 
 
-@contextlib.contextmanager
-def llama_log_to(callback=None) -> Iterator[None]:
-    """Route llama.cpp's log to `callback` (default: drop it) for the duration of the block.
-
-    Afterwards the log stays silenced: library code never lets llama.cpp print to the terminal.
-    """
-    import llama_cpp
-
-    if callback is None:
-        callback = _DROP
-    with _LOCK:
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-        try:
-            yield
-        finally:
-            llama_cpp.llama_log_set(_DROP, ctypes.c_void_p(0))
-
-
-def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    return None
-
-
-def _make_drop():
-    import llama_cpp
-
-    return llama_cpp.llama_log_callback(_drop)
-
-
-_DROP = _make_drop()  # module-level: a collected callback would crash the C side
-
-
 def parse_tensor_lines(log: str) -> list[TensorChoice]:
     """The per-tensor lines of llama.cpp's quantize log (dry run or real)."""
     out: list[TensorChoice] = []
@@ -336,6 +302,8 @@ def llama_quantize(
             raised.append(e)
 
     out_path = b"" if dst is None else str(dst).encode()
+    from qwythos.runtime.backend import llama_log_to
+
     with llama_log_to(_collect):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), out_path, ctypes.byref(p))
     if raised:

@@ -32,8 +32,9 @@ from qwythos.fileio import (
 from qwythos.quantize import qwen35
 from qwythos.quantize.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
 from qwythos.quantize.gguf_file import read_header
-from qwythos.quantize.llama_quant import Imatrix, llama_log_to, llama_quantize, load_imatrix
+from qwythos.quantize.llama_quant import Imatrix, llama_quantize, load_imatrix
 from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES, check_mtp_type, dry_run, mtp_overrides
+from qwythos.runtime.backend import llama_log_to
 
 MANIFEST = "quantize-manifest.json"
 SUMS = "SHA256SUMS"

@@ -15,8 +15,11 @@ Python first (`read_model_info`), so llama.cpp never sees a file we have not val
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +31,6 @@ from qwythos.errors import QwythosError
 SUPPORTED_ARCHS: tuple[str, ...] = ("qwen35",)
 #: Largest draft length the runtime accepts (also the number of recurrent snapshots kept).
 MAX_DRAFT = 8
-
-_QUIET_LOG = None  # the ctypes log callback must outlive every call into llama.cpp
 
 
 def _llama():
@@ -44,13 +45,35 @@ def _ext():
     return llama_cpp_ext
 
 
+_LOG_LOCK = threading.RLock()  # llama.cpp's log callback is process-wide
+_DROP_LOG = None  # the ctypes callback must outlive every call into llama.cpp
+
+
+def _drop_log():
+    global _DROP_LOG
+    if _DROP_LOG is None:
+        _DROP_LOG = _llama().llama_log_callback(lambda level, text, user_data: None)
+    return _DROP_LOG
+
+
 def quiet_llama_logs() -> None:
     """Silence llama.cpp's stderr logging (library code must not spray logs)."""
-    global _QUIET_LOG
-    if _QUIET_LOG is None:
-        lc = _llama()
-        _QUIET_LOG = lc.llama_log_callback(lambda level, text, user_data: None)
-        lc.llama_log_set(_QUIET_LOG, None)
+    _llama().llama_log_set(_drop_log(), None)
+
+
+@contextlib.contextmanager
+def llama_log_to(callback=None) -> Iterator[None]:
+    """Route llama.cpp's log to `callback` (a llama_log_callback; None: drop it) for the block.
+
+    Afterwards the log stays silenced: library code never lets llama.cpp print to the terminal.
+    """
+    lc = _llama()
+    with _LOG_LOCK:
+        lc.llama_log_set(callback if callback is not None else _drop_log(), None)
+        try:
+            yield
+        finally:
+            lc.llama_log_set(_drop_log(), None)
 
 
 _BACKEND_READY = False

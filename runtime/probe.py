@@ -157,16 +157,13 @@ def write_probe_model(path: Path, n_embd: int = 256, n_ff: int = 512, n_vocab: i
     return path
 
 
-_QUIET_LOG = None  # the ctypes callback must outlive the call that installs it
-
-
 def _child(model_path: str, use_extra_bufts: bool) -> None:
     """Runs in the child: load, decode a batch of 8 and then one token. Prints PROBE_OK if alive."""
     import llama_cpp
 
-    global _QUIET_LOG
-    _QUIET_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
-    llama_cpp.llama_log_set(_QUIET_LOG, None)
+    from qwythos.runtime.backend import quiet_llama_logs
+
+    quiet_llama_logs()
     mp = llama_cpp.llama_model_default_params()
     mp.use_extra_bufts = use_extra_bufts
     model = llama_cpp.llama_model_load_from_file(model_path.encode(), mp)
