@@ -182,7 +182,13 @@ def resolve_source(src: str | Path, out_dir: Path, requantize: bool, progress: C
         notes.append(f"reused the BF16 intermediate {inter.name} (source unchanged)")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        res = convert(folder, inter, outtype="bf16", force=True, name=name, progress=progress)
+        conv_progress = None
+        if progress is not None:  # one bar for the whole conversion, not one per tensor
+
+            def conv_progress(_tensor: str, done: int, total: int) -> None:
+                progress("convert to BF16", done, total)
+
+        res = convert(folder, inter, outtype="bf16", force=True, name=name, progress=conv_progress)
         write_text_atomic(marker, fp + "\n")
         notes += res.notes
         converted = True
@@ -278,7 +284,7 @@ def quantize(
     out = Path(out_dir) if out_dir is not None else Path.cwd()
     ensure_writable_dir(out, "output folder")
 
-    source = resolve_source(src, out, requantize, None)
+    source = resolve_source(src, out, requantize, progress)
     src_fp = fingerprint(source.gguf)
     report = QuantizeReport(
         source=str(src),
