@@ -182,3 +182,18 @@ def test_separate_draft_gguf_drafts_for_an_unchanged_trunk(trained_ggufs):
             assert g.stats.accepted > 0
     with pytest.raises(QwythosError, match="does not belong|no MTP"):
         load_model(trained_ggufs["trunk"], draft_path=trained_ggufs["trunk"])
+
+
+def test_long_prompt_prefilled_in_chunks(rt_trained_model):
+    """A prompt longer than one batch (512) is prefilled in chunks; the MTP context catches up per chunk."""
+    from pathlib import Path
+
+    m = rt_trained_model
+    text = (Path(__file__).resolve().parents[1] / "data" / "calibration.txt").read_text(encoding="utf-8")
+    toks = m.tokenize(text)[:1300]
+    assert len(toks) == 1300
+    plain = generate(m, toks, max_tokens=32)
+    for n in (1, 3):
+        g = generate(m, toks, max_tokens=32, draft=n)
+        assert g.tokens == plain.tokens
+        assert g.stats.accepted > 0  # the head saw the whole prompt's hidden states
