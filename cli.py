@@ -560,13 +560,17 @@ def run_cmd(
     ctx: int = typer.Option(32768, "--ctx", help="Context length (raise it for long inputs)."),
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
     no_think: bool = typer.Option(False, "--no-think", help="Ask the template to skip reasoning."),
+    tools_file: Path | None = typer.Option(
+        None, "--tools", help="JSON file of tool definitions (OpenAI style) the model may call."
+    ),
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the reasoning too."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Generate one reply (with exact MTP speculative decoding when the GGUF has a head)."""
-    from qwythos.runtime.chat import TURN_END, parse_output, render_chat
+    from qwythos.runtime.chat import TURN_END, load_tools, parse_output, render_chat
 
     try:
+        tools = load_tools(tools_file) if tools_file is not None else None
         sp = _sampling_from(temp, top_k, top_p, min_p, repeat_penalty, seed)
         model, eng = _open_engine(model_path, draft, no_mtp, ctx, draft_model)
         try:
@@ -576,7 +580,7 @@ def run_cmd(
                 msgs = ([{"role": "system", "content": system}] if system else []) + [
                     {"role": "user", "content": prompt}
                 ]
-                text = render_chat(model.info.chat_template, msgs, enable_thinking=not no_think)
+                text = render_chat(model.info.chat_template, msgs, tools=tools, enable_thinking=not no_think)
                 think_open = text.rstrip().endswith("<think>")
             gen = eng.generate(model.tokenize(text), max_tokens=max_tokens, sampling=sp, stop=list(TURN_END))
         finally:

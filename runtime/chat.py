@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from qwythos.errors import QwythosError
 from qwythos.runtime.sampling import CARD_DEFAULTS
@@ -86,6 +87,28 @@ def render_chat(
         raise QwythosError(
             f"the model's chat template failed: {e}", "pass --no-template or fix the GGUF"
         ) from e
+
+
+def load_tools(path: str | Path) -> list[dict]:
+    """Tool specs for the chat template from a JSON file: a list of OpenAI-style tool objects
+    (`{"type": "function", "function": {"name", "description", "parameters"}}`) or `{"tools": [...]}`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QwythosError(f"tools file {path} not found", "pass a JSON file with --tools") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise QwythosError(f"{path} is not readable JSON ({e})", "write the tools as a JSON list") from None
+    tools = data.get("tools") if isinstance(data, dict) else data
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise QwythosError(f"{path} holds no list of tool objects", 'use [{"type": "function", ...}, ...]')
+    for i, t in enumerate(tools):
+        fn = t.get("function", t)
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise QwythosError(
+                f"{path}: tool {i} has no function name", 'give each tool "function": {"name": ...}'
+            )
+    return tools
 
 
 @dataclass

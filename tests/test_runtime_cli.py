@@ -61,3 +61,30 @@ def test_chat_streams_and_exits(rt_trained_gguf):
     )
     assert r.exit_code == 0, r.output
     assert "generated" in r.output
+
+
+def test_run_with_tools_file(rt_trained_gguf, tmp_path):
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    f = tmp_path / "tools.json"
+    f.write_text(json.dumps(tools))
+    base = ["run", str(rt_trained_gguf), "-p", "weather in Paris?", "--max-tokens", "4", "--json"]
+    with_tools = runner.invoke(app, base + ["--tools", str(f)])
+    without = runner.invoke(app, base)
+    assert with_tools.exit_code == 0 and without.exit_code == 0, with_tools.output
+    n_with = json.loads(with_tools.stdout)["generation"]["stats"]["prompt_tokens"]
+    n_without = json.loads(without.stdout)["generation"]["stats"]["prompt_tokens"]
+    assert n_with > n_without + 20  # the template rendered the tool's definition into the prompt
+    f.write_text('{"tools": [{"type": "function", "function": {}}]}')
+    bad = runner.invoke(app, base + ["--tools", str(f)])
+    assert bad.exit_code == 1 and "no function name" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(app, base + ["--tools", str(tmp_path / "none.json")])
+    assert missing.exit_code == 1 and "not found" in missing.output
