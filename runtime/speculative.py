@@ -279,6 +279,7 @@ class Engine:
                 self._speculative(x, prompt, hidden, history, sampling, rng, out, stats)
         except KeyboardInterrupt:
             out.finish = "interrupted"
+            out.on_text = None  # the caller is stopping: stream nothing more, return what there is
         end = time.perf_counter()
         if stats.prompt_seconds == 0.0:
             stats.prompt_seconds = end - t0

@@ -197,3 +197,24 @@ def test_long_prompt_prefilled_in_chunks(rt_trained_model):
         g = generate(m, toks, max_tokens=32, draft=n)
         assert g.tokens == plain.tokens
         assert g.stats.accepted > 0  # the head saw the whole prompt's hidden states
+
+
+@pytest.mark.parametrize("draft", [0, 3])
+def test_ctrl_c_returns_what_was_generated_and_the_stats(rt_trained_model, draft):
+    m = rt_trained_model
+    toks = m.tokenize(PROMPTS[1])
+    full = generate(m, toks, max_tokens=40, draft=draft)
+    seen: list[str] = []
+
+    def stop_after_a_while(piece: str) -> None:
+        seen.append(piece)
+        if len("".join(seen)) >= 20:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+
+    with Engine(m, n_ctx=256, draft=draft) as eng:
+        g = eng.generate(toks, max_tokens=40, on_text=stop_after_a_while)
+        assert g.finish_reason == "interrupted"
+        assert 0 < len(g.tokens) < len(full.tokens) and g.tokens == full.tokens[: len(g.tokens)]
+        assert g.stats.gen_tokens == len(g.tokens) and g.stats.gen_seconds > 0
+        again = eng.generate(toks, max_tokens=40)  # the engine is usable after an interrupt
+        assert again.tokens == full.tokens
