@@ -218,3 +218,14 @@ def test_ctrl_c_returns_what_was_generated_and_the_stats(rt_trained_model, draft
         assert g.stats.gen_tokens == len(g.tokens) and g.stats.gen_seconds > 0
         again = eng.generate(toks, max_tokens=40)  # the engine is usable after an interrupt
         assert again.tokens == full.tokens
+
+
+def test_draft_gguf_from_another_model_is_refused(trained_ggufs, mtp_fixture_ggufs, tmp_path):
+    from qwythos.mtp.graft import restore
+    from qwythos.runtime.backend import load_model
+
+    other = restore(
+        mtp_fixture_ggufs["trunk"], mtp_fixture_ggufs["full"], tmp_path / "other-mtp.gguf", separate=True
+    ).output  # a stand-alone head of the random fixture (hidden 256), not of the trained model (128)
+    with pytest.raises(QwythosError, match="does not belong to .*hidden size 256 != 128"):
+        load_model(trained_ggufs["trunk"], draft_path=other)
