@@ -258,6 +258,14 @@ class Context:
             raise QwythosError(f"{self.model.path}: llama_decode failed with code {rc}", None)
         self.n_past = pos0 + n
 
+    def decode_rows(self, tokens, pos0: int, hidden: np.ndarray) -> None:
+        """Decode (token, hidden-state) rows from pos0 in batches of n_batch (the MTP context's input);
+        only the last row's output is kept."""
+        for s in range(0, len(tokens), self.n_batch):
+            self.decode(
+                tokens[s : s + self.n_batch], pos0 + s, outputs="last", hidden=hidden[s : s + self.n_batch]
+            )
+
     def logits(self, n_rows: int) -> np.ndarray:
         """(n_rows, n_vocab) float32 view of the last decode's output rows (batch order)."""
         ptr = _llama().llama_get_logits(self.handle)

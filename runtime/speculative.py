@@ -230,14 +230,7 @@ class Engine:
             if want_h:
                 h = tgt.hidden(len(chunk))
                 if mtp is not None:
-                    rows = np.concatenate([h_prev, h[:-1]])
-                    for s in range(0, len(chunk), mtp.n_batch):
-                        mtp.decode(
-                            chunk[s : s + mtp.n_batch],
-                            start + s,
-                            outputs="last",
-                            hidden=rows[s : s + mtp.n_batch],
-                        )
+                    mtp.decode_rows(chunk, start, np.concatenate([h_prev, h[:-1]]))
                 h_prev = h[-1:].copy()
         return logits, (h_prev[0] if want_h else None)
 
@@ -348,14 +341,7 @@ class Engine:
             elif n_draft > 0:
                 toks = cu_tokens + [x]
                 hid = np.concatenate([cu_hidden, h_last[None, :]]) if len(cu_tokens) else h_last[None, :]
-                base = mtp.n_past
-                for start in range(0, len(toks), mtp.n_batch):
-                    mtp.decode(
-                        toks[start : start + mtp.n_batch],
-                        base + start,
-                        outputs="last",
-                        hidden=hid[start : start + mtp.n_batch],
-                    )
+                mtp.decode_rows(toks, mtp.n_past, hid)
                 cu_tokens = []
                 dh = _recent(history, sp)  # the penalty's window, extended by the drafts
                 for j in range(n_draft):

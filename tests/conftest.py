@@ -68,6 +68,22 @@ def tiny_trunk_gguf(tiny_mtp_dir, tmp_path_factory):
 
 
 # ---- fixtures: export
+@pytest.fixture
+def mtp_gguf(tmp_path):
+    """A header-only qwen35 GGUF stub named like the Q4_K_M release, with an MTP head declared."""
+    from qwythos.export import gguf_meta
+
+    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M", mtp=True))
+
+
+@pytest.fixture
+def trunk_gguf(tmp_path):
+    """The same stub without the head."""
+    from qwythos.export import gguf_meta
+
+    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M"), nextn_layers=0)
+
+
 @pytest.fixture(scope="session")
 def export_real_gguf(request, tmp_path_factory):
     """kind -> a real qwen35 GGUF for the export tests, built once per session.

@@ -52,16 +52,6 @@ def load_like_koboldcpp(kcpps: Path, argv: list[str]) -> argparse.Namespace:
     return args
 
 
-@pytest.fixture
-def mtp_gguf(tmp_path: Path) -> Path:
-    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M", mtp=True))
-
-
-@pytest.fixture
-def trunk_gguf(tmp_path: Path) -> Path:
-    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M"), nextn_layers=0)
-
-
 def test_kcpps_with_head_loads_with_koboldcpp_semantics(mtp_gguf: Path) -> None:
     r = export_koboldcpp(mtp_gguf, gpulayers=20, threads=6)
     assert r.kcpps == mtp_gguf.with_suffix(".kcpps")

@@ -19,16 +19,6 @@ from qwythos.export.ollama import DEFAULT_DRAFT, default_spec, export_ollama, re
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def mtp_gguf(tmp_path: Path) -> Path:
-    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M", mtp=True))
-
-
-@pytest.fixture
-def trunk_gguf(tmp_path: Path) -> Path:
-    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M"), nextn_layers=0)
-
-
 # ------------------------------------------------------------------ Ollama's Modelfile grammar
 
 
