@@ -81,12 +81,12 @@ def run_demo(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> DemoReport:
     """Run convert -> quantize -> mtp restore -> validate -> generate (plain and MTP) in work_dir."""
-    from qwythos.fileio import ensure_writable_dir
-    from qwythos.mtp.graft import restore
+    from qwythos.convert.text import convert
+    from qwythos.core.fileio import ensure_writable_dir
+    from qwythos.core.llama import load_model
+    from qwythos.mtp.restore import restore
     from qwythos.mtp.validate import validate
-    from qwythos.quantize.convert import convert
-    from qwythos.quantize.run import quantize
-    from qwythos.runtime.backend import load_model
+    from qwythos.quantize.pipeline import quantize
     from qwythos.runtime.speculative import Engine
 
     work = Path(work_dir)

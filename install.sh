@@ -49,7 +49,7 @@ if [[ ",$EXTRAS," == *",ref,"* ]] && ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 echo "== installing qwythos${EXTRAS:+[$EXTRAS]}"
 "$PY" -m pip install -q -e "$HERE${EXTRAS:+[$EXTRAS]}"
-"$PY" -m qwythos.runtime.probe --quiet || {
+"$PY" -m qwythos.core.probe --quiet || {
   echo "warning: the llama.cpp build failed its crash probe; run 'qwythos doctor'" >&2
 }
 echo "== done: try 'qwythos doctor' and 'qwythos demo'"

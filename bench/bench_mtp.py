@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_9b(work: Path, threads: int) -> Path:
     """Random 9B-shaped BF16 GGUF with the MTP block -> Q4_K_M (cached in `work`)."""
-    from qwythos.quantize.run import quantize
+    from qwythos.quantize.pipeline import quantize
 
     q4 = work / "out" / "Random9B-MTP-Q4_K_M.gguf"
     found = sorted((work / "out").glob("*Q4_K_M*.gguf")) if (work / "out").is_dir() else []
@@ -82,7 +82,7 @@ _CPP_COUNT = re.compile(r"n_(drafted|accept)\s*=\s*(\d+)")
 
 def run_cpp(binary: Path, gguf: Path, prompts, draft: int, max_tokens: int, threads: int, n_ctx: int) -> dict:
     """llama.cpp's C++ draft-mtp loop (llama-speculative-simple) over `prompts`: tokens/s, acceptance."""
-    from qwythos.errors import QwythosError
+    from qwythos.core.errors import QwythosError
 
     tokens = drafted = accepted = 0
     seconds = 0.0
@@ -135,9 +135,9 @@ def print_cpp(r, cpp_rows: list[dict]) -> None:
 
 
 def main() -> None:
-    from qwythos.quantize.convert import convert
-    from qwythos.runtime.backend import load_model
-    from qwythos.runtime.bench import BENCH_PROMPTS, bench_model
+    from qwythos.convert.text import convert
+    from qwythos.core.llama import load_model
+    from qwythos.runtime.speed import BENCH_PROMPTS, bench_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)

@@ -27,8 +27,8 @@ SECTION = "## MTP head type (bench/bench_mtp_type.py)"
 
 def head_bytes(path: Path) -> tuple[int, int, str]:
     """(bytes of the MTP block, bytes of output.weight, the block's matrix types)."""
-    from qwythos.quantize.ftypes import ggml_type_by_id
-    from qwythos.quantize.gguf_file import read_header
+    from qwythos.core.ftypes import ggml_type_by_id
+    from qwythos.core.gguf_file import read_header
 
     hdr = read_header(path)
     n_nextn = int(hdr.kv.get("qwen35.nextn_predict_layers", 0) or 0)
@@ -54,10 +54,10 @@ def held_out_stdlib(max_chars: int) -> str:
 
 
 def main() -> None:
+    from qwythos.convert.text import convert
+    from qwythos.core.llama_quant import llama_log_to
     from qwythos.mtp.acceptance import measure_acceptance
-    from qwythos.quantize.convert import convert
-    from qwythos.quantize.llama_quant import llama_log_to
-    from qwythos.quantize.run import quantize
+    from qwythos.quantize.pipeline import quantize
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(

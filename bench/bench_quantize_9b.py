@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.quantize import qwen35
+from qwythos.core import qwen35
+from qwythos.quantize.pipeline import quantize
 from qwythos.quantize.plan import _config_checkpoint, plan
-from qwythos.quantize.run import quantize
 
 PUBLISHED_GIB = {"Q4_K_M": 5.24, "Q5_K_M": 6.02, "Q6_K": 6.85, "Q8_0": 8.87, "BF16": 16.69}
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 def write_random_gguf(config_path: Path, out: Path, mtp: bool) -> Path:
     from gguf import GGMLQuantizationType, GGUFValueType
 
-    from qwythos.quantize.gguf_file import KV, write_gguf
+    from qwythos.core.gguf_file import KV, write_gguf
 
     sys.path.insert(0, str(REPO / "tests"))
     from test_quantize import _byte_tokens

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qwythos.export.gguf_meta import GGUF_REPO, MODEL_CONTEXT, MODEL_REPO
-from qwythos.runtime.sampling import CARD_DEFAULTS
-
-BASE_MODEL_REPO = "Qwen/Qwen3.5-9B"
-LICENSE = "apache-2.0"
-
-#: The model card's recommended sampling (greedy or T <= 0.3 falls into repetition loops).
-TEMPERATURE = CARD_DEFAULTS.temperature  # 0.6
-TOP_P = CARD_DEFAULTS.top_p  # 0.95
-TOP_K = CARD_DEFAULTS.top_k  # 20
-REPEAT_PENALTY = CARD_DEFAULTS.repeat_penalty  # 1.05
-MAX_NEW_TOKENS = 16384
+from qwythos.core.release import (
+    BASE_MODEL_REPO,
+    GGUF_REPO,
+    LICENSE,
+    MAX_NEW_TOKENS,
+    MODEL_CONTEXT,
+    MODEL_REPO,
+    REPEAT_PENALTY,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+    pick_default,
+)
 
 #: Ollama PARAMETER names -> values, in the order they are written.
 SAMPLING_OLLAMA: dict[str, float | int] = {
@@ -60,9 +61,7 @@ def render_card(
 ) -> str:
     """README.md for a GGUF repository: front matter, quant table, sampling, usage per tool."""
     rows = sorted(rows, key=lambda r: (r.size_bytes, r.file))
-    default = next((r for r in rows if r.quant == "Q4_K_M" and not r.has_mtp), None) or next(
-        (r for r in rows if r.quant == "Q4_K_M"), rows[0] if rows else None
-    )
+    default = pick_default(rows)
     mtp_row = next((r for r in rows if r.has_mtp), None)
     pick = default.file if default else "MODEL.gguf"
     lines = [

@@ -21,9 +21,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwythos.errors import QwythosError
-from qwythos.export.gguf_meta import read_gguf_summary
-from qwythos.fileio import atomic_output, ensure_writable_dir
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import atomic_output, ensure_writable_dir
+from qwythos.core.header import read_gguf_summary
 
 CONTEXT_MIN = 256
 CONTEXT_MAX = 262144

@@ -17,11 +17,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import atomic_output, ensure_writable_dir
+from qwythos.core.header import read_gguf_summary
+from qwythos.core.release import MODEL_CONTEXT, SIZE_LABEL, split_quant_suffix
 from qwythos.export import card
-from qwythos.export.gguf_meta import MODEL_CONTEXT, SIZE_LABEL, read_gguf_summary, split_quant_suffix
 from qwythos.export.place import MODES, Placement, place_file
-from qwythos.fileio import atomic_output, ensure_writable_dir
 
 DEFAULT_PUBLISHER = "empero-ai"
 DEFAULT_MODELS_DIR = Path("~/.lmstudio/models")

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
 
 #: Command words Ollama accepts (lower case); "from" is stored as "model".
 COMMANDS: tuple[str, ...] = (

@@ -28,11 +28,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import ensure_writable_dir, write_text_atomic
+from qwythos.core.header import read_gguf_summary
+from qwythos.core.release import LICENSE_TEXT, MODEL_CONTEXT, TURN_END_TOKENS, gguf_file_name
 from qwythos.export import card
-from qwythos.export.gguf_meta import MODEL_CONTEXT, QWEN35_TURN_END_TOKENS, gguf_file_name, read_gguf_summary
 from qwythos.export.modelfile import Command, parse_modelfile, render_modelfile, to_request
-from qwythos.fileio import ensure_writable_dir, write_text_atomic
 
 DEFAULT_NAME = "qwythos-9b"
 #: Ollama model names: [namespace/]name[:tag] of letters, digits, '.', '_', '-'.
@@ -46,11 +47,6 @@ RENDERER = "qwen3.5"
 PARSER = "qwen3.5"
 MIN_OLLAMA = "0.17.1"
 MIN_OLLAMA_DRAFT = "0.30.0"
-LICENSE_TEXT = (
-    "Apache License 2.0 (SPDX-License-Identifier: Apache-2.0)\n"
-    f"{card.MODEL_REPO}, a fine-tune of {card.BASE_MODEL_REPO}.\n"
-    "Full text: https://www.apache.org/licenses/LICENSE-2.0\n"
-)
 
 
 @dataclass
@@ -63,7 +59,7 @@ class ModelfileSpec:
     has_mtp: bool
     num_ctx: int = DEFAULT_NUM_CTX
     draft: int = 0  # draft_num_predict; 0 = not written
-    stop: list[str] = field(default_factory=lambda: list(QWEN35_TURN_END_TOKENS))
+    stop: list[str] = field(default_factory=lambda: list(TURN_END_TOKENS))
     name: str = DEFAULT_NAME
     generated_by: str = "`qwythos export ollama`"
     modelfile_name: str = "Modelfile"

@@ -12,8 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwythos.errors import QwythosError
-from qwythos.fileio import atomic_output, check_free_space, ensure_writable_dir, sha256_file
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import atomic_output, check_free_space, ensure_writable_dir, sha256_file
 
 #: Placement modes and what each does.
 MODES: dict[str, str] = {

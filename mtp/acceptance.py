@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
 
 DEFAULT_TEXT_TOKENS = 512
 CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
@@ -60,7 +60,7 @@ def measure_acceptance(
     max_tokens: int = DEFAULT_TEXT_TOKENS,
 ) -> AcceptanceReport:
     """Measure the head's per-depth agreement with the trunk's greedy tokens over `text`."""
-    from qwythos.runtime.backend import load_model
+    from qwythos.core.llama import load_model
 
     if depth < 1:
         raise QwythosError(f"depth {depth} must be at least 1", "use --depth 1..4")

@@ -24,8 +24,11 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from qwythos.errors import QwythosError
-from qwythos.mtp.structure import (
+from qwythos.core import hub, qwen35
+from qwythos.core.checkpoint import Checkpoint, read_safetensors_header
+from qwythos.core.errors import QwythosError
+from qwythos.core.gguf_file import RawSource, read_header
+from qwythos.core.structure import (
     ARCH,
     HeadDims,
     dims_from_header,
@@ -33,9 +36,6 @@ from qwythos.mtp.structure import (
     n_trunk_layers,
     split_block_name,
 )
-from qwythos.quantize import qwen35
-from qwythos.quantize.checkpoint import Checkpoint, _looks_like_hub_id, read_safetensors_header
-from qwythos.quantize.gguf_file import RawSource, read_header
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _hf_folder(src: str) -> tuple[Path, str | None]:
         raise QwythosError(
             f"{p} is neither a checkpoint folder nor a GGUF file", "pass a folder, a .gguf or a repo id"
         )
-    if not _looks_like_hub_id(src):
+    if not hub.looks_like_hub_id(src):
         raise QwythosError(f"{p} does not exist", "pass a checkpoint folder, a .gguf file, or a Hub repo id")
     return _download_head_shards(src), src
 
@@ -97,8 +97,6 @@ def head_cache_dir(repo_id: str) -> Path:
 def _download_head_shards(repo_id: str) -> Path:
     """config, tokenizer files and the index first, then only the shards that hold mtp.* tensors
     (the same selection as `qwythos download --mtp-only`; resumable, complete files kept)."""
-    from qwythos.export import hub
-
     return hub.download(repo_id, head_cache_dir(repo_id), mtp_only=True).local_dir
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwythos.errors import QwythosError
-from qwythos.mtp.structure import StructureReport, check_structure
+from qwythos.core.errors import QwythosError
+from qwythos.core.structure import StructureReport, check_structure
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
 # A head that belongs to its trunk agrees with it far more often than this (0.53 on the trained tiny

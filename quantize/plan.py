@@ -23,12 +23,12 @@ from typing import Any
 
 from gguf import GGUFValueType
 
-from qwythos.errors import QwythosError
-from qwythos.quantize import qwen35
-from qwythos.quantize.checkpoint import Checkpoint, TensorInfo
-from qwythos.quantize.ftypes import FType, GGMLType, ggml_types, parse_ggml_type, parse_types
-from qwythos.quantize.gguf_file import KV, encode_header, normalize_kv, pad, read_header
-from qwythos.quantize.llama_quant import Imatrix, TensorChoice, llama_quantize, output_meta_size
+from qwythos.core import qwen35
+from qwythos.core.checkpoint import Checkpoint, TensorInfo
+from qwythos.core.errors import QwythosError
+from qwythos.core.ftypes import FType, GGMLType, ggml_types, parse_ggml_type, parse_types
+from qwythos.core.gguf_file import KV, encode_header, normalize_kv, pad, read_header
+from qwythos.core.llama_quant import Imatrix, TensorChoice, llama_quantize, output_meta_size
 
 DEFAULT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16")
 MTP_TYPES = ("bf16", "q8_0", "same")
@@ -160,7 +160,7 @@ def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None
         return _View(p, "gguf", _cfg_from_header(hdr), n_nextn, [], False)
     notes: list[str] = []
     if p.is_dir():
-        from qwythos.quantize.checkpoint import open_checkpoint
+        from qwythos.core.checkpoint import open_checkpoint
 
         ckpt = open_checkpoint(p)
         cfg = qwen35.text_config_from(ckpt.config, where=str(p / "config.json"))

@@ -13,16 +13,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from qwythos.core import release
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling settings. Defaults are the model card's (temperature 0.6, top-p 0.95, top-k 20, rp 1.05)."""
 
-    temperature: float = 0.6
-    top_k: int = 20  # 0 = off
-    top_p: float = 0.95  # 1.0 = off
-    min_p: float = 0.0  # 0.0 = off
-    repeat_penalty: float = 1.05  # 1.0 = off
+    temperature: float = release.TEMPERATURE
+    top_k: int = release.TOP_K  # 0 = off
+    top_p: float = release.TOP_P  # 1.0 = off
+    min_p: float = release.MIN_P  # 0.0 = off
+    repeat_penalty: float = release.REPEAT_PENALTY  # 1.0 = off
     repeat_last_n: int = 64  # window of recent tokens the penalty looks at
     seed: int | None = None
 

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from qwythos.errors import QwythosError
-from qwythos.runtime.backend import MAX_DRAFT, Context, Model
+from qwythos.core.errors import QwythosError
+from qwythos.core.llama import MAX_DRAFT, Context, Model
 from qwythos.runtime.sampling import (
     GREEDY,
     Dist,

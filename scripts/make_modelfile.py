@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from qwythos.core.fileio import atomic_output
 from qwythos.export.ollama import default_spec, render
-from qwythos.fileio import atomic_output
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
 
 DEFAULT_SRC = Path.home() / ".cache/qwythos/src/llama_cpp_python-0.3.36/vendor/llama.cpp"
 ENV_VAR = "QWYTHOS_LLAMA_CPP_SRC"

@@ -50,7 +50,7 @@ def tiny_qwythos_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_mtp_gguf(tiny_mtp_dir, tmp_path_factory):
     """Our converter's BF16 GGUF of tiny_mtp_dir, MTP head included (blk.N.nextn.*)."""
-    from qwythos.quantize.convert import convert
+    from qwythos.convert.text import convert
 
     return convert(tiny_mtp_dir, tmp_path_factory.mktemp("conv-mtp") / "tiny-mtp-BF16.gguf").output
 
@@ -58,7 +58,7 @@ def tiny_mtp_gguf(tiny_mtp_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_trunk_gguf(tiny_mtp_dir, tmp_path_factory):
     """The same checkpoint converted without its head (what the Qwythos release converts to)."""
-    from qwythos.quantize.convert import convert
+    from qwythos.convert.text import convert
 
     out = tmp_path_factory.mktemp("conv-trunk") / "tiny-trunk-BF16.gguf"
     return convert(tiny_mtp_dir, out, mtp=False).output
@@ -71,17 +71,19 @@ def tiny_trunk_gguf(tiny_mtp_dir, tmp_path_factory):
 @pytest.fixture
 def mtp_gguf(tmp_path):
     """A header-only qwen35 GGUF stub named like the Q4_K_M release, with an MTP head declared."""
-    from qwythos.export import gguf_meta
+    from qwythos.core import release
+    from qwythos.testing import stubs
 
-    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M", mtp=True))
+    return stubs.write_stub_gguf(tmp_path / release.gguf_file_name("Q4_K_M", mtp=True))
 
 
 @pytest.fixture
 def trunk_gguf(tmp_path):
     """The same stub without the head."""
-    from qwythos.export import gguf_meta
+    from qwythos.core import release
+    from qwythos.testing import stubs
 
-    return gguf_meta.write_stub_gguf(tmp_path / gguf_meta.gguf_file_name("Q4_K_M"), nextn_layers=0)
+    return stubs.write_stub_gguf(tmp_path / release.gguf_file_name("Q4_K_M"), nextn_layers=0)
 
 
 @pytest.fixture(scope="session")
@@ -146,8 +148,8 @@ def other_head_dir():
 @pytest.fixture(scope="session")
 def trained_ggufs(tmp_path_factory):
     """{"full", "trunk", "separate", "wrong"} GGUFs of the trained model (wrong: other seed's head)."""
-    from qwythos.mtp.graft import restore
-    from qwythos.quantize.convert import convert
+    from qwythos.convert.text import convert
+    from qwythos.mtp.restore import restore
 
     d = tmp_path_factory.mktemp("mtp-trained-gguf")
     trunk = convert(TRAINED_DIR, d / "trained-trunk-BF16.gguf", mtp=False).output
@@ -178,7 +180,7 @@ def rt_trained_trunk_gguf(trained_ggufs):
 @pytest.fixture(scope="session")
 def rt_trained_model(rt_trained_gguf):
     """The trained tiny model loaded once (with its MTP layer)."""
-    from qwythos.runtime.backend import load_model
+    from qwythos.core.llama import load_model
 
     m = load_model(rt_trained_gguf)
     yield m

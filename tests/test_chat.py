@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
 from qwythos.runtime.chat import CARD_SAMPLING, parse_output, render_chat
 
 

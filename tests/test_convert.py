@@ -16,10 +16,10 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import quantize as gguf_quantize
 
-from qwythos.errors import QwythosError
-from qwythos.quantize import qwen35
-from qwythos.quantize.checkpoint import open_checkpoint
-from qwythos.quantize.convert import RESTORE_HINT, convert
+from qwythos.convert.text import RESTORE_HINT, convert
+from qwythos.core import qwen35
+from qwythos.core.checkpoint import open_checkpoint
+from qwythos.core.errors import QwythosError
 
 
 def kv(reader: GGUFReader, key: str):
@@ -127,7 +127,7 @@ def test_qwythos_variant_is_trunk_only_with_note(tiny_qwythos_dir: Path, tmp_pat
     assert "qwen35.nextn_predict_layers" not in r.fields
     # llama.cpp accepts it (its own converter's file for this case is refused)
     code = (
-        "import llama_cpp, sys; from qwythos.runtime.probe import safe_model_kwargs;"
+        "import llama_cpp, sys; from qwythos.core.probe import safe_model_kwargs;"
         "m = llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=False, **safe_model_kwargs());"
         "m.eval([1, 2, 3]); print('ok', m.n_vocab())"
     )

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from qwythos.quantize.convert import RESTORE_HINT, convert
+from qwythos.convert.text import RESTORE_HINT, convert
 
 pytestmark = pytest.mark.reference
 

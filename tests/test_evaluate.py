@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
 from qwythos.quantize.evaluate import evaluate, plot_png
-from qwythos.quantize.run import quantize
+from qwythos.quantize.pipeline import quantize
 
 TEXT = " ".join(["The quick brown fox jumps over the lazy dog, then rests by the river bank."] * 30)
 

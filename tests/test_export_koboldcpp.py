@@ -7,13 +7,15 @@ import json
 import shlex
 from pathlib import Path
 
+import gguf  # noqa: F401
 import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.errors import QwythosError
-from qwythos.export import gguf_meta
+from qwythos.core import header, release  # noqa: F401
+from qwythos.core.errors import QwythosError
 from qwythos.export.koboldcpp import export_koboldcpp, kcpps_config
+from qwythos.testing import stubs  # noqa: F401
 
 
 def kobold_parser() -> argparse.ArgumentParser:
@@ -126,7 +128,7 @@ def test_existing_file_rules(mtp_gguf: Path, tmp_path: Path) -> None:
 
 
 def test_refuses_non_qwen35(tmp_path: Path) -> None:
-    g = gguf_meta.write_stub_gguf(tmp_path / "x.gguf", arch="qwen3")
+    g = stubs.write_stub_gguf(tmp_path / "x.gguf", arch="qwen3")
     with pytest.raises(QwythosError, match="not qwen35"):
         export_koboldcpp(g)
     assert not g.with_suffix(".kcpps").exists()

@@ -7,14 +7,16 @@ import os
 import re
 from pathlib import Path
 
+import gguf  # noqa: F401
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.errors import QwythosError
-from qwythos.export import gguf_meta
+from qwythos.core import header, release  # noqa: F401
+from qwythos.core.errors import QwythosError
 from qwythos.export.lmstudio import export_lmstudio
+from qwythos.testing import stubs  # noqa: F401
 
 # model.yaml rules from lmstudio-js (VirtualModelDefinition, KV config schematics).
 MODEL_RE = re.compile(r"^[^/]+/[^/]+$")
@@ -55,14 +57,14 @@ def check_model_yaml(doc: dict) -> None:
 def mtp_gguf(tmp_path: Path) -> Path:
     d = tmp_path / "src"
     d.mkdir()
-    return gguf_meta.write_stub_gguf(d / gguf_meta.gguf_file_name("Q4_K_M", mtp=True))
+    return stubs.write_stub_gguf(d / release.gguf_file_name("Q4_K_M", mtp=True))
 
 
 @pytest.fixture
 def trunk_gguf(tmp_path: Path) -> Path:
     d = tmp_path / "src"
     d.mkdir(exist_ok=True)
-    return gguf_meta.write_stub_gguf(d / gguf_meta.gguf_file_name("Q4_K_M"), nextn_layers=0)
+    return stubs.write_stub_gguf(d / release.gguf_file_name("Q4_K_M"), nextn_layers=0)
 
 
 def fields(doc: dict, section: str) -> dict:
@@ -150,7 +152,7 @@ def test_unwritable_models_dir(mtp_gguf: Path, tmp_path: Path) -> None:
 
 
 def test_refuses_a_non_qwen35_file(tmp_path: Path) -> None:
-    g = gguf_meta.write_stub_gguf(tmp_path / "x.gguf", arch="llama")
+    g = stubs.write_stub_gguf(tmp_path / "x.gguf", arch="llama")
     with pytest.raises(QwythosError, match="not qwen35"):
         export_lmstudio(g, models_dir=tmp_path / "models")
     assert not (tmp_path / "models").exists()

@@ -7,14 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf  # noqa: F401
 import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.errors import QwythosError
-from qwythos.export import gguf_meta
+from qwythos.core import header, release  # noqa: F401
+from qwythos.core.errors import QwythosError
 from qwythos.export.modelfile import Command, parse_modelfile, render_modelfile, to_request
 from qwythos.export.ollama import DEFAULT_DRAFT, default_spec, export_ollama, render
+from qwythos.testing import stubs  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -168,8 +170,8 @@ def test_from_is_relative_to_the_modelfile_folder(mtp_gguf: Path, tmp_path: Path
 
 
 def test_stop_tokens_come_from_the_file_vocabulary(tmp_path: Path) -> None:
-    g = gguf_meta.write_stub_gguf(tmp_path / "m.gguf", tokens=["a", "<|im_end|>"], eos_token="<|im_end|>")
-    assert gguf_meta.read_gguf_summary(g).turn_end_tokens == ["<|im_end|>"]
+    g = stubs.write_stub_gguf(tmp_path / "m.gguf", tokens=["a", "<|im_end|>"], eos_token="<|im_end|>")
+    assert header.read_gguf_summary(g).turn_end_tokens == ["<|im_end|>"]
     assert "PARAMETER stop <|endoftext|>" not in export_ollama(g).text
 
 
@@ -187,7 +189,7 @@ def test_existing_modelfile_same_bytes_is_a_no_op_different_is_refused(mtp_gguf:
 @pytest.mark.parametrize(
     "make, fragment",
     [
-        (lambda d: gguf_meta.write_stub_gguf(d / "l.gguf", arch="llama"), "'llama' GGUF"),
+        (lambda d: stubs.write_stub_gguf(d / "l.gguf", arch="llama"), "'llama' GGUF"),
         (lambda d: (d / "t.gguf").write_bytes(b"not a gguf at all"), "not a GGUF"),
         (lambda d: (d / "c.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\xff"), "truncated"),
         (lambda d: truncated_copy(d), "truncated"),
@@ -204,7 +206,7 @@ def test_refuses_files_that_are_not_qwen35_ggufs(tmp_path: Path, make, fragment:
 
 def truncated_copy(d: Path) -> Path:
     """A real stub GGUF with its last tensor bytes cut off."""
-    g = gguf_meta.write_stub_gguf(d / "whole.gguf")
+    g = stubs.write_stub_gguf(d / "whole.gguf")
     data = g.read_bytes()
     g.unlink()
     (d / "cut.gguf").write_bytes(data[:-8])
@@ -212,7 +214,6 @@ def truncated_copy(d: Path) -> Path:
 
 
 def test_refuses_a_head_only_gguf(tmp_path: Path) -> None:
-    import gguf
     import numpy as np
 
     w = gguf.GGUFWriter(str(tmp_path / "head.gguf"), "qwen35")
@@ -310,7 +311,7 @@ def test_declared_but_missing_head_gets_no_drafting_anywhere(export_real_gguf, t
     from qwythos.export.lmstudio import export_lmstudio
 
     g = Path(export_real_gguf("qwythos-ref"))
-    s = gguf_meta.read_gguf_summary(g)
+    s = header.read_gguf_summary(g)
     assert s.nextn_predict_layers == 1 and s.nextn_tensor_count == 0 and not s.has_mtp
     r = export_ollama(g, tmp_path / "Modelfile")
     assert "draft_num_predict" not in r.text and any("no nextn tensors" in w for w in r.warnings)

@@ -316,7 +316,7 @@ def test_reference_converter_qwythos(reference, tiny_qwythos_dir, tmp_path):
 @pytest.mark.reference
 @pytest.mark.slow
 def test_reference_converter_nomtp_needs_flag(reference, tiny_nomtp_dir, tmp_path):
-    from qwythos.errors import QwythosError
+    from qwythos.core.errors import QwythosError
 
     # without mtp_num_hidden_layers and mtp.* tensors llama.cpp asserts (it assumes Qwen3-Next)
     with pytest.raises(QwythosError, match="AssertionError"):
@@ -326,7 +326,7 @@ def test_reference_converter_nomtp_needs_flag(reference, tiny_nomtp_dir, tmp_pat
 
 
 def test_reference_source_error(monkeypatch, tmp_path):
-    from qwythos.errors import QwythosError
+    from qwythos.core.errors import QwythosError
     from qwythos.testing import reference as ref
 
     monkeypatch.setenv(ref.ENV_VAR, str(tmp_path / "nowhere"))

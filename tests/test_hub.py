@@ -7,14 +7,18 @@ import json
 import shutil
 from pathlib import Path
 
+import gguf  # noqa: F401
 import pytest
 from huggingface_hub.utils import filter_repo_objects
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.errors import QwythosError
-from qwythos.export import gguf_meta, hub
+from qwythos.core import header, hub  # noqa: F401
+from qwythos.core import release as release_facts
+from qwythos.core.errors import QwythosError
+from qwythos.export import upload
 from qwythos.export.modelfile import parse_modelfile, to_request
+from qwythos.testing import stubs  # noqa: F401
 
 
 class FakeHub:
@@ -147,9 +151,9 @@ def test_download_errors(fake: FakeHub, tmp_path: Path) -> None:
 def release(tmp_path: Path) -> Path:
     d = tmp_path / "release"
     d.mkdir()
-    a = gguf_meta.write_stub_gguf(d / gguf_meta.gguf_file_name("Q4_K_M"), nextn_layers=0)
-    b = gguf_meta.write_stub_gguf(
-        d / gguf_meta.gguf_file_name("Q8_0", mtp=True), file_type=gguf_meta.gguf.LlamaFileType.MOSTLY_Q8_0
+    a = stubs.write_stub_gguf(d / release_facts.gguf_file_name("Q4_K_M"), nextn_layers=0)
+    b = stubs.write_stub_gguf(
+        d / release_facts.gguf_file_name("Q8_0", mtp=True), file_type=gguf.LlamaFileType.MOSTLY_Q8_0
     )
     sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in (a, b))
     (d / "SHA256SUMS").write_text(sums)
@@ -158,7 +162,7 @@ def release(tmp_path: Path) -> Path:
 
 
 def test_upload_dry_run_lists_every_file_and_destination(release: Path) -> None:
-    plan = hub.upload(release, "me/Qwythos-GGUF", dry_run=True, client=None)
+    plan = upload.upload(release, "me/Qwythos-GGUF", dry_run=True, client=None)
     dests = [plan.destination(i) for i in plan.items]
     assert dests == [
         "hf://me/Qwythos-GGUF/Qwythos-9B-Claude-Mythos-5-1M-MTP-Q8_0.gguf",
@@ -176,7 +180,7 @@ def test_upload_creates_repo_and_uploads_exact_bytes_and_card(
 ) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
     seen: list[str] = []
-    plan = hub.upload(
+    plan = upload.upload(
         release, "me/Q-GGUF", private=True, client=fake, progress=lambda p, i, n: seen.append(p)
     )
     assert fake.created == [("me/Q-GGUF", True)] and plan.url == "https://huggingface.co/me/Q-GGUF"
@@ -200,7 +204,7 @@ def test_upload_creates_repo_and_uploads_exact_bytes_and_card(
     assert "temperature 0.6, top_p 0.95, top_k 20, repeat penalty 1.05" in card
     assert "sha256sum -c SHA256SUMS" in card
     (release / "SHA256SUMS").unlink()
-    plan = hub.upload(release, "me/Q-GGUF", dry_run=True)
+    plan = upload.upload(release, "me/Q-GGUF", dry_run=True)
     assert "SHA256SUMS" not in plan.items[-1].data.decode()
 
 
@@ -208,34 +212,34 @@ def test_upload_without_token_is_a_clear_error(release: Path, tmp_path: Path, mo
     monkeypatch.delenv("HF_TOKEN", raising=False)
     fake = FakeHub(tmp_path / "root", token=None)
     with pytest.raises(QwythosError, match="no Hugging Face token"):
-        hub.upload(release, "me/x", client=fake)
+        upload.upload(release, "me/x", client=fake)
     assert fake.created == []
     monkeypatch.setenv("HF_TOKEN", "hf_env")
-    hub.upload(release, "me/x", client=fake)
+    upload.upload(release, "me/x", client=fake)
     assert {tok for _, tok in fake.uploads} == {"hf_env"}
 
 
 def test_upload_refuses_bad_folders(release: Path, tmp_path: Path) -> None:
-    gguf_meta.write_stub_gguf(release / "other.gguf", arch="llama")
+    stubs.write_stub_gguf(release / "other.gguf", arch="llama")
     with pytest.raises(QwythosError, match="not qwen35"):
-        hub.upload(release, "me/x", dry_run=True)
+        upload.upload(release, "me/x", dry_run=True)
     (release / "other.gguf").unlink()
     (release / "Modelfile").write_text("FROM /somewhere/else.gguf\n")
     with pytest.raises(QwythosError, match="not a GGUF in"):
-        hub.upload(release, "me/x", dry_run=True)
+        upload.upload(release, "me/x", dry_run=True)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(QwythosError, match="no .gguf"):
-        hub.upload(empty, "me/x", dry_run=True)
+        upload.upload(empty, "me/x", dry_run=True)
     with pytest.raises(QwythosError, match="not a repo id"):
-        hub.upload(release, "no-slash", dry_run=True)
+        upload.upload(release, "no-slash", dry_run=True)
 
 
 def test_upload_uses_an_existing_modelfile(release: Path, fake: FakeHub) -> None:
     from qwythos.export.ollama import export_ollama
 
-    export_ollama(release / gguf_meta.gguf_file_name("Q8_0", mtp=True))
-    plan = hub.upload(release, "me/y", client=fake)
+    export_ollama(release / release_facts.gguf_file_name("Q8_0", mtp=True))
+    plan = upload.upload(release, "me/y", client=fake)
     mf = next(i for i in plan.items if i.path_in_repo == "Modelfile")
     assert mf.local == release / "Modelfile"
     card = (fake.root / "me" / "y" / "README.md").read_text()
@@ -370,7 +374,7 @@ def test_real_client_downloads_from_a_stand_in_hub(
     fetched = {g.split(" ")[0] for g in stand_in.gets}
     assert "model-00001-of-00003.safetensors" in fetched
     assert "model-00003-of-00003.safetensors" not in fetched and "config.json" not in fetched
-    with pytest.raises(QwythosError, match="Hub request for nobody/none failed"):
+    with pytest.raises(QwythosError, match="nobody/none was not found on the Hugging Face Hub"):
         hub.download("nobody/none", tmp_path / "x", client=client)
 
 
@@ -380,8 +384,8 @@ def test_mtp_restore_from_a_hub_repo_reads_only_the_head_shard(
     """`qwythos mtp restore TRUNK --from REPO_ID`: config + index + the mtp.* shard, never the trunk's."""
     from gguf import GGUFReader
 
-    from qwythos.mtp.graft import restore
-    from qwythos.quantize.convert import convert
+    from qwythos.convert.text import convert
+    from qwythos.mtp.restore import restore
 
     trained = Path(__file__).resolve().parents[1] / "data" / "tiny-trained"
     shutil.copytree(trained, fake.root / "Qwen" / "Tiny-Trained")

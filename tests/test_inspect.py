@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader
 
-from qwythos.errors import QwythosError
-from qwythos.quantize.inspect import inspect_gguf
+from qwythos.core.errors import QwythosError
+from qwythos.core.inspect import inspect_gguf
 
 
 def test_summary_of_mtp_gguf(tiny_mtp_dir: Path, tiny_mtp_gguf: Path) -> None:

@@ -45,7 +45,7 @@ def _hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
 def _llama_logits(gguf: Path, ids: list[int]) -> np.ndarray:
     import llama_cpp
 
-    from qwythos.runtime.probe import safe_model_kwargs
+    from qwythos.core.probe import safe_model_kwargs
 
     m = llama_cpp.Llama(
         str(gguf), n_ctx=512, n_batch=512, logits_all=True, verbose=False, n_threads=2, **safe_model_kwargs()
@@ -84,7 +84,7 @@ def trained_reference() -> tuple[list[int], np.ndarray]:
 
 @pytest.mark.slow
 def test_trained_f32_top1_at_every_position(trained_reference, tmp_path: Path) -> None:
-    from qwythos.quantize.convert import convert
+    from qwythos.convert.text import convert
 
     ids, ref = trained_reference
     assert len(ids) >= 256
@@ -106,7 +106,7 @@ def test_trained_bf16_at_bf16_level(trained_reference, rt_trained_gguf: Path) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["tiny_mtp_dir", "tiny_nomtp_dir", "tiny_qwythos_dir"])
 def test_random_fixtures_bf16_at_bf16_level(variant: str, request, tmp_path: Path) -> None:
-    from qwythos.quantize.convert import convert
+    from qwythos.convert.text import convert
 
     folder = request.getfixturevalue(variant)
     gguf = convert(folder, tmp_path / "f-BF16.gguf").output

@@ -12,11 +12,11 @@ from gguf.quants import dequantize, quantize
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.errors import QwythosError
-from qwythos.mtp.graft import restore
+from qwythos.core.errors import QwythosError
+from qwythos.core.gguf_file import read_header, read_tensor_bytes
+from qwythos.core.structure import check_structure
+from qwythos.mtp.restore import restore
 from qwythos.mtp.sources import open_head
-from qwythos.mtp.structure import check_structure
-from qwythos.quantize.gguf_file import read_header, read_tensor_bytes
 
 
 def assert_same_gguf(a, b) -> None:

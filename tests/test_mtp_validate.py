@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.mtp.graft import restore
-from qwythos.mtp.structure import check_structure
+from qwythos.core.gguf_file import read_header, write_gguf
+from qwythos.core.structure import check_structure
+from qwythos.mtp.restore import restore
 from qwythos.mtp.validate import DEFAULT_TEXT, expected_length, validate
-from qwythos.quantize.gguf_file import read_header, write_gguf
 
 GATE = 0.3  # the trained head reaches ~0.5 at depth 1 on the bundled text; chance is ~0.001
 
@@ -27,7 +27,7 @@ def test_structure_of_grafted_separate_and_trunk(trained_ggufs):
 
 
 def test_structure_names_a_missing_and_a_misshapen_tensor(trained_ggufs, tmp_path):
-    from qwythos.mtp.graft import _kvs, _raw_plan
+    from qwythos.mtp.restore import _kvs, _raw_plan
 
     hdr = read_header(trained_ggufs["full"])
     kvs = _kvs(hdr, 4)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from qwythos.errors import QwythosError
-from qwythos.quantize import qwen35
+from qwythos.core import qwen35
+from qwythos.core.errors import QwythosError
+from qwythos.quantize.pipeline import quantize
 from qwythos.quantize.plan import kv_cache_bytes, plan, recurrent_state_bytes
-from qwythos.quantize.run import quantize
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_GIB = {"Q4_K_M": 5.24, "Q5_K_M": 6.02, "Q6_K": 6.85, "Q8_0": 8.87, "BF16": 16.69}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qwythos.runtime import probe
+from qwythos.core import probe
 
 
 @pytest.fixture(autouse=True)

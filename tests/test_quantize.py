@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 
-from qwythos.errors import QwythosError
-from qwythos.quantize.ftypes import ftypes, parse_ftype, parse_ggml_type
-from qwythos.quantize.gguf_file import read_header
-from qwythos.quantize.llama_quant import load_imatrix
-from qwythos.quantize.run import MANIFEST, SUMS, quantize, sha256_file
+from qwythos.core.errors import QwythosError
+from qwythos.core.ftypes import ftypes, parse_ftype, parse_ggml_type
+from qwythos.core.gguf_file import read_header
+from qwythos.core.llama_quant import load_imatrix
+from qwythos.quantize.pipeline import MANIFEST, SUMS, quantize, sha256_file
 
 # ---------------------------------------------------------------- fixtures (conftest: tiny_mtp_gguf, tiny_mtp_dir)
 # tiny_mtp_gguf is the converter's BF16 GGUF of the tiny random checkpoint (hidden 256, 4 layers, a
@@ -285,7 +285,7 @@ def test_verification_catches_a_broken_output(tiny_trunk_gguf: Path, tmp_path: P
 
     from gguf import GGUFReader
 
-    from qwythos.quantize.run import decode_probe
+    from qwythos.quantize.pipeline import decode_probe
 
     assert decode_probe(tiny_trunk_gguf, 3) == 3
     bad = tmp_path / "nan.gguf"

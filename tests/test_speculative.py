@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
 from qwythos.runtime.sampling import GREEDY, SamplingParams, distribution
 from qwythos.runtime.speculative import Engine, generate
 
@@ -133,7 +133,7 @@ def test_sampled_speculative_follows_plain_distribution(rt_trained_model, mode):
 
 
 def test_stats_stop_and_bad_input(rt_trained_model, rt_trained_trunk_gguf):
-    from qwythos.runtime.backend import load_model
+    from qwythos.core.llama import load_model
 
     m = rt_trained_model
     toks = m.tokenize(PROMPTS[0])
@@ -170,7 +170,7 @@ def test_greedy_default_params_are_greedy():
 
 def test_separate_draft_gguf_drafts_for_an_unchanged_trunk(trained_ggufs):
     """`mtp restore --separate` output runs as the draft model next to the trunk: same output, drafts accepted."""
-    from qwythos.runtime.backend import load_model
+    from qwythos.core.llama import load_model
 
     with load_model(trained_ggufs["trunk"], draft_path=trained_ggufs["separate"]) as m:
         assert m.has_mtp and not m.mtp_loaded
@@ -221,8 +221,8 @@ def test_ctrl_c_returns_what_was_generated_and_the_stats(rt_trained_model, draft
 
 
 def test_draft_gguf_from_another_model_is_refused(trained_ggufs, mtp_fixture_ggufs, tmp_path):
-    from qwythos.mtp.graft import restore
-    from qwythos.runtime.backend import load_model
+    from qwythos.core.llama import load_model
+    from qwythos.mtp.restore import restore
 
     other = restore(
         mtp_fixture_ggufs["trunk"], mtp_fixture_ggufs["full"], tmp_path / "other-mtp.gguf", separate=True

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qwythos.errors import QwythosError
-from qwythos.runtime.backend import Model, load_model
+from qwythos.core.errors import QwythosError
+from qwythos.core.llama import Model, load_model
 from qwythos.runtime.sampling import GREEDY, SamplingParams
 from qwythos.runtime.speculative import Engine
 

@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwythos.errors import QwythosError
-from qwythos.fileio import (
+from qwythos.core import qwen35
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import (
     atomic_output,
     check_free_space,
     ensure_writable_dir,
     sha256_file,
     write_text_atomic,
 )
-from qwythos.quantize import qwen35
-from qwythos.quantize.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
-from qwythos.quantize.gguf_file import read_header
-from qwythos.quantize.llama_quant import Imatrix, llama_quantize, load_imatrix
+from qwythos.core.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
+from qwythos.core.gguf_file import read_header
+from qwythos.core.llama import llama_log_to
+from qwythos.core.llama_quant import Imatrix, llama_quantize, load_imatrix
 from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES, check_mtp_type, dry_run, mtp_overrides
-from qwythos.runtime.backend import llama_log_to
 
 MANIFEST = "quantize-manifest.json"
 SUMS = "SHA256SUMS"
@@ -168,8 +168,8 @@ def resolve_source(src: str | Path, out_dir: Path, requantize: bool, progress: C
         n_layer, n_nextn = check_source_gguf(p, requantize)
         name = TYPE_SUFFIX.sub("", p.stem)
         return _Source(p, name, n_layer, n_nextn, False, [])
-    from qwythos.quantize.checkpoint import resolve_source as resolve_ckpt
-    from qwythos.quantize.convert import convert
+    from qwythos.convert.text import convert
+    from qwythos.core.checkpoint import resolve_source as resolve_ckpt
 
     folder, hub_id = resolve_ckpt(src)
     name = hub_id.split("/")[-1] if hub_id else folder.name
@@ -215,7 +215,7 @@ def decode_probe(path: Path, n: int = VERIFY_TOKENS) -> int:
     broken file."""
     import numpy as np
 
-    from qwythos.runtime.backend import load_model
+    from qwythos.core.llama import load_model
 
     with llama_log_to(None):
         try:

@@ -161,7 +161,7 @@ def _child(model_path: str, use_extra_bufts: bool) -> None:
     """Runs in the child: load, decode a batch of 8 and then one token. Prints PROBE_OK if alive."""
     import llama_cpp
 
-    from qwythos.runtime.backend import quiet_llama_logs
+    from qwythos.core.llama import quiet_llama_logs
 
     quiet_llama_logs()
     mp = llama_cpp.llama_model_default_params()
@@ -186,7 +186,7 @@ def _child(model_path: str, use_extra_bufts: bool) -> None:
 
 
 def _run_child(model_path: Path, use_extra_bufts: bool, timeout: float, python: str) -> ProbeRun:
-    code = f"from qwythos.runtime.probe import _child; _child({str(model_path)!r}, {use_extra_bufts!r})"
+    code = f"from qwythos.core.probe import _child; _child({str(model_path)!r}, {use_extra_bufts!r})"
     try:
         proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -256,7 +256,7 @@ def safe_model_kwargs() -> dict:
                     stacklevel=2,
                 )
             elif not result.default_ok:
-                from qwythos.errors import QwythosError
+                from qwythos.core.errors import QwythosError
 
                 raise QwythosError(
                     "the installed llama-cpp-python build crashes on this CPU even without AMX buffers",
@@ -265,7 +265,7 @@ def safe_model_kwargs() -> dict:
     return dict(_SAFE_KWARGS)
 
 
-if __name__ == "__main__":  # `python -m qwythos.runtime.probe [--quiet]`, used by install.sh
+if __name__ == "__main__":  # `python -m qwythos.core.probe [--quiet]`, used by install.sh
     outcome = probe_build(use_cache=False)
     if "--quiet" not in sys.argv:
         print(json.dumps(asdict(outcome), indent=2))

@@ -13,7 +13,7 @@ import ctypes
 import functools
 from dataclasses import dataclass
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
 
 FTYPE_PREFIXES = ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_")
 # ftype suffixes that name a mix of one GGML type (Q4_K_M -> q4_K)

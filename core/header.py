@@ -11,53 +11,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
-import numpy as np
-
-from qwythos.errors import QwythosError
-from qwythos.quantize.gguf_file import file_type_name, read_header
+from qwythos.core.errors import QwythosError
+from qwythos.core.gguf_file import file_type_name, read_header
+from qwythos.core.release import TURN_END_TOKENS, split_quant_suffix
 
 #: Architectures the exporters accept. A second arch (qwen35moe) would be added here with its table.
 ACCEPTED_ARCHS: tuple[str, ...] = ("qwen35",)
 
-#: Turn-ending tokens of the Qwen3.5 chat format, used when a file carries no vocabulary to read.
-QWEN35_TURN_END_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
-
-#: The model's names, as its Hugging Face repositories spell them.
-MODEL_REPO = "empero-ai/Qwythos-9B-Claude-Mythos-5-1M"
-GGUF_REPO = "empero-ai/Qwythos-9B-Claude-Mythos-5-1M-GGUF"
-BASE_NAME = "Qwythos"
-SIZE_LABEL = "9B"
-FINETUNE = "Claude-Mythos-5-1M"
-#: Full context of the released model (YaRN factor 4 over 262144 positions).
-MODEL_CONTEXT = 1_048_576
-
-# llama.cpp quant names (upper case) as they appear at the end of file names.
-_QUANT_RE = re.compile(
-    r"(?i)-(F32|F16|BF16|Q[1-8]_[01]|Q[2-8]_K(?:_[SML]|_XL)?|IQ[1-4]_(?:XXS|XS|S|M|NL|XL)|TQ[12]_0|MXFP4(?:_MOE)?)$"
-)
-
-
 _BLK_RE = re.compile(r"blk\.(\d+)\.")
-
-
-def gguf_file_name(quant: str, mtp: bool = False) -> str:
-    """The release's file name for one quant, llama.cpp naming convention (gguf-py naming_convention).
-
-    `<BaseName>-<SizeLabel>-<FineTune>-<Type>.gguf`, e.g. `Qwythos-9B-Claude-Mythos-5-1M-Q4_K_M.gguf`.
-    The official GGUF repo marks files carrying the MTP head with `-MTP` before the type
-    (`...-1M-MTP-Q8_0.gguf`); we do the same.
-    """
-    finetune = f"{FINETUNE}-MTP" if mtp else FINETUNE
-    return gguf.naming_convention(None, BASE_NAME, finetune, None, SIZE_LABEL, quant) + ".gguf"
-
-
-def split_quant_suffix(stem: str) -> tuple[str, str | None]:
-    """`Qwythos-9B-...-1M-MTP-Q4_K_M` -> (`Qwythos-9B-...-1M-MTP`, `Q4_K_M`); no suffix -> (stem, None)."""
-    m = _QUANT_RE.search(stem)
-    if not m:
-        return stem, None
-    return stem[: m.start()], m.group(1).upper()
 
 
 @dataclass
@@ -149,14 +110,14 @@ def read_gguf_summary(path: Path, accept_archs: tuple[str, ...] = ACCEPTED_ARCHS
         if isinstance(eos, int) and 0 <= eos < len(tokens):
             candidates.append(tokens[eos])
         present = set(tokens[-4096:]) | set(candidates)  # Qwen's specials sit at the end
-        if not all(t in present for t in QWEN35_TURN_END_TOKENS):
+        if not all(t in present for t in TURN_END_TOKENS):
             present = set(tokens)
-        candidates += [t for t in QWEN35_TURN_END_TOKENS if t in present]
+        candidates += [t for t in TURN_END_TOKENS if t in present]
         for t in candidates:
             if t and t not in turn_end:
                 turn_end.append(t)
     if not turn_end:
-        turn_end = list(QWEN35_TURN_END_TOKENS)
+        turn_end = list(TURN_END_TOKENS)
 
     warnings: list[str] = []
     if nextn > 0 and nextn_tensors == 0:
@@ -186,46 +147,3 @@ def read_gguf_summary(path: Path, accept_archs: tuple[str, ...] = ACCEPTED_ARCHS
         tensor_count=len(hdr.tensors),
         warnings=warnings,
     )
-
-
-def write_stub_gguf(
-    path: Path,
-    *,
-    arch: str = "qwen35",
-    nextn_layers: int = 1,
-    block_count: int = 33,
-    context_length: int = MODEL_CONTEXT,
-    file_type: gguf.LlamaFileType | None = gguf.LlamaFileType.MOSTLY_Q4_K_M,
-    chat_template: str | None = "{% if enable_thinking is defined %}{% endif %}<|im_start|>",
-    tokens: list[str] | None = None,
-    eos_token: str = "<|im_end|>",
-) -> Path:
-    """A metadata-only GGUF (a few tiny tensors) shaped like a Qwythos file: for tests and demos.
-
-    `nextn_layers` > 0 adds `<arch>.nextn_predict_layers` and a `blk.{n-1}.nextn.eh_proj` tensor.
-    """
-    path = Path(path)
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_name("Qwythos-9B-Claude-Mythos-5-1M")
-    w.add_block_count(block_count)
-    w.add_context_length(context_length)
-    if file_type is not None:
-        w.add_file_type(int(file_type))
-    if nextn_layers:
-        w.add_nextn_predict_layers(nextn_layers)
-    vocab = tokens if tokens is not None else ["a", "b", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(vocab)
-    if eos_token in vocab:
-        w.add_eos_token_id(vocab.index(eos_token))
-    if chat_template is not None:
-        w.add_chat_template(chat_template)
-    w.add_tensor("token_embd.weight", np.zeros((len(vocab), 4), dtype=np.float32))
-    w.add_tensor("blk.0.attn_norm.weight", np.ones((4,), dtype=np.float32))
-    if nextn_layers:
-        w.add_tensor(f"blk.{block_count - 1}.nextn.eh_proj.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path

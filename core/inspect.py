@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType
 
-from qwythos.quantize.gguf_file import file_type_name, read_header
+from qwythos.core.gguf_file import file_type_name, read_header
 
 NEXTN_RE = re.compile(r"^blk\.(\d+)\.nextn\.")
 

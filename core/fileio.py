@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
 
 TMP_SUFFIX = ".partial"
 

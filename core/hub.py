@@ -1,4 +1,4 @@
-"""Download what conversion needs from the Hugging Face Hub; upload a folder of GGUFs with a card.
+"""The one Hugging Face Hub client: downloads for convert and `mtp restore`, the calls upload makes.
 
 All network access goes through a `HubClient` (the real one wraps `huggingface_hub`), so tests use
 a local stand-in and never touch the network. Downloads go into a plain folder with
@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from huggingface_hub.utils import filter_repo_objects
 
-from qwythos.errors import QwythosError
-from qwythos.export import card
-from qwythos.export.gguf_meta import read_gguf_summary
-from qwythos.export.modelfile import parse_modelfile, to_request
-from qwythos.export.ollama import ModelfileSpec, render
-from qwythos.fileio import ensure_writable_dir, sha256_file
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import ensure_writable_dir
 
 #: Everything `qwythos convert` reads besides the weights.
 META_PATTERNS: tuple[str, ...] = (
@@ -42,9 +39,9 @@ META_PATTERNS: tuple[str, ...] = (
     "model.safetensors.index.json",
 )
 WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors",)
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SUMS_NAME = "SHA256SUMS"
 INDEX_NAME = "model.safetensors.index.json"
-MANIFEST_GLOBS: tuple[str, ...] = ("*manifest*.json",)
 
 Progress = Callable[[str, int, int], None]  # (path_in_repo, index, total)
 
@@ -115,17 +112,63 @@ class HfClient:
         )
 
 
-def _hub_error(repo_id: str, e: Exception) -> QwythosError:
-    name = type(e).__name__
-    hints = {
-        "RepositoryNotFoundError": "check the repo id (owner/name) and, for a private repo, your token",
-        "GatedRepoError": "accept the model's terms on its Hub page, then log in (`hf auth login`)",
-        "RevisionNotFoundError": "check --revision",
-        "LocalEntryNotFoundError": "you are offline: connect, or unset HF_HUB_OFFLINE",
-    }
-    return QwythosError(
-        f"Hub request for {repo_id} failed: {name}: {e}", hints.get(name, "check your network")
-    )
+def hub_error(repo_id: str, e: Exception) -> QwythosError:
+    """One message for anything the Hub or the network raised, sorted by huggingface_hub's types."""
+    from huggingface_hub import errors as hf
+
+    if isinstance(e, hf.GatedRepoError):  # a subclass of RepositoryNotFoundError: test it first
+        return QwythosError(
+            f"{repo_id} is gated on the Hugging Face Hub",
+            "accept the model's terms on its Hub page, then log in (`hf auth login`)",
+        )
+    if isinstance(e, hf.RevisionNotFoundError):
+        return QwythosError(f"{repo_id}: revision not found", "check --revision")
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return QwythosError(
+            f"{repo_id} was not found on the Hugging Face Hub (or needs a login)",
+            "check the repo id (owner/name) and, for a private repo, your token (`hf auth login`)",
+        )
+    if isinstance(e, hf.EntryNotFoundError):
+        return QwythosError(f"{repo_id}: a file is missing from the repo: {e}", "check the repo id")
+    if isinstance(e, (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled, *_network_errors())) or _offline():
+        return QwythosError(
+            f"cannot download {repo_id} from the Hugging Face Hub: offline or the Hub is unreachable, "
+            "and no complete copy is cached",
+            "connect to the network (and unset HF_HUB_OFFLINE), or pass a local folder",
+        )
+    return QwythosError(f"Hub request for {repo_id} failed: {type(e).__name__}: {e}", "check your network")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection and timeout errors of the HTTP client huggingface_hub uses (httpx or requests)."""
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for mod, names in (("httpx", ("TransportError",)), ("requests", ("ConnectionError", "Timeout"))):
+        try:
+            m = __import__(mod)
+        except ImportError:
+            continue
+        kinds += [getattr(m, n) for n in names if hasattr(m, n)]
+    return tuple(kinds)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+def looks_like_hub_id(src: str) -> bool:
+    """`owner/name` that is not a local path."""
+    return bool(HUB_ID_RE.match(src)) and not src.startswith((".", "/", "~"))
+
+
+def fetch_checkpoint(repo_id: str) -> Path:
+    """Download (or reuse from the Hugging Face cache) what converting `repo_id` needs: config,
+    tokenizer files and the safetensors."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[*META_PATTERNS, *WEIGHT_PATTERNS]))
+    except Exception as e:  # noqa: BLE001 - sorted by type in hub_error
+        raise hub_error(repo_id, e) from None
 
 
 # ---------------------------------------------------------------------------------------- download
@@ -184,141 +227,5 @@ def download(
     except QwythosError:
         raise
     except Exception as e:  # huggingface_hub / network errors -> one message
-        raise _hub_error(repo_id, e) from e
+        raise hub_error(repo_id, e) from e
     return DownloadResult(repo_id, local_dir, files, shards, dry_run)
-
-
-# ------------------------------------------------------------------------------------------ upload
-
-
-@dataclass
-class UploadItem:
-    path_in_repo: str
-    size_bytes: int
-    local: Path | None  # None: generated (README.md, a Modelfile the folder lacks)
-    data: bytes | None = field(default=None, repr=False)
-
-    @property
-    def source(self) -> str:
-        return str(self.local) if self.local else "(generated)"
-
-
-@dataclass
-class UploadPlan:
-    repo_id: str
-    private: bool
-    items: list[UploadItem]
-    rows: list[card.QuantRow]
-    dry_run: bool
-    url: str | None = None
-
-    def destination(self, item: UploadItem) -> str:
-        return f"hf://{self.repo_id}/{item.path_in_repo}"
-
-
-def read_sums(path: Path) -> dict[str, str]:
-    """`sha256sum` output (`HEX  name` or `HEX *name`) -> {name: hex}."""
-    sums: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        parts = line.strip().split(maxsplit=1)
-        if len(parts) == 2 and len(parts[0]) == 64:
-            sums[parts[1].lstrip("*").strip()] = parts[0].lower()
-    return sums
-
-
-def _pick_default(rows: list[card.QuantRow]) -> card.QuantRow:
-    order = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
-    for q in order:
-        for r in rows:
-            if r.quant == q and not r.has_mtp:
-                return r
-    return min(rows, key=lambda r: r.size_bytes)
-
-
-def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: bool = False) -> UploadPlan:
-    """Validate the folder's GGUFs and list every file to upload (GGUFs first, card last)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise QwythosError(f"{folder} is not a folder", "pass the folder holding the quantized GGUFs")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise QwythosError(f"{repo_id!r} is not a repo id", "use owner/name, e.g. empero-ai/Qwythos-9B-GGUF")
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise QwythosError(f"{folder} holds no .gguf files", "run `qwythos quantize` into it first")
-    sums_path = folder / SUMS_NAME
-    sums = read_sums(sums_path) if sums_path.is_file() else {}
-    rows: list[card.QuantRow] = []
-    items: list[UploadItem] = []
-    for g in ggufs:
-        s = read_gguf_summary(g)  # refuses anything that is not a qwen35 GGUF
-        digest = sums.get(g.name) or sha256_file(g)
-        rows.append(card.QuantRow(g.name, s.quant, s.size_bytes, digest, s.has_mtp))
-        items.append(UploadItem(g.name, s.size_bytes, g))
-    for pattern in MANIFEST_GLOBS:
-        for m in sorted(folder.glob(pattern)):
-            items.append(UploadItem(m.name, m.stat().st_size, m))
-    if sums_path.is_file():
-        items.append(UploadItem(SUMS_NAME, sums_path.stat().st_size, sums_path))
-    modelfile = folder / "Modelfile"
-    if modelfile.is_file():
-        req = to_request(parse_modelfile(modelfile.read_text(), str(modelfile)), folder, str(modelfile))
-        target = req.model_path.resolve() if req.model_path else None
-        if target is None or target.parent != folder.resolve() or target.suffix != ".gguf":
-            raise QwythosError(
-                f"{modelfile} has FROM {req.model!r}, not a GGUF in {folder}",
-                "regenerate it with `qwythos export ollama FILE.gguf` or remove it (one is generated)",
-            )
-        ollama_file = target.name
-        items.append(UploadItem("Modelfile", modelfile.stat().st_size, modelfile))
-    else:
-        pick = _pick_default(rows)
-        ollama_file = pick.file
-        text = render(
-            ModelfileSpec(
-                from_path=f"./{pick.file}",
-                file_name=pick.file,
-                quant=pick.quant,
-                has_mtp=pick.has_mtp,
-                draft=3 if pick.has_mtp else 0,
-            )
-        ).encode()
-        items.append(UploadItem("Modelfile", len(text), None, text))
-    readme = card.render_card(repo_id, rows, ollama_file=ollama_file, has_sums=sums_path.is_file()).encode()
-    items.append(UploadItem("README.md", len(readme), None, readme))
-    return UploadPlan(repo_id, private, items, rows, dry_run)
-
-
-def upload(
-    folder: Path,
-    repo_id: str,
-    *,
-    private: bool = False,
-    dry_run: bool = False,
-    token: str | None = None,
-    client: HubClient | None = None,
-    progress: Progress | None = None,
-) -> UploadPlan:
-    """Create the repo if needed and upload the plan's files; with `dry_run` only return the plan."""
-    plan = plan_upload(folder, repo_id, private=private, dry_run=dry_run)
-    if dry_run:
-        return plan
-    client = client or HfClient()
-    token = token or os.environ.get("HF_TOKEN") or client.token()
-    if not token:
-        raise QwythosError(
-            f"no Hugging Face token to upload to {repo_id}",
-            "pass --token, set HF_TOKEN, or run `hf auth login` (a token with write access)",
-        )
-    try:
-        plan.url = client.create_repo(repo_id, private=private, token=token)
-        for i, item in enumerate(plan.items):
-            if progress:
-                progress(item.path_in_repo, i, len(plan.items))
-            client.upload(repo_id, item.local if item.local else item.data, item.path_in_repo, token=token)
-    except QwythosError:
-        raise
-    except Exception as e:
-        raise _hub_error(repo_id, e) from e
-    if progress:
-        progress("done", len(plan.items), len(plan.items))
-    return plan

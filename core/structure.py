@@ -13,8 +13,8 @@ from typing import Any
 
 from gguf import GGMLQuantizationType
 
-from qwythos.errors import QwythosError
-from qwythos.quantize.gguf_file import GGUFHeader, read_header
+from qwythos.core.errors import QwythosError
+from qwythos.core.gguf_file import GGUFHeader, read_header
 
 ARCH = "qwen35"
 

@@ -10,8 +10,6 @@ memory-map / read one tensor at a time.
 from __future__ import annotations
 
 import json
-import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from qwythos.errors import QwythosError
+from qwythos.core import hub
+from qwythos.core.errors import QwythosError
 
 # safetensors dtype -> (numpy dtype used to view the raw bytes, bytes per element)
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -36,18 +35,6 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
 }
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
-HUB_PATTERNS = [
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "*.safetensors",
-    "model.safetensors.index.json",
-]
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -217,39 +204,6 @@ def _shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     return files, None
 
 
-def _looks_like_hub_id(src: str) -> bool:
-    return bool(HUB_ID_RE.match(src)) and not src.startswith((".", "/", "~"))
-
-
-def download_from_hub(repo_id: str) -> Path:
-    """Download only config, tokenizer and safetensors files of a Hub repo; a clear message offline."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise QwythosError("huggingface-hub is not installed", "pip install huggingface-hub") from e
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
-    except Exception as e:  # noqa: BLE001 - the hub raises many kinds; all mean "could not get it"
-        kind = type(e).__name__
-        offline = (
-            os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or "Offline" in kind or "LocalEntry" in kind
-        )
-        if offline or "Connection" in kind or "Timeout" in kind:
-            raise QwythosError(
-                f"cannot download {repo_id} from the Hugging Face Hub: offline or the Hub is unreachable, "
-                "and no complete copy is cached",
-                "connect to the network (and unset HF_HUB_OFFLINE), or pass a local folder",
-            ) from None
-        if "RepositoryNotFound" in kind or "GatedRepo" in kind or "401" in str(e) or "404" in str(e):
-            raise QwythosError(
-                f"{repo_id} was not found on the Hugging Face Hub (or needs a login)",
-                "check the repo id, or run `huggingface-cli login`",
-            ) from None
-        raise QwythosError(
-            f"downloading {repo_id} failed: {kind}: {e}", "try again, or pass a local folder"
-        ) from None
-
-
 def resolve_source(src: str | Path) -> tuple[Path, str | None]:
     """A local folder, or a Hub repo id downloaded to the local cache."""
     p = Path(src).expanduser()
@@ -259,8 +213,8 @@ def resolve_source(src: str | Path) -> tuple[Path, str | None]:
                 f"{p} is a file, not a checkpoint folder", "pass the folder holding config.json"
             )
         return p, None
-    if _looks_like_hub_id(str(src)):
-        return download_from_hub(str(src)), str(src)
+    if hub.looks_like_hub_id(str(src)):
+        return hub.fetch_checkpoint(str(src)), str(src)
     raise QwythosError(
         f"{p} does not exist", "pass a checkpoint folder or a Hugging Face repo id (owner/name)"
     )

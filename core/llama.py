@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.errors import QwythosError
+from qwythos.core.errors import QwythosError
 
 #: Architectures whose GGUFs this runtime drives (the MTP graph and rollback are arch-specific).
 SUPPORTED_ARCHS: tuple[str, ...] = ("qwen35",)
@@ -122,7 +122,7 @@ class ModelInfo:
 
 def read_model_info(path: str | Path) -> ModelInfo:
     """Parse and check a GGUF header; raise QwythosError naming the file when it is unusable."""
-    from qwythos.quantize.gguf_file import read_header
+    from qwythos.core.gguf_file import read_header
 
     path = Path(path)
     hdr = read_header(path)
@@ -431,7 +431,7 @@ class Model:
 
 
 def _load_handle(info: ModelInfo, *, load_mtp: bool, n_gpu_layers: int):
-    from qwythos.runtime.probe import safe_model_kwargs
+    from qwythos.core.probe import safe_model_kwargs
 
     lc = _llama()
     _init_backend()

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwythos.errors import QwythosError
-from qwythos.fileio import check_free_space, check_output_path
-from qwythos.quantize import qwen35
-from qwythos.quantize.checkpoint import open_checkpoint
-from qwythos.quantize.gguf_file import encode_header, normalize_kv, write_gguf
+from qwythos.core import qwen35
+from qwythos.core.checkpoint import open_checkpoint
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import check_free_space, check_output_path
+from qwythos.core.gguf_file import encode_header, normalize_kv, write_gguf
 
 RESTORE_HINT = "`qwythos mtp restore` can give the head back"
 

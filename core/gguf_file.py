@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from qwythos.errors import QwythosError
-from qwythos.fileio import atomic_output
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import atomic_output
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3

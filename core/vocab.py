@@ -13,8 +13,8 @@ from typing import Any
 
 from gguf import GGUFValueType
 
-from qwythos.errors import QwythosError
-from qwythos.quantize.gguf_file import KV
+from qwythos.core.errors import QwythosError
+from qwythos.core.gguf_file import KV
 
 # GGUF token types (llama.cpp's llama_token_type)
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5

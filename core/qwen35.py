@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from qwythos.errors import QwythosError
-from qwythos.quantize.checkpoint import ST_DTYPES, Checkpoint, TensorInfo, to_f32
-from qwythos.quantize.gguf_file import KV, RawSource, TensorPlan, type_nbytes
-from qwythos.quantize.vocab import PRE_TOKENIZER, load_vocab
+from qwythos.core.checkpoint import ST_DTYPES, Checkpoint, TensorInfo, to_f32
+from qwythos.core.errors import QwythosError
+from qwythos.core.gguf_file import KV, RawSource, TensorPlan, type_nbytes
+from qwythos.core.vocab import PRE_TOKENIZER, load_vocab
 
 ARCH = "qwen35"
 HF_ARCHITECTURES = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")

@@ -20,10 +20,19 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from qwythos.errors import QwythosError
-from qwythos.fileio import check_free_space, check_output_path
-from qwythos.mtp.sources import KIND_LABEL, HeadSource, HeadTensor, dequantize, open_head
-from qwythos.mtp.structure import (
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import check_free_space, check_output_path
+from qwythos.core.gguf_file import (
+    KV,
+    GGUFHeader,
+    RawSource,
+    TensorPlan,
+    read_header,
+    type_nbytes,
+    write_gguf,
+)
+from qwythos.core.qwen35 import f32_to_bf16
+from qwythos.core.structure import (
     ARCH,
     HEAD_MATRICES,
     STANDALONE_GLOBALS,
@@ -33,16 +42,7 @@ from qwythos.mtp.structure import (
     n_trunk_layers,
     split_block_name,
 )
-from qwythos.quantize.gguf_file import (
-    KV,
-    GGUFHeader,
-    RawSource,
-    TensorPlan,
-    read_header,
-    type_nbytes,
-    write_gguf,
-)
-from qwythos.quantize.qwen35 import f32_to_bf16
+from qwythos.mtp.sources import KIND_LABEL, HeadSource, HeadTensor, dequantize, open_head
 
 T = GGMLQuantizationType
 # --type -> GGML type of the head's matrices (types gguf-py can quantize to in Python)

@@ -1,0 +1,104 @@
+"""What every command shares: the typer apps, the consoles, JSON output and the one error handler.
+
+Each command parses flags, calls a library function that returns data, and renders it with rich
+(or prints it as JSON with --json). Errors the user can meet are `QwythosError`s: printed as one
+message and a fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from qwythos.core.errors import QwythosError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def report(error: QwythosError) -> None:
+    """Print a user-facing error: one message and the fix, no traceback."""
+    err_console.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
+    if error.hint:
+        err_console.print(f"[yellow]fix:[/] {error.hint}", highlight=False)
+
+
+class QwythosGroup(TyperGroup):
+    """The one error mapping (as huggingface_hub's `hf` does it): every command of every sub-group
+    runs inside this `invoke`, so a `QwythosError` becomes one message and exit 1, Ctrl-C exit 130."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except QwythosError as e:
+            report(e)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+
+#: The `--json` flag, spelled once.
+JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
+
+app = typer.Typer(
+    cls=QwythosGroup,
+    name="qwythos",
+    help="Qwythos-9B (qwen35) from safetensors to fast local llama.cpp inference.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+mtp_app = typer.Typer(help="Find, graft and validate the MTP (nextn) head.", no_args_is_help=True)
+export_app = typer.Typer(help="Hand GGUFs to Ollama, LM Studio, KoboldCpp.", no_args_is_help=True)
+app.add_typer(mtp_app, name="mtp")
+app.add_typer(export_app, name="export")
+
+
+
+def fail(error: QwythosError) -> None:
+    """Print a user-facing error and exit 1 (no traceback)."""
+    report(error)
+    raise typer.Exit(1)
+
+
+def gib(n: int) -> str:
+    """Bytes as GiB (MiB below a quarter GiB)."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.2f} MiB"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths and nested containers as plain JSON values."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(obj), indent=2) + "\n")
+
+
+def simple_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[str(v) for v in r])
+    return table
+
+

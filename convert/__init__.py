@@ -1,0 +1,1 @@
+"""HF safetensors -> GGUF: the text model (and, later, the vision projector)."""

@@ -1,0 +1,1 @@
+"""The foundation every feature stands on: errors, files, GGUF, the qwen35 table, checkpoints, Hub, llama.cpp."""

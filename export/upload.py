@@ -1,0 +1,142 @@
+"""Upload a folder of GGUFs to the Hugging Face Hub with a model card and a Modelfile."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import sha256_file
+from qwythos.core.header import read_gguf_summary
+from qwythos.core.hub import SUMS_NAME, HfClient, HubClient, Progress, hub_error
+from qwythos.core.release import pick_default
+from qwythos.export import card
+from qwythos.export.modelfile import parse_modelfile, to_request
+from qwythos.export.ollama import ModelfileSpec, render
+
+MANIFEST_GLOBS: tuple[str, ...] = ("*manifest*.json",)
+
+
+@dataclass
+class UploadItem:
+    path_in_repo: str
+    size_bytes: int
+    local: Path | None  # None: generated (README.md, a Modelfile the folder lacks)
+    data: bytes | None = field(default=None, repr=False)
+
+    @property
+    def source(self) -> str:
+        return str(self.local) if self.local else "(generated)"
+
+
+@dataclass
+class UploadPlan:
+    repo_id: str
+    private: bool
+    items: list[UploadItem]
+    rows: list[card.QuantRow]
+    dry_run: bool
+    url: str | None = None
+
+    def destination(self, item: UploadItem) -> str:
+        return f"hf://{self.repo_id}/{item.path_in_repo}"
+
+
+def read_sums(path: Path) -> dict[str, str]:
+    """`sha256sum` output (`HEX  name` or `HEX *name`) -> {name: hex}."""
+    sums: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) == 2 and len(parts[0]) == 64:
+            sums[parts[1].lstrip("*").strip()] = parts[0].lower()
+    return sums
+
+
+def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: bool = False) -> UploadPlan:
+    """Validate the folder's GGUFs and list every file to upload (GGUFs first, card last)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QwythosError(f"{folder} is not a folder", "pass the folder holding the quantized GGUFs")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise QwythosError(f"{repo_id!r} is not a repo id", "use owner/name, e.g. empero-ai/Qwythos-9B-GGUF")
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise QwythosError(f"{folder} holds no .gguf files", "run `qwythos quantize` into it first")
+    sums_path = folder / SUMS_NAME
+    sums = read_sums(sums_path) if sums_path.is_file() else {}
+    rows: list[card.QuantRow] = []
+    items: list[UploadItem] = []
+    for g in ggufs:
+        s = read_gguf_summary(g)  # refuses anything that is not a qwen35 GGUF
+        digest = sums.get(g.name) or sha256_file(g)
+        rows.append(card.QuantRow(g.name, s.quant, s.size_bytes, digest, s.has_mtp))
+        items.append(UploadItem(g.name, s.size_bytes, g))
+    for pattern in MANIFEST_GLOBS:
+        for m in sorted(folder.glob(pattern)):
+            items.append(UploadItem(m.name, m.stat().st_size, m))
+    if sums_path.is_file():
+        items.append(UploadItem(SUMS_NAME, sums_path.stat().st_size, sums_path))
+    modelfile = folder / "Modelfile"
+    if modelfile.is_file():
+        req = to_request(parse_modelfile(modelfile.read_text(), str(modelfile)), folder, str(modelfile))
+        target = req.model_path.resolve() if req.model_path else None
+        if target is None or target.parent != folder.resolve() or target.suffix != ".gguf":
+            raise QwythosError(
+                f"{modelfile} has FROM {req.model!r}, not a GGUF in {folder}",
+                "regenerate it with `qwythos export ollama FILE.gguf` or remove it (one is generated)",
+            )
+        ollama_file = target.name
+        items.append(UploadItem("Modelfile", modelfile.stat().st_size, modelfile))
+    else:
+        pick = pick_default(rows)
+        ollama_file = pick.file
+        text = render(
+            ModelfileSpec(
+                from_path=f"./{pick.file}",
+                file_name=pick.file,
+                quant=pick.quant,
+                has_mtp=pick.has_mtp,
+                draft=3 if pick.has_mtp else 0,
+            )
+        ).encode()
+        items.append(UploadItem("Modelfile", len(text), None, text))
+    readme = card.render_card(repo_id, rows, ollama_file=ollama_file, has_sums=sums_path.is_file()).encode()
+    items.append(UploadItem("README.md", len(readme), None, readme))
+    return UploadPlan(repo_id, private, items, rows, dry_run)
+
+
+def upload(
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    dry_run: bool = False,
+    token: str | None = None,
+    client: HubClient | None = None,
+    progress: Progress | None = None,
+) -> UploadPlan:
+    """Create the repo if needed and upload the plan's files; with `dry_run` only return the plan."""
+    plan = plan_upload(folder, repo_id, private=private, dry_run=dry_run)
+    if dry_run:
+        return plan
+    client = client or HfClient()
+    token = token or os.environ.get("HF_TOKEN") or client.token()
+    if not token:
+        raise QwythosError(
+            f"no Hugging Face token to upload to {repo_id}",
+            "pass --token, set HF_TOKEN, or run `hf auth login` (a token with write access)",
+        )
+    try:
+        plan.url = client.create_repo(repo_id, private=private, token=token)
+        for i, item in enumerate(plan.items):
+            if progress:
+                progress(item.path_in_repo, i, len(plan.items))
+            client.upload(repo_id, item.local if item.local else item.data, item.path_in_repo, token=token)
+    except QwythosError:
+        raise
+    except Exception as e:
+        raise hub_error(repo_id, e) from e
+    if progress:
+        progress("done", len(plan.items), len(plan.items))
+    return plan
