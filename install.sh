@@ -3,6 +3,7 @@
 #
 #   bash install.sh            # what a user runs
 #   bash install.sh dev,ref    # + test, lint and reference-check tools (torch, transformers)
+#   PYTHON=venv/bin/python QWYTHOS_EDITABLE=0 bash install.sh   # into a venv, from a built wheel
 #
 # Why: a native llama.cpp build on a CPU that reports AMX (many cloud VMs) uses ggml's AMX matmul
 # for quantized weights and dies with SIGILL/SIGSEGV where the VM does not really support AMX.
@@ -48,7 +49,11 @@ if [[ ",$EXTRAS," == *",ref,"* ]] && ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi
 echo "== installing qwythos${EXTRAS:+[$EXTRAS]}"
-"$PY" -m pip install -q -e "$HERE${EXTRAS:+[$EXTRAS]}"
+if [ "${QWYTHOS_EDITABLE:-1}" = 1 ]; then
+  "$PY" -m pip install -q -e "$HERE${EXTRAS:+[$EXTRAS]}"
+else  # a built wheel, as a user's `pip install` gets it (CI checks that nothing is missing from it)
+  "$PY" -m pip install -q "$HERE${EXTRAS:+[$EXTRAS]}"
+fi
 "$PY" -m qwythos.core.probe --quiet || {
   echo "warning: the llama.cpp build failed its crash probe; run 'qwythos doctor'" >&2
 }

@@ -55,7 +55,7 @@ def held_out_stdlib(max_chars: int) -> str:
 
 def main() -> None:
     from qwythos.convert.text import convert
-    from qwythos.core.llama_quant import llama_log_to
+    from qwythos.core.llama_log import llama_log_to
     from qwythos.mtp.acceptance import measure_acceptance
     from qwythos.quantize.pipeline import quantize
 

@@ -15,65 +15,22 @@ Python first (`read_model_info`), so llama.cpp never sees a file we have not val
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from qwythos.core.errors import QwythosError
+from qwythos.core.gguf_file import read_header
+from qwythos.core.llama_log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
+from qwythos.core.probe import safe_model_kwargs
 
 #: Architectures whose GGUFs this runtime drives (the MTP graph and rollback are arch-specific).
 SUPPORTED_ARCHS: tuple[str, ...] = ("qwen35",)
 #: Largest draft length the runtime accepts (also the number of recurrent snapshots kept).
 MAX_DRAFT = 8
-
-
-def _llama():
-    import llama_cpp
-
-    return llama_cpp
-
-
-def _ext():
-    from llama_cpp import llama_cpp_ext
-
-    return llama_cpp_ext
-
-
-_LOG_LOCK = threading.RLock()  # llama.cpp's log callback is process-wide
-_DROP_LOG = None  # the ctypes callback must outlive every call into llama.cpp
-
-
-def _drop_log():
-    global _DROP_LOG
-    if _DROP_LOG is None:
-        _DROP_LOG = _llama().llama_log_callback(lambda level, text, user_data: None)
-    return _DROP_LOG
-
-
-def quiet_llama_logs() -> None:
-    """Silence llama.cpp's stderr logging (library code must not spray logs)."""
-    _llama().llama_log_set(_drop_log(), None)
-
-
-@contextlib.contextmanager
-def llama_log_to(callback=None) -> Iterator[None]:
-    """Route llama.cpp's log to `callback` (a llama_log_callback; None: drop it) for the block.
-
-    Afterwards the log stays silenced: library code never lets llama.cpp print to the terminal.
-    """
-    lc = _llama()
-    with _LOG_LOCK:
-        lc.llama_log_set(callback if callback is not None else _drop_log(), None)
-        try:
-            yield
-        finally:
-            lc.llama_log_set(_drop_log(), None)
 
 
 _BACKEND_READY = False
@@ -122,7 +79,6 @@ class ModelInfo:
 
 def read_model_info(path: str | Path) -> ModelInfo:
     """Parse and check a GGUF header; raise QwythosError naming the file when it is unusable."""
-    from qwythos.core.gguf_file import read_header
 
     path = Path(path)
     hdr = read_header(path)
@@ -431,8 +387,6 @@ class Model:
 
 
 def _load_handle(info: ModelInfo, *, load_mtp: bool, n_gpu_layers: int):
-    from qwythos.core.probe import safe_model_kwargs
-
     lc = _llama()
     _init_backend()
     mp = lc.llama_model_default_params()

@@ -21,6 +21,7 @@ import numpy as np
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.ftypes import FType, GGMLType, ggml_types
+from qwythos.core.llama_log import llama_log_to
 
 # "[  12/ 345]  blk.0.attn_q.weight - [ 4096, 8192, 1, 1], type =   bf16, size = ... MiB -> ... MiB (q4_K)"
 TENSOR_LINE = re.compile(
@@ -302,7 +303,6 @@ def llama_quantize(
             raised.append(e)
 
     out_path = b"" if dst is None else str(dst).encode()
-    from qwythos.core.llama import llama_log_to
 
     with llama_log_to(_collect):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), out_path, ctypes.byref(p))

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qwythos.core.errors import QwythosError
+from qwythos.core.llama_log import quiet_llama_logs
+
 # The flags install.sh passes when it builds llama-cpp-python; printed by the doctor as the fix.
 NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 REBUILD_COMMAND = (
@@ -161,8 +164,6 @@ def _child(model_path: str, use_extra_bufts: bool) -> None:
     """Runs in the child: load, decode a batch of 8 and then one token. Prints PROBE_OK if alive."""
     import llama_cpp
 
-    from qwythos.core.llama import quiet_llama_logs
-
     quiet_llama_logs()
     mp = llama_cpp.llama_model_default_params()
     mp.use_extra_bufts = use_extra_bufts
@@ -256,8 +257,6 @@ def safe_model_kwargs() -> dict:
                     stacklevel=2,
                 )
             elif not result.default_ok:
-                from qwythos.core.errors import QwythosError
-
                 raise QwythosError(
                     "the installed llama-cpp-python build crashes on this CPU even without AMX buffers",
                     "run `qwythos doctor` for details, then rebuild: " + REBUILD_COMMAND,

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qwythos.core.acceptance import depth_rates, expected_accepted
 from qwythos.core.errors import QwythosError
+from qwythos.core.llama import load_model
 
 DEFAULT_TEXT_TOKENS = 512
 CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
@@ -33,16 +35,12 @@ class AcceptanceReport:
 
     @property
     def rates(self) -> list[float]:
-        return [a / t if t else 0.0 for a, t in zip(self.accepted, self.total, strict=True)]
+        return depth_rates(self.accepted, self.total)
 
     @property
     def expected_accepted(self) -> float:
         """Expected accepted drafts per step with draft length `depth`."""
-        e, run = 0.0, 1.0
-        for r in self.rates:
-            run *= r
-            e += run
-        return e
+        return expected_accepted(self.rates)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -60,7 +58,6 @@ def measure_acceptance(
     max_tokens: int = DEFAULT_TEXT_TOKENS,
 ) -> AcceptanceReport:
     """Measure the head's per-depth agreement with the trunk's greedy tokens over `text`."""
-    from qwythos.core.llama import load_model
 
     if depth < 1:
         raise QwythosError(f"depth {depth} must be at least 1", "use --depth 1..4")

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwythos.core.acceptance import depth_rates, expected_accepted
 from qwythos.core.errors import QwythosError
 from qwythos.core.structure import StructureReport, check_structure
+from qwythos.mtp.acceptance import measure_acceptance
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
 # A head that belongs to its trunk agrees with it far more often than this (0.53 on the trained tiny
@@ -50,14 +52,14 @@ class ValidationReport:
 
 def _rows_from(report: Any) -> list[DepthRow]:
     """Per-depth rows from mtp.acceptance's report (parallel accepted/total lists)."""
+    rates = depth_rates(report.accepted, report.total)
     return [
-        DepthRow(k + 1, int(a), int(t), a / t if t else 0.0)
-        for k, (a, t) in enumerate(zip(report.accepted, report.total, strict=True))
+        DepthRow(k + 1, int(a), int(t), r)
+        for k, (a, t, r) in enumerate(zip(report.accepted, report.total, rates, strict=True))
     ]
 
 
 def _measure(model: str | Path, draft: str | Path | None, text: str, depth: int, max_tokens: int) -> Any:
-    from qwythos.mtp.acceptance import measure_acceptance
 
     return measure_acceptance(
         str(model), draft_path=str(draft) if draft else None, text=text, depth=depth, max_tokens=max_tokens
@@ -67,11 +69,7 @@ def _measure(model: str | Path, draft: str | Path | None, text: str, depth: int,
 def expected_length(rows: list[DepthRow]) -> float:
     """Expected accepted drafts per step when depth k counts only after depths < k were accepted:
     sum over k of P(first k all accepted) = sum of the cumulative products of the rates."""
-    e, p = 0.0, 1.0
-    for r in rows:
-        p *= r.rate
-        e += p
-    return e
+    return expected_accepted(r.rate for r in rows)
 
 
 def validate(

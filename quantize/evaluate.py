@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import atomic_output
 from qwythos.core.ftypes import ftype_by_id
 from qwythos.core.gguf_file import read_header
-from qwythos.core.llama import llama_log_to
+from qwythos.core.llama import load_model
+from qwythos.core.llama_log import llama_log_to
 
 
 @dataclass
@@ -45,7 +47,6 @@ class _Scorer:
     """One loaded model (trunk only, through the runtime backend): log-probabilities per position."""
 
     def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
-        from qwythos.core.llama import load_model
 
         self.model = load_model(path, mtp=False)
         try:
@@ -158,7 +159,6 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def plot_png(report: EvalReport, out: str | Path, width: int = 480, height: int = 320) -> Path:
     """Size (x, GiB) against mean KLD (y, log scale): one dot per type, joined in size order."""
-    from qwythos.core.fileio import atomic_output
 
     img = np.full((height, width, 3), 255, dtype=np.uint8)
     m = 40

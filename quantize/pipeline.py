@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwythos.convert.text import convert
 from qwythos.core import qwen35
+from qwythos.core.checkpoint import resolve_source as resolve_ckpt
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import (
     atomic_output,
@@ -32,7 +34,8 @@ from qwythos.core.fileio import (
 )
 from qwythos.core.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
 from qwythos.core.gguf_file import read_header
-from qwythos.core.llama import llama_log_to
+from qwythos.core.llama import load_model
+from qwythos.core.llama_log import llama_log_to
 from qwythos.core.llama_quant import Imatrix, llama_quantize, load_imatrix
 from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES, check_mtp_type, dry_run, mtp_overrides
 
@@ -168,8 +171,6 @@ def resolve_source(src: str | Path, out_dir: Path, requantize: bool, progress: C
         n_layer, n_nextn = check_source_gguf(p, requantize)
         name = TYPE_SUFFIX.sub("", p.stem)
         return _Source(p, name, n_layer, n_nextn, False, [])
-    from qwythos.convert.text import convert
-    from qwythos.core.checkpoint import resolve_source as resolve_ckpt
 
     folder, hub_id = resolve_ckpt(src)
     name = hub_id.split("/")[-1] if hub_id else folder.name
@@ -214,8 +215,6 @@ def decode_probe(path: Path, n: int = VERIFY_TOKENS) -> int:
     `n` tokens one at a time; returns how many were produced. NaN logits or a failed decode mean a
     broken file."""
     import numpy as np
-
-    from qwythos.core.llama import load_model
 
     with llama_log_to(None):
         try:

@@ -24,7 +24,7 @@ from typing import Any
 from gguf import GGUFValueType
 
 from qwythos.core import qwen35
-from qwythos.core.checkpoint import Checkpoint, TensorInfo
+from qwythos.core.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from qwythos.core.errors import QwythosError
 from qwythos.core.ftypes import FType, GGMLType, ggml_types, parse_ggml_type, parse_types
 from qwythos.core.gguf_file import KV, encode_header, normalize_kv, pad, read_header
@@ -160,8 +160,6 @@ def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None
         return _View(p, "gguf", _cfg_from_header(hdr), n_nextn, [], False)
     notes: list[str] = []
     if p.is_dir():
-        from qwythos.core.checkpoint import open_checkpoint
-
         ckpt = open_checkpoint(p)
         cfg = qwen35.text_config_from(ckpt.config, where=str(p / "config.json"))
         in_files = qwen35.mtp_layer_count(ckpt)
