@@ -20,7 +20,14 @@ EXTRAS=${1:-}
 CACHE=${QWYTHOS_CACHE:-$HOME/.cache/qwythos}
 FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 [ "${QWYTHOS_ALLOW_AMX:-0}" = 1 ] && FLAGS=""
-TAG=$(printf '%s' "$FLAGS" | sha256sum | cut -c1-8)
+# Extra CMake flags: QWYTHOS_RPC=1 adds ggml's RPC backend (llama.cpp rpc-server workers), and a
+# user's own CMAKE_ARGS pass through. Every flag is part of the wheel cache key, so a wheel built
+# with other flags is never reused; with no extra flags the key is the one earlier installs used.
+EXTRA_CMAKE=${CMAKE_ARGS:-}
+[ "${QWYTHOS_RPC:-0}" = 1 ] && EXTRA_CMAKE="-DGGML_RPC=ON${EXTRA_CMAKE:+ $EXTRA_CMAKE}"
+KEY=$FLAGS
+[ -n "$EXTRA_CMAKE" ] && KEY="$FLAGS|$EXTRA_CMAKE"
+TAG=$(printf '%s' "$KEY" | sha256sum | cut -c1-8)
 SRC=$CACHE/src
 WHEELS=$CACHE/wheels/llama-cpp-python-$LLAMA_VERSION-$TAG
 SDIST=$SRC/llama_cpp_python-$LLAMA_VERSION.tar.gz
@@ -34,10 +41,11 @@ fi
 
 WHEEL=$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
 if [ -z "$WHEEL" ]; then
-  echo "== building llama-cpp-python $LLAMA_VERSION (native, C/C++ flags: ${FLAGS:-none}); about 4 minutes on 2 cores"
-  CMAKE_ARGS="-DCMAKE_C_FLAGS='$FLAGS' -DCMAKE_CXX_FLAGS='$FLAGS' ${CMAKE_ARGS:-}" \
-    "$PY" -m pip wheel --no-deps --no-cache-dir "$SDIST" -w "$WHEELS.partial"
-  mv "$WHEELS.partial"/*.whl "$WHEELS"/ && rmdir "$WHEELS.partial"
+  echo "== building llama-cpp-python $LLAMA_VERSION (native, C/C++ flags: ${FLAGS:-none}; CMake: ${EXTRA_CMAKE:-none}); about 4 minutes on 2 cores"
+  PARTIAL=$(mktemp -d "$WHEELS.partial.XXXXXX")  # one per run: two installs at once do not collide
+  CMAKE_ARGS="-DCMAKE_C_FLAGS='$FLAGS' -DCMAKE_CXX_FLAGS='$FLAGS' $EXTRA_CMAKE" \
+    "$PY" -m pip wheel --no-deps --no-cache-dir "$SDIST" -w "$PARTIAL"
+  mv -f "$PARTIAL"/*.whl "$WHEELS"/ && rm -rf "$PARTIAL"
   WHEEL=$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)
 fi
 echo "== installing $WHEEL"

@@ -16,6 +16,7 @@ from typing import Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -27,9 +28,9 @@ err_console = Console(stderr=True)
 
 def report(error: QwythosError) -> None:
     """Print a user-facing error: one message and the fix, no traceback."""
-    err_console.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(error.message)}", markup=True, highlight=False)
     if error.hint:
-        err_console.print(f"[yellow]fix:[/] {error.hint}", highlight=False)
+        err_console.print(f"[yellow]fix:[/] {escape(error.hint)}", highlight=False)
 
 
 class QwythosGroup(TyperGroup):
@@ -37,10 +38,17 @@ class QwythosGroup(TyperGroup):
     runs inside this `invoke`, so a `QwythosError` becomes one message and exit 1, Ctrl-C exit 130."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+        from qwythos.core import fileio, interrupt
+
+        interrupt.install()  # SIGTERM = Ctrl-C; both stop llama.cpp mid-computation
+        fileio.clear_inputs()
         try:
             return super().invoke(ctx)
         except QwythosError as e:
             report(e)
+            raise typer.Exit(1) from None
+        except OSError as e:  # an OS error no library code named: still one message, no traceback
+            report(fileio.os_error(e))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -62,7 +70,6 @@ mtp_app = typer.Typer(help="Find, graft and validate the MTP (nextn) head.", no_
 export_app = typer.Typer(help="Hand GGUFs to Ollama, LM Studio, KoboldCpp.", no_args_is_help=True)
 app.add_typer(mtp_app, name="mtp")
 app.add_typer(export_app, name="export")
-
 
 
 def fail(error: QwythosError) -> None:
@@ -100,5 +107,3 @@ def simple_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table
     for r in rows:
         table.add_row(*[str(v) for v in r])
     return table
-
-

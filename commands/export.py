@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from qwythos.commands.common import (
     JsonOption,
@@ -18,6 +19,7 @@ from qwythos.commands.common import (
     simple_table,
 )
 from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import register_inputs
 
 
 def _show_warnings(warnings: list[str]) -> None:
@@ -42,6 +44,7 @@ def export_ollama_cmd(
     """Write an Ollama Modelfile (qwen3.5 renderer/parser, card sampling, MTP drafting)."""
     from qwythos.export.ollama import export_ollama
 
+    register_inputs(model)  # the Modelfile may never replace the GGUF, whatever the flags
     r = export_ollama(model, out, name=name, ctx=ctx, draft=draft, force=force)
     if json_out:
         print_json(r)
@@ -49,26 +52,38 @@ def export_ollama_cmd(
     _show_warnings(r.warnings)
     state = "unchanged" if r.unchanged else "written"
     console.print(
-        f"{r.modelfile} {state} ({r.quant}, MTP head: {'yes' if r.has_mtp else 'no'}, draft {r.draft})"
+        f"{r.modelfile} {state} ({r.quant}, MTP head: {'yes' if r.has_mtp else 'no'}, draft {r.draft})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"next: [bold]{r.create_command}[/]")
+    console.print(f"needs Ollama >= {r.requires} (install it: REQUIRES is recorded, not checked)")
+    console.print(f"next: [bold]{escape(r.create_command)}[/]", soft_wrap=True)
 
 
 @export_app.command("lmstudio")
 def export_lmstudio_cmd(
     model: Path = typer.Argument(..., help="The qwen35 GGUF to add to LM Studio."),
-    publisher: str = typer.Option("empero-ai", "--publisher", help="Publisher folder under the models dir."),
+    publisher: str = typer.Option(
+        "empero-ai", "--publisher", help="Publisher (owner) name: models folder and Hub definition."
+    ),
     copy: bool = typer.Option(False, "--copy", help="Copy the file (default)."),
     link: bool = typer.Option(False, "--link", help="Hard-link the file (same file system)."),
     symlink: bool = typer.Option(False, "--symlink", help="Symbolic link to the file."),
     move: bool = typer.Option(False, "--move", help="Move the file (what `lms import` does by default)."),
-    models_dir: Path | None = typer.Option(
-        None, "--models-dir", help="LM Studio models folder (~/.lmstudio/models)."
+    home: Path | None = typer.Option(
+        None, "--lmstudio-home", help="LM Studio's home (default: as LM Studio finds it, ~/.lmstudio)."
     ),
-    ctx: int | None = typer.Option(None, "--ctx", help="Context length for model.yaml (default 32768)."),
+    models_dir: Path | None = typer.Option(
+        None, "--models-dir", help="LM Studio models folder (default: its settings, <home>/models)."
+    ),
+    ctx: int | None = typer.Option(None, "--ctx", help="Context length to load with (default 32768)."),
+    draft: int | None = typer.Option(
+        None, "--draft", help="MTP draft tokens; default 3 with an MTP head, 0 = off."
+    ),
     json_out: bool = JsonOption,
 ) -> None:
-    """Place a GGUF like `lms import` and write model.yaml (sampling, reasoning/tools, MTP)."""
+    """Place a GGUF like `lms import`; write its model.yaml + manifest.json into LM Studio's hub."""
     from qwythos.export.lmstudio import export_lmstudio
 
     chosen = [m for m, on in (("copy", copy), ("hardlink", link), ("symlink", symlink), ("move", move)) if on]
@@ -77,27 +92,40 @@ def export_lmstudio_cmd(
     r = export_lmstudio(
         model,
         publisher=publisher,
+        home=home,
         models_dir=models_dir,
         mode=chosen[0] if chosen else "copy",
         context=ctx,
+        draft=draft,
     )
     if json_out:
         print_json(r)
         return
     _show_warnings(r.warnings)
-    console.print(f"{r.dest}: {r.action}")
-    console.print(f"{r.model_yaml}: {r.yaml_action} (MTP drafting {'on' if r.has_mtp else 'off: no head'})")
-    console.print(f"lms equivalent: [bold]{r.lms_command}[/]")
+    drafting = (
+        f"MTP drafting {r.draft} tokens"
+        if r.draft
+        else "MTP drafting off" + ("" if r.has_mtp else ": no head")
+    )
+    console.print(f"{r.dest}: {r.action}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"{r.model_yaml} + manifest.json: {r.yaml_action} ({drafting})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"lms equivalent: [bold]{escape(r.lms_command)}[/]", soft_wrap=True)
+    console.print(f"load:           [bold]{escape(r.load_command)}[/]", soft_wrap=True)
 
 
 @export_app.command("koboldcpp")
 def export_koboldcpp_cmd(
     model: Path = typer.Argument(..., help="The qwen35 GGUF to run in KoboldCpp."),
     out: Path | None = typer.Option(None, "-o", "--out", help=".kcpps path (default: beside the GGUF)."),
-    ctx: int | None = typer.Option(None, "--ctx", help="contextsize, 256..262144 (default 32768)."),
+    ctx: int | None = typer.Option(None, "--ctx", help="contextsize, 256..524288 (default 32768)."),
     gpulayers: int = typer.Option(-1, "--gpulayers", help="Layers on the GPU (-1 auto, 0 CPU only)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: KoboldCpp decides)."),
-    quantkv: int = typer.Option(0, "--quantkv", help="KV cache: 0 f16, 1 q8, 2 q4."),
+    quantkv: str = typer.Option("f16", "--quantkv", help="KV cache type: f16, bf16, q8_0, q5_1 or q4_0."),
     draft: int | None = typer.Option(
         None, "--draft", help="draftamount with an MTP head (default 3, 0 = off)."
     ),
@@ -107,6 +135,7 @@ def export_koboldcpp_cmd(
     """Write a KoboldCpp .kcpps launch config and print the launch command."""
     from qwythos.export.koboldcpp import export_koboldcpp
 
+    register_inputs(model)
     r = export_koboldcpp(
         model,
         out,
@@ -122,10 +151,131 @@ def export_koboldcpp_cmd(
         return
     _show_warnings(r.warnings)
     console.print(
-        f"{r.kcpps} {'unchanged' if r.unchanged else 'written'} (MTP: {'on' if r.has_mtp else 'off'})"
+        f"{r.kcpps} {'unchanged' if r.unchanged else 'written'} (MTP: {'on' if r.has_mtp else 'off'})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"launch: [bold]{r.launch_command}[/]")
-    console.print(f"   or: {r.launch_command_flags}")
+    console.print(f"launch: [bold]{escape(r.launch_command)}[/]", soft_wrap=True)
+    console.print(f"   or: {escape(r.launch_command_flags)}", soft_wrap=True)
+
+
+def _print_engine(r, json_out: bool) -> None:  # noqa: ANN001 - EngineExport
+    if json_out:
+        print_json(r)
+        return
+    _show_warnings(r.warnings)
+    for change in r.config_changes:
+        console.print(f"[yellow]changed:[/] {escape(change)}")
+    drafting = f"MTP draft {r.draft} ({r.draft_source})" if r.draft else "MTP drafting off"
+    console.print(
+        f"{r.engine}: TP {r.tensor_parallel} = {r.gpus_per_node} GPU(s) x {r.nodes} node(s), "
+        f"context {r.ctx}, {drafting}"
+    )
+    for n in r.launches:
+        console.print(f"node {n.rank}: {escape(str(n.script))}")
+    console.print(f"README: {escape(str(r.readme))}")
+
+
+def _engine_export(engine: str, **kw) -> None:  # noqa: ANN003
+    json_out = kw.pop("json_out")
+    if engine == "vllm":
+        from qwythos.export.vllm import export_vllm as fn
+    else:
+        from qwythos.export.sglang import export_sglang as fn
+    _print_engine(fn(**kw), json_out)
+
+
+_FOLDER_HELP = "The HF folder with its mtp.* head (from `qwythos mtp restore --hf`)."
+_GPUS_HELP = "GPUs per node (tensor parallel = GPUs x nodes)."
+_DRAFT_HELP = "Speculative tokens per step (default: bench's recommendation with --bench, else 2; 0 = off)."
+_BENCH_HELP = "A GGUF `qwythos bench` measured: use its recommended draft length."
+_CTX_HELP = "Context length (default 32768); past the native window YaRN is written into config.json."
+_ADDR_HELP = "Head node address every node can reach (needed with --nodes > 1)."
+
+
+@export_app.command("vllm")
+def export_vllm_cmd(
+    folder: Path = typer.Argument(..., help=_FOLDER_HELP),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Output folder (default: FOLDER/serve-vllm)."),
+    gpus: int = typer.Option(1, "--gpus", help=_GPUS_HELP),
+    nodes: int = typer.Option(1, "--nodes", help="Nodes (multi-node through vLLM's --nnodes launcher)."),
+    ctx: int | None = typer.Option(None, "--ctx", help=_CTX_HELP),
+    draft: int | None = typer.Option(None, "--draft", help=_DRAFT_HELP),
+    bench: Path | None = typer.Option(None, "--bench", help=_BENCH_HELP),
+    name: str = typer.Option("qwythos-9b", "--name", help="--served-model-name."),
+    host: str = typer.Option("0.0.0.0", "--host", help="HTTP bind address of the head node."),
+    port: int = typer.Option(8000, "--port", help="HTTP port."),
+    master_addr: str | None = typer.Option(None, "--master-addr", help=_ADDR_HELP),
+    master_port: int = typer.Option(29501, "--master-port", help="Rendezvous port on the head node."),
+    write_config: bool = typer.Option(
+        True, "--write-config/--no-write-config", help="Write YaRN into config.json."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace earlier launch scripts."),
+    json_out: bool = JsonOption,
+) -> None:
+    """vLLM launch commands per node + README: TP, multi-node, MTP drafting, YaRN, the known traps."""
+    _engine_export(
+        "vllm",
+        folder=folder,
+        out=out,
+        gpus=gpus,
+        nodes=nodes,
+        ctx=ctx,
+        draft=draft,
+        bench_gguf=bench,
+        name=name,
+        host=host,
+        port=port,
+        master_addr=master_addr,
+        master_port=master_port,
+        write_config=write_config,
+        force=force,
+        json_out=json_out,
+    )
+
+
+@export_app.command("sglang")
+def export_sglang_cmd(
+    folder: Path = typer.Argument(..., help=_FOLDER_HELP),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", help="Output folder (default: FOLDER/serve-sglang)."
+    ),
+    gpus: int = typer.Option(1, "--gpus", help=_GPUS_HELP),
+    nodes: int = typer.Option(1, "--nodes", help="Nodes (multi-node through SGLang's --nnodes launcher)."),
+    ctx: int | None = typer.Option(None, "--ctx", help=_CTX_HELP),
+    draft: int | None = typer.Option(None, "--draft", help=_DRAFT_HELP),
+    bench: Path | None = typer.Option(None, "--bench", help=_BENCH_HELP),
+    name: str = typer.Option("qwythos-9b", "--name", help="--served-model-name."),
+    host: str = typer.Option("0.0.0.0", "--host", help="HTTP bind address."),
+    port: int = typer.Option(30000, "--port", help="HTTP port."),
+    master_addr: str | None = typer.Option(None, "--master-addr", help=_ADDR_HELP),
+    master_port: int = typer.Option(25000, "--master-port", help="--dist-init-addr port on the head node."),
+    write_config: bool = typer.Option(
+        True, "--write-config/--no-write-config", help="Write YaRN into config.json."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace earlier launch scripts."),
+    json_out: bool = JsonOption,
+) -> None:
+    """SGLang launch commands per node + README: TP, multi-node, NEXTN drafting, YaRN, the traps."""
+    _engine_export(
+        "sglang",
+        folder=folder,
+        out=out,
+        gpus=gpus,
+        nodes=nodes,
+        ctx=ctx,
+        draft=draft,
+        bench_gguf=bench,
+        name=name,
+        host=host,
+        port=port,
+        master_addr=master_addr,
+        master_port=master_port,
+        write_config=write_config,
+        force=force,
+        json_out=json_out,
+    )
 
 
 @app.command()
@@ -179,7 +329,9 @@ def upload(
 
     def progress(path: str, i: int, n: int) -> None:
         if not json_out:
-            err_console.print(f"[{i}/{n}] {'uploaded all' if path == 'done' else 'uploading ' + path}")
+            err_console.print(
+                f"[{i}/{n}] {'uploaded all in one commit' if path == 'done' else 'adding ' + path}"
+            )
 
     plan = hub_upload(folder, repo_id, private=private, dry_run=dry_run, token=token, progress=progress)
     rows = [[it.source, plan.destination(it), f"{it.size_bytes:,}"] for it in plan.items]

@@ -54,7 +54,9 @@ class HubClient(Protocol):
     def snapshot(self, repo_id: str, local_dir: Path, files: list[str], revision: str | None) -> Path: ...
     def token(self) -> str | None: ...
     def create_repo(self, repo_id: str, *, private: bool, token: str) -> str: ...
-    def upload(self, repo_id: str, data: Path | bytes, path_in_repo: str, *, token: str) -> None: ...
+    def commit(
+        self, repo_id: str, files: list[tuple[str, Path | bytes]], *, token: str, message: str
+    ) -> str | None: ...
 
 
 class HfClient:
@@ -63,6 +65,7 @@ class HfClient:
 
     def __init__(self, endpoint: str | None = None) -> None:
         self.endpoint = endpoint
+        _quiet_hub_logs()
 
     def _api(self, token: str | None = None):  # noqa: ANN202 - HfApi
         from huggingface_hub import HfApi
@@ -103,13 +106,21 @@ class HfClient:
     def create_repo(self, repo_id: str, *, private: bool, token: str) -> str:
         return str(self._api(token).create_repo(repo_id, private=private, exist_ok=True))
 
-    def upload(self, repo_id: str, data: Path | bytes, path_in_repo: str, *, token: str) -> None:
-        self._api(token).upload_file(
-            path_or_fileobj=data if isinstance(data, bytes) else str(data),
-            path_in_repo=path_in_repo,
-            repo_id=repo_id,
-            commit_message=f"qwythos upload: {path_in_repo}",
-        )
+    def commit(
+        self, repo_id: str, files: list[tuple[str, Path | bytes]], *, token: str, message: str
+    ) -> str | None:
+        """All `(path_in_repo, file or bytes)` in one commit: the large files are uploaded first and
+        the commit is made only when all are there, so a failed upload leaves the repo as it was."""
+        from huggingface_hub import CommitOperationAdd
+
+        ops = [
+            CommitOperationAdd(
+                path_in_repo=path, path_or_fileobj=data if isinstance(data, bytes) else str(data)
+            )
+            for path, data in files
+        ]
+        info = self._api(token).create_commit(repo_id, operations=ops, commit_message=message)
+        return getattr(info, "commit_url", None)
 
 
 def hub_error(repo_id: str, e: Exception) -> QwythosError:
@@ -165,10 +176,44 @@ def fetch_checkpoint(repo_id: str) -> Path:
     tokenizer files and the safetensors."""
     from huggingface_hub import snapshot_download
 
+    _quiet_hub_logs()
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=[*META_PATTERNS, *WEIGHT_PATTERNS]))
+        folder = Path(snapshot_download(repo_id, allow_patterns=[*META_PATTERNS, *WEIGHT_PATTERNS]))
     except Exception as e:  # noqa: BLE001 - sorted by type in hub_error
         raise hub_error(repo_id, e) from None
+    if _offline():  # offline, snapshot_download returns whatever part of the cache exists
+        missing = _incomplete(folder)
+        if missing:
+            raise QwythosError(
+                f"the Hugging Face cache holds only part of {repo_id} ({missing} missing) and downloads "
+                "are off (HF_HUB_OFFLINE is set)",
+                "unset HF_HUB_OFFLINE and connect to finish the download, or pass a complete local folder",
+            )
+    return folder
+
+
+def _incomplete(folder: Path) -> str | None:
+    """What an offline cached snapshot lacks for converting (config, index shards, any weights)."""
+    if not (folder / "config.json").is_file():
+        return "config.json"
+    index = folder / INDEX_NAME
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        except (OSError, ValueError, AttributeError):
+            return INDEX_NAME
+        absent = [n for n in shards if not (folder / n).is_file()]
+        return (
+            f"{absent[0]} and {len(absent) - 1} more shard(s)" if len(absent) > 1 else (absent or [None])[0]
+        )
+    return None if any(folder.glob("*.safetensors")) else "the *.safetensors weights"
+
+
+def _quiet_hub_logs() -> None:
+    """huggingface_hub logs each retry ("Retrying in 1s [Retry 1/5]"): the user gets one message."""
+    import logging
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 # ---------------------------------------------------------------------------------------- download

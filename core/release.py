@@ -64,8 +64,23 @@ def gguf_file_name(quant: str, mtp: bool = False) -> str:
     return gguf.naming_convention(None, BASE_NAME, finetune, None, SIZE_LABEL, quant) + ".gguf"
 
 
+def restored_file_name(quant: str) -> str:
+    """The name `qwythos mtp restore` gives the release's `quant` file once its head is back:
+    `Qwythos-9B-Claude-Mythos-5-1M-Q4_K_M-MTP.gguf`."""
+    return gguf_file_name(quant).removesuffix(".gguf") + "-MTP.gguf"
+
+
+#: The flagship file: the default quant with its MTP head restored (what the README's pipeline makes).
+FLAGSHIP_FILE = restored_file_name(DEFAULT_QUANT_ORDER[0])
+
+
 def split_quant_suffix(stem: str) -> tuple[str, str | None]:
-    """`Qwythos-9B-...-1M-MTP-Q4_K_M` -> (`Qwythos-9B-...-1M-MTP`, `Q4_K_M`); no suffix -> (stem, None)."""
+    """`Qwythos-9B-...-1M-MTP-Q4_K_M` -> (`Qwythos-9B-...-1M-MTP`, `Q4_K_M`); no suffix -> (stem, None).
+    A `-MTP` after the type (`mtp restore` output, `...-1M-Q4_K_M-MTP`) reads the same way."""
+    if stem.upper().endswith("-MTP"):
+        base, quant = split_quant_suffix(stem[:-4])
+        if quant:
+            return f"{base}-MTP", quant
     m = _QUANT_RE.search(stem)
     if not m:
         return stem, None
@@ -75,7 +90,9 @@ def split_quant_suffix(stem: str) -> tuple[str, str | None]:
 R = TypeVar("R")
 
 
-def pick_default(rows: Iterable[R], *, quant=lambda r: r.quant, has_mtp=lambda r: r.has_mtp, size=lambda r: r.size_bytes) -> R | None:
+def pick_default(
+    rows: Iterable[R], *, quant=lambda r: r.quant, has_mtp=lambda r: r.has_mtp, size=lambda r: r.size_bytes
+) -> R | None:
     """The file to recommend first: by DEFAULT_QUANT_ORDER, a file without the head before one with
     it (every tool loads it), else the smallest file. None for no rows."""
     rows = list(rows)

@@ -135,7 +135,10 @@ def render_card(
             "```",
             "",
             "The Modelfile selects Ollama's `qwen3.5` renderer and parser (thinking and tool calls "
-            "separated), the sampling above and the turn-ending stop tokens.",
+            "separated), the sampling above and the turn-ending stop tokens. Install Ollama >= 0.17.6 "
+            "(its dedicated Qwen3.5 renderer and parser), or >= 0.30.0 for a file with the MTP head "
+            "(its llama-server engine loads the nextn layer; `REQUIRES` in the Modelfile is not checked "
+            "by Ollama).",
         ]
     else:
         lines += ["```sh", f"qwythos export ollama {pick} && ollama create qwythos-9b -f Modelfile", "```"]
@@ -152,16 +155,19 @@ def render_card(
         f"lms import {pick} --user-repo {repo_id} -y -c",
         "```",
         "",
-        f"or `qwythos export lmstudio {pick}`, which also writes a `model.yaml` with the sampling above, "
-        "reasoning/tool-use metadata and MTP drafting for MTP files.",
+        f"or `qwythos export lmstudio {pick}`, which also writes the model's definition (`model.yaml` + "
+        "`manifest.json` in LM Studio's hub folder) with the sampling above (min-p off, LM Studio's "
+        "default is 0.05), reasoning/tool-use metadata and MTP drafting for MTP files, and prints the "
+        "`lms load` line.",
         "",
         "### KoboldCpp",
         "",
         "```sh",
-        f"koboldcpp --model {pick} --contextsize 32768 --gpulayers -1 --flashattention --jinja",
+        f"koboldcpp --model {pick} --contextsize 32768 --gpulayers -1 --jinja --jinja_tools",
         "```",
         "",
-        f"or `qwythos export koboldcpp {pick}` for a `.kcpps` launch config (`--usemtp` for MTP files).",
+        f"or `qwythos export koboldcpp {pick}` for a `.kcpps` launch config (KoboldCpp 1.117 keys, the "
+        "sampling above as `gendefaults`, `--usemtp` for MTP files: MTP needs KoboldCpp >= 1.116).",
         "",
         "## License",
         "",

@@ -1,17 +1,27 @@
 """Write a KoboldCpp `.kcpps` launch config for a Qwythos GGUF and the matching launch command.
 
-A `.kcpps` is a JSON object keyed by koboldcpp.py's argparse destination names. How complete it
-must be (read in LostRuins/koboldcpp koboldcpp.py, `load_config_cli` and the GUI's import):
-`--config FILE` parses the command line first, so every argument already holds its default, then
-sets each key of the file on that namespace (flags given on the command line win). The GUI import
-reads every key with an `in` test. So a partial file loads: keys it lacks keep KoboldCpp's own
-defaults. We write only what matters for this model and nothing we would have to guess
-(e.g. no GPU backend: KoboldCpp picks one, `--usecuda`/`--usevulkan` can be added at launch).
+A `.kcpps` is a JSON object keyed by koboldcpp.py's argparse destination names. `--config FILE`
+parses the command line first, so every argument already holds its default, then sets each key of
+the file on that namespace (flags given on the command line win). So a partial file loads: keys it
+lacks keep KoboldCpp's own defaults. We write only what matters for this model and nothing we
+would have to guess (e.g. no GPU backend: KoboldCpp picks one, `--usecuda`/`--usevulkan` can be
+added at launch).
 
-The model path is written absolute (KoboldCpp opens it relative to its working folder, not the
-.kcpps), under both `model_param` (what the GUI saves and the loader uses) and `model`.
-Context is refused outside KoboldCpp's accepted range 256..262144 (`check_range` on
-`--contextsize`). `usemtp` and `draftamount` only for a file with the MTP head (KoboldCpp >= 1.115).
+The keys follow KoboldCpp 1.117's arguments (re-stated, not copied; tests/test_export_koboldcpp.py
+writes the same rules down as an argparse parser):
+
+- `model` is a list of paths and `model_param` the path the loader uses; we write both, absolute
+  (KoboldCpp opens it relative to its working folder, not the .kcpps).
+- `contextsize` is checked to 256..524288.
+- `quantkv` is a string choice: f16, bf16, q8_0, q5_1, q4_0.
+- No `flashattention`: the key is deprecated, flash attention is on by default.
+- `gendefaults`: the model card's sampling as the JSON text KoboldCpp reads for request defaults
+  (`rep_pen` is KoboldCpp's name for the repetition penalty, which it takes as the largest of
+  `rep_pen` / `repetition_penalty` / `repeat_penalty`).
+- `jinja` (the GGUF's own chat template) and `jinja_tools` when that template handles tools
+  (tool calls through the template; without it KoboldCpp formats tool calls its own way).
+- `usemtp` + `draftamount` only for a file with the MTP head. MTP needs KoboldCpp >= 1.116: 1.115
+  (where `usemtp` arrived) ran the draft on the CPU (#2275); the printed launch lines say so.
 """
 
 from __future__ import annotations
@@ -23,15 +33,28 @@ from pathlib import Path
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output, ensure_writable_dir
-from qwythos.core.header import read_gguf_summary
+from qwythos.core.header import read_gguf_summary, read_view
+from qwythos.core.release import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P
 
+#: The KoboldCpp release whose arguments the config is written for.
+KOBOLD_VERSION = "1.117"
+#: MTP drafting on the GPU (1.115 drafted on the CPU, #2275).
+KOBOLD_MTP_VERSION = "1.116"
 CONTEXT_MIN = 256
-CONTEXT_MAX = 262144
+CONTEXT_MAX = 524288
 DEFAULT_CONTEXT = 32768
 DEFAULT_GPULAYERS = -1  # KoboldCpp: -1 = detect how many layers fit
 DEFAULT_DRAFT = 3
-#: KoboldCpp's quantkv levels (0 = f16, 1 = q8, 2 = q4; needs flash attention).
-QUANTKV_LEVELS = (0, 1, 2)
+#: KoboldCpp's KV cache types (--quantkv choices).
+QUANTKV_CHOICES = ("f16", "bf16", "q8_0", "q5_1", "q4_0")
+#: The model card's sampling, under the request field names KoboldCpp's API uses.
+GENDEFAULTS: dict[str, float | int] = {
+    "temperature": TEMPERATURE,
+    "top_p": TOP_P,
+    "top_k": TOP_K,
+    "min_p": MIN_P,
+    "rep_pen": REPEAT_PENALTY,
+}
 
 
 @dataclass
@@ -43,6 +66,8 @@ class KoboldExport:
     unchanged: bool
     launch_command: str
     launch_command_flags: str
+    requires: str  # the KoboldCpp version the printed lines name
+    note: str  # why that version, appended to the printed lines as a shell comment
     warnings: list[str] = field(default_factory=list)
 
 
@@ -52,9 +77,10 @@ def kcpps_config(
     contextsize: int = DEFAULT_CONTEXT,
     gpulayers: int = DEFAULT_GPULAYERS,
     threads: int | None = None,
-    quantkv: int = 0,
+    quantkv: str = "f16",
     has_mtp: bool = False,
     draftamount: int = DEFAULT_DRAFT,
+    tools: bool = True,
 ) -> dict:
     """The .kcpps dict (argparse dest -> value); raises QwythosError on values KoboldCpp refuses."""
     if not CONTEXT_MIN <= contextsize <= CONTEXT_MAX:
@@ -66,18 +92,20 @@ def kcpps_config(
         raise QwythosError(f"--gpulayers {gpulayers} is invalid", "use -1 (auto), 0 (CPU) or a layer count")
     if threads is not None and threads < 1:
         raise QwythosError(f"--threads {threads} is invalid", "use a positive count or leave it out")
-    if quantkv not in QUANTKV_LEVELS:
-        raise QwythosError(f"--quantkv {quantkv} is invalid", "use 0 (f16), 1 (q8) or 2 (q4)")
+    if quantkv not in QUANTKV_CHOICES:
+        raise QwythosError(f"--quantkv {quantkv!r} is invalid", f"use one of {', '.join(QUANTKV_CHOICES)}")
     path = str(Path(model).resolve())
     cfg: dict = {
-        "model": path,
+        "model": [path],
         "model_param": path,
         "contextsize": contextsize,
         "gpulayers": gpulayers,
-        "flashattention": True,
         "quantkv": quantkv,
         "jinja": True,
     }
+    if tools:
+        cfg["jinja_tools"] = True
+    cfg["gendefaults"] = json.dumps(GENDEFAULTS, separators=(",", ":"))
     if threads is not None:
         cfg["threads"] = threads
     if has_mtp:
@@ -89,7 +117,7 @@ def kcpps_config(
 
 
 def launch_flags(cfg: dict) -> list[str]:
-    """The command-line flags equal to `cfg` (booleans as bare flags)."""
+    """The command-line flags equal to `cfg` (booleans as bare flags, lists as several values)."""
     flags: list[str] = []
     for key, value in cfg.items():
         if key == "model_param":
@@ -98,9 +126,16 @@ def launch_flags(cfg: dict) -> list[str]:
             flags.append(f"--{key}")
         elif value is False or value is None:
             continue
+        elif isinstance(value, list):
+            flags += [f"--{key}", *map(str, value)]
         else:
             flags += [f"--{key}", str(value)]
     return flags
+
+
+def _template_has_tools(gguf: Path) -> bool:
+    template = read_view(gguf).chat_template
+    return template is not None and "tools" in template
 
 
 def export_koboldcpp(
@@ -110,7 +145,7 @@ def export_koboldcpp(
     contextsize: int | None = None,
     gpulayers: int = DEFAULT_GPULAYERS,
     threads: int | None = None,
-    quantkv: int = 0,
+    quantkv: str = "f16",
     draft: int | None = None,
     force: bool = False,
 ) -> KoboldExport:
@@ -141,6 +176,7 @@ def export_koboldcpp(
         quantkv=quantkv,
         has_mtp=use_mtp,
         draftamount=draft if draft else DEFAULT_DRAFT,
+        tools=_template_has_tools(gguf),
     )
     out = Path(out) if out is not None else gguf.with_suffix(".kcpps")
     if out.is_dir():
@@ -157,14 +193,24 @@ def export_koboldcpp(
         ensure_writable_dir(out.parent, "folder")
         with atomic_output(out) as tmp:
             tmp.write_bytes(text.encode())
-    warnings = list(summary.warnings)
+    if use_mtp:
+        note = (
+            f"KoboldCpp >= {KOBOLD_VERSION} (config keys of {KOBOLD_VERSION}; MTP needs >= "
+            f"{KOBOLD_MTP_VERSION}: 1.115 ran the draft on the CPU, #2275)"
+        )
+    else:
+        note = f"KoboldCpp >= {KOBOLD_VERSION} (config keys of {KOBOLD_VERSION})"
     return KoboldExport(
         kcpps=out,
         gguf=gguf,
         config=cfg,
         has_mtp=use_mtp,
         unchanged=unchanged,
-        launch_command=f"koboldcpp --config {shlex.quote(str(out))}",
-        launch_command_flags="koboldcpp " + " ".join(shlex.quote(f) for f in launch_flags(cfg)),
-        warnings=warnings,
+        launch_command=f"koboldcpp --config {shlex.quote(str(out))}  # {note}",
+        launch_command_flags="koboldcpp "
+        + " ".join(shlex.quote(f) for f in launch_flags(cfg))
+        + f"  # {note}",
+        requires=KOBOLD_VERSION,
+        note=note,
+        warnings=list(summary.warnings),
     )

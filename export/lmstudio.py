@@ -1,35 +1,66 @@
-"""Place a Qwythos GGUF where LM Studio finds it, the way `lms import` does, plus a `model.yaml`.
+"""Put a Qwythos GGUF where LM Studio finds it (as `lms import` does) and its model definition
+(`model.yaml` + `manifest.json`) where LM Studio reads definitions: its local Hub folder.
 
-Layout (`lms import`): `<models-dir>/<publisher>/<model>/<file>.gguf`, models dir by default
-`~/.lmstudio/models`. `lms import` moves the file unless told `-c/--copy`, `-L/--hard-link` or
-`-l/--symbolic-link`; we default to copying (nothing of the user's disappears) and print the
-`lms import` command that does the same.
+Read in LM Studio's own sources (lmstudio-ai/lms 0.3.43, lmstudio-ai/lmstudio-js, 2026-08) and
+re-stated here:
 
-`model.yaml` (LM Studio's model.yaml draft spec, lmstudio-js VirtualModelDefinition): the card's
-sampling as `config.operation.fields`, the context and, for a file with the MTP head, MTP drafting
-as `config.load.fields` (`llm.load.llama.speculativeDecoding.draftMtp`), and metadata saying the
-model reasons and was trained for tool use. The chat template itself comes from the GGUF.
+- LM Studio's home (`findLMStudioHome`): the folder named in `~/.lmstudio-home-pointer`, else
+  `~/.cache/lm-studio` when it exists, else `~/.lmstudio`. (We only read the pointer; LM Studio
+  writes it.)
+- The GGUF: `lms import FILE --user-repo USER/REPO` places it at `<models>/<USER>/<REPO>/<file>`,
+  `<models>` being `downloadsFolder` of `<home>/settings.json`, else `<home>/models`. It moves the
+  file unless told `-c/--copy`, `-L/--hard-link` or `-l/--symbolic-link`; we copy by default
+  (nothing of the user's disappears) and print the `lms import` line that does the same.
+- The definition: `model.yaml` is a Hub artifact, never read from beside a GGUF. A local artifact
+  lives in `<home>/hub/models/<owner>/<name>/` with a `manifest.json` next to it; `lms push` makes
+  that manifest from the model.yaml (`generateManifestJsonFromModelYaml`): type "model", owner and
+  name from `model:`, one dependency of type "model" with purpose "baseModel" whose `modelKeys` and
+  `sources` are the `base:` entries' keys and sources. Owner must be kebab-case, the name
+  kebab-case with dots (`artifactIdentifierRegex`), both lower case.
+- model.yaml (`VirtualModelDefinition`): `model`, `base` (concrete models: `key` + Hugging Face
+  `sources`), `metadataOverrides`, `config.operation.fields` / `config.load.fields` as `{key, value}`
+  (lms-kv-config schema: `llm.prediction.temperature` numeric, `topKSampling` numeric,
+  `topPSampling` / `minPSampling` / `repeatPenalty` checkbox-numeric `{checked, value}`,
+  `llm.load.contextLength`, `llm.load.llama.speculativeDecoding.draftMtp` boolean and
+  `...draftMaxTokens` integer), `customFields`.
+- Sampling is the model card's, min-p included: LM Studio's own default turns min-p on at 0.05.
+- `lms load KEY --speculative-draft-mtp --speculative-draft-max-tokens N -c CTX` loads it the same
+  way by hand; we print that line, every path and key shell-quoted.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output, ensure_writable_dir
 from qwythos.core.header import read_gguf_summary
-from qwythos.core.release import MODEL_CONTEXT, SIZE_LABEL, split_quant_suffix
-from qwythos.export import card
+from qwythos.core.release import (
+    MIN_P,
+    MODEL_CONTEXT,
+    REPEAT_PENALTY,
+    SIZE_LABEL,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+    split_quant_suffix,
+)
 from qwythos.export.place import MODES, Placement, place_file
 
 DEFAULT_PUBLISHER = "empero-ai"
-DEFAULT_MODELS_DIR = Path("~/.lmstudio/models")
 DEFAULT_CONTEXT = 32768
 DEFAULT_DRAFT_MAX = 3
 #: lms import flag per placement mode (move is its default: no flag).
 LMS_FLAGS: dict[str, str] = {"copy": " -c", "hardlink": " -L", "symlink": " -l", "move": ""}
+#: lmstudio-js kebab.ts / ArtifactManifestBase.ts: what an owner and a name may be.
+OWNER_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+NAME_RE = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
+NAME_MAX = 100
 
 
 @dataclass
@@ -37,20 +68,61 @@ class LMStudioExport:
     gguf: Path
     dest: Path
     model_yaml: Path
-    model_key: str
+    manifest: Path
+    model_key: str  # the definition's `owner/name`, what `lms load` takes
+    concrete_key: str  # the imported file's key, the definition's base
     mode: str
     action: str
     yaml_action: str
     has_mtp: bool
-    lms_command: str
+    draft: int
+    context: int
+    lms_command: str  # the `lms import` equivalent of the placement
+    load_command: str  # `lms load ...` with the same load settings
     yaml_text: str
     warnings: list[str] = field(default_factory=list)
 
 
+def lmstudio_home() -> Path:
+    """LM Studio's home folder, found as LM Studio finds it (read only)."""
+    home = Path.home()
+    pointer = home / ".lmstudio-home-pointer"
+    if pointer.is_file():
+        text = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            return Path(text)
+    cache = home / ".cache" / "lm-studio"
+    return cache if cache.exists() else home / ".lmstudio"
+
+
+def models_folder(home: Path) -> Path:
+    """Where `lms import` puts models: settings.json's downloadsFolder, else `<home>/models`."""
+    settings = home / "settings.json"
+    try:
+        folder = json.loads(settings.read_text(encoding="utf-8")).get("downloadsFolder")
+    except (OSError, ValueError, AttributeError):
+        folder = None
+    return Path(folder) if isinstance(folder, str) and folder else home / "models"
+
+
 def model_folder_name(gguf: Path) -> str:
-    """`Qwythos-9B-Claude-Mythos-5-1M-Q4_K_M.gguf` -> `Qwythos-9B-Claude-Mythos-5-1M-GGUF`."""
+    """`Qwythos-9B-Claude-Mythos-5-1M-Q4_K_M.gguf` -> `Qwythos-9B-Claude-Mythos-5-1M-GGUF`
+    (the `-MTP` of a restored file is kept: `...-1M-MTP-GGUF`)."""
     stem, _ = split_quant_suffix(gguf.stem)
     return f"{stem}-GGUF"
+
+
+def artifact_name(folder: str) -> str:
+    """The definition's name for a model folder: lower case, kebab, `-gguf` dropped."""
+    name = folder.lower().removesuffix("-gguf")
+    name = re.sub(r"[^a-z0-9.]+", "-", name)
+    name = re.sub(r"([-.])[-.]+", r"\1", name).strip("-.")
+    if not NAME_RE.match(name) or len(name) > NAME_MAX:
+        raise QwythosError(
+            f"cannot make an LM Studio model name from {folder!r}",
+            "rename the GGUF to letters, digits and dashes (e.g. Qwythos-9B-Q4_K_M.gguf)",
+        )
+    return name
 
 
 def _yaml(value: object, indent: int = 0) -> list[str]:
@@ -63,7 +135,7 @@ def _yaml(value: object, indent: int = 0) -> list[str]:
                 out.append(f"{pad}{k}:")
                 out += _yaml(v, indent + 1)
             else:
-                out.append(f"{pad}{k}: {json.dumps(v)}")
+                out.append(f"{pad}{k}: {json.dumps(v, ensure_ascii=False)}")
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, dict) and item:
@@ -71,9 +143,9 @@ def _yaml(value: object, indent: int = 0) -> list[str]:
                 out.append(f"{pad}- {first.lstrip()}")
                 out += rest
             else:
-                out.append(f"{pad}- {json.dumps(item)}")
+                out.append(f"{pad}- {json.dumps(item, ensure_ascii=False)}")
     else:
-        out.append(f"{pad}{json.dumps(value)}")
+        out.append(f"{pad}{json.dumps(value, ensure_ascii=False)}")
     return out
 
 
@@ -82,19 +154,18 @@ def model_yaml(
     publisher: str,
     folder: str,
     size_bytes: int,
-    has_mtp: bool,
+    draft: int,
     thinking_switch: bool,
     context: int = DEFAULT_CONTEXT,
     max_context: int = MODEL_CONTEXT,
-    draft_max: int = DEFAULT_DRAFT_MAX,
 ) -> dict:
-    """The model.yaml content as a dict (see the module docstring for the keys' origin)."""
-    virtual = f"{publisher}/{folder.removesuffix('-GGUF').lower()}"
+    """The model.yaml content as a dict (see the module docstring for the keys' origin);
+    `draft` > 0 turns MTP drafting on with that many tokens."""
     doc: dict = {
-        "model": virtual,
+        "model": f"{publisher}/{artifact_name(folder)}",
         "base": [
             {
-                "key": f"{publisher}/{folder.lower()}",
+                "key": f"{publisher}/{folder}".lower(),
                 "sources": [{"type": "huggingface", "user": publisher, "repo": folder}],
             }
         ],
@@ -112,22 +183,23 @@ def model_yaml(
         "config": {
             "operation": {
                 "fields": [
-                    {"key": "llm.prediction.temperature", "value": card.TEMPERATURE},
-                    {"key": "llm.prediction.topPSampling", "value": {"checked": True, "value": card.TOP_P}},
-                    {"key": "llm.prediction.topKSampling", "value": card.TOP_K},
+                    {"key": "llm.prediction.temperature", "value": TEMPERATURE},
+                    {"key": "llm.prediction.topPSampling", "value": {"checked": True, "value": TOP_P}},
+                    {"key": "llm.prediction.topKSampling", "value": TOP_K},
+                    {"key": "llm.prediction.minPSampling", "value": {"checked": True, "value": MIN_P}},
                     {
                         "key": "llm.prediction.repeatPenalty",
-                        "value": {"checked": True, "value": card.REPEAT_PENALTY},
+                        "value": {"checked": True, "value": REPEAT_PENALTY},
                     },
                 ]
             },
             "load": {"fields": [{"key": "llm.load.contextLength", "value": context}]},
         },
     }
-    if has_mtp:
+    if draft > 0:
         doc["config"]["load"]["fields"] += [
             {"key": "llm.load.llama.speculativeDecoding.draftMtp", "value": True},
-            {"key": "llm.load.llama.speculativeDecoding.draftMaxTokens", "value": draft_max},
+            {"key": "llm.load.llama.speculativeDecoding.draftMaxTokens", "value": draft},
         ]
     if thinking_switch:
         doc["customFields"] = [
@@ -143,72 +215,129 @@ def model_yaml(
     return doc
 
 
+def manifest_json(doc: dict) -> str:
+    """manifest.json for a model.yaml dict, as `lms push` builds it (JSON.stringify(m, null, 2))."""
+    owner, name = doc["model"].split("/")
+    base = doc["base"]
+    if isinstance(base, str):
+        b_owner, b_name = base.split("/")
+        deps = [{"type": "artifact", "owner": b_owner, "name": b_name, "purpose": "baseModel"}]
+    else:
+        deps = [
+            {
+                "type": "model",
+                "modelKeys": [b["key"] for b in base],
+                "sources": [s for b in base for s in b["sources"]],
+                "purpose": "baseModel",
+            }
+        ]
+    manifest: dict = {"type": "model", "owner": owner, "name": name, "dependencies": deps}
+    if doc.get("tags") is not None:
+        manifest["tags"] = doc["tags"]
+    return json.dumps(manifest, indent=2, ensure_ascii=False)
+
+
 def render_model_yaml(doc: dict, file_name: str) -> str:
     header = [
-        f"# LM Studio model.yaml for {file_name}",
+        f"# LM Studio model definition for {file_name}",
         "# Generated by `qwythos export lmstudio`: sampling from the model card, MTP drafting when the",
         "# file carries the head. The chat template (thinking, tool calls) comes from the GGUF.",
     ]
     return "\n".join(header + _yaml(doc)) + "\n"
 
 
+def _quote_cmd(*parts: str) -> str:
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def export_lmstudio(
     gguf: Path,
     *,
     publisher: str = DEFAULT_PUBLISHER,
+    home: Path | None = None,
     models_dir: Path | None = None,
     mode: str = "copy",
     context: int | None = None,
+    draft: int | None = None,
 ) -> LMStudioExport:
-    """Validate, place the GGUF and write model.yaml beside it; never overwrite a different file."""
+    """Validate, place the GGUF, write model.yaml + manifest.json into LM Studio's Hub folder;
+    never overwrite a different file. `draft`: MTP draft tokens (default 3 with a head, 0 = off)."""
     gguf = Path(gguf)
     summary = read_gguf_summary(gguf)
     if mode not in MODES:
         raise QwythosError(f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
-    if not publisher or "/" in publisher or publisher.startswith("."):
-        raise QwythosError(f"--publisher {publisher!r} is not a folder name", "use e.g. empero-ai")
+    if not OWNER_RE.match(publisher):
+        raise QwythosError(
+            f"--publisher {publisher!r} is not an LM Studio owner name",
+            "use lower-case letters, digits and single dashes, e.g. empero-ai",
+        )
     limit = summary.context_length or MODEL_CONTEXT
     context = min(DEFAULT_CONTEXT, limit) if context is None else context
     if not 1 <= context <= limit:
         raise QwythosError(f"context {context} is outside 1..{limit}", f"pick a context up to {limit}")
-    root = (models_dir or DEFAULT_MODELS_DIR).expanduser()
+    if draft is None:
+        draft = DEFAULT_DRAFT_MAX if summary.has_mtp else 0
+    if draft < 0:
+        raise QwythosError(f"--draft {draft} is negative", "pass 0 (off) or a small count such as 3")
+    if draft > 0 and not summary.has_mtp:
+        raise QwythosError(
+            f"{gguf.name} has no MTP (nextn) head, so LM Studio cannot draft with it (--draft {draft})",
+            "export an -MTP- file (`qwythos mtp restore`), or leave --draft out",
+        )
+    home = Path(home).expanduser() if home is not None else lmstudio_home()
+    root = Path(models_dir).expanduser() if models_dir is not None else models_folder(home)
     folder = model_folder_name(gguf)
-    dest_dir = root / publisher / folder
-    dest = dest_dir / gguf.name
+    dest = root / publisher / folder / gguf.name
     doc = model_yaml(
         publisher=publisher,
         folder=folder,
         size_bytes=summary.size_bytes,
-        has_mtp=summary.has_mtp,
+        draft=draft,
         thinking_switch=summary.chat_template_has_enable_thinking,
         context=context,
         max_context=limit,
     )
-    text = render_model_yaml(doc, gguf.name)
-    yaml_path = dest_dir / "model.yaml"
-    # Check both destinations before touching either.
-    yaml_same = yaml_path.is_file() and yaml_path.read_bytes() == text.encode()
-    if yaml_path.exists() and not yaml_same:
-        raise QwythosError(
-            f"{yaml_path} already exists with other content",
-            "remove it yourself (it may hold your own settings) or pick another --publisher",
-        )
-    ensure_writable_dir(dest_dir, "LM Studio model folder")
+    key = doc["model"]
+    hub_dir = home / "hub" / "models" / publisher / artifact_name(folder)
+    outputs = {
+        hub_dir / "model.yaml": render_model_yaml(doc, gguf.name).encode(),
+        hub_dir / "manifest.json": manifest_json(doc).encode(),
+    }
+    # Check every destination before touching any.
+    same = {p: p.is_file() and p.read_bytes() == data for p, data in outputs.items()}
+    for p in outputs:
+        if p.exists() and not same[p]:
+            raise QwythosError(
+                f"{p} already exists with other content",
+                "remove it yourself (it may hold your own settings) or pick another --publisher",
+            )
+    ensure_writable_dir(dest.parent, "LM Studio model folder")
+    ensure_writable_dir(hub_dir, "LM Studio hub folder")
     placed: Placement = place_file(gguf, dest, mode)
-    if not yaml_same:
-        with atomic_output(yaml_path) as tmp:
-            tmp.write_bytes(text.encode())
-    lms = f"lms import {gguf} --user-repo {publisher}/{folder} -y{LMS_FLAGS[mode]}"
+    for p, data in outputs.items():
+        if not same[p]:
+            with atomic_output(p) as tmp:
+                tmp.write_bytes(data)
+    lms_import = _quote_cmd("lms", "import", os.fspath(gguf), "--user-repo", f"{publisher}/{folder}", "-y")
+    load = ["lms", "load", key]
+    if draft > 0:
+        load += ["--speculative-draft-mtp", "--speculative-draft-max-tokens", str(draft)]
+    load += ["-c", str(context)]
     return LMStudioExport(
         gguf=gguf,
         dest=dest,
-        model_yaml=yaml_path,
-        model_key=f"{publisher}/{folder}",
+        model_yaml=hub_dir / "model.yaml",
+        manifest=hub_dir / "manifest.json",
+        model_key=key,
+        concrete_key=doc["base"][0]["key"],
         mode=mode,
         action=placed.action,
-        yaml_action="unchanged" if yaml_same else "written",
+        yaml_action="unchanged" if all(same.values()) else "written",
         has_mtp=summary.has_mtp,
-        lms_command=lms,
-        yaml_text=text,
+        draft=draft,
+        context=context,
+        lms_command=lms_import + LMS_FLAGS[mode],
+        load_command=_quote_cmd(*load),
+        yaml_text=outputs[hub_dir / "model.yaml"].decode(),
         warnings=list(summary.warnings),
     )

@@ -1,18 +1,21 @@
 """Write an Ollama Modelfile for a Qwythos GGUF that `ollama create NAME -f Modelfile` takes unchanged.
 
-Decisions, with where in Ollama's source (ollama/ollama, commit fb30760, 2026-08) they come from:
+Decisions, with where in Ollama's source (ollama/ollama) they come from:
 
 - `RENDERER qwen3.5` + `PARSER qwen3.5`: Ollama only uses its built-in Qwen3.5 prompt renderer and
   output parser (thinking split out, tool calls parsed) when the Modelfile names them; an imported
   GGUF gets neither by itself.
 - No `TEMPLATE`. The parser accepts TEMPLATE next to RENDERER (both are stored), but
   `server/prompt.go` renderPrompt uses the renderer whenever one is set, so the template would be
-  dead text. A fallback for "Ollama versions without the renderer" cannot help either: the qwen3.5
-  renderer and Ollama's support for the qwen35 architecture arrived in the same change
-  (#14378, v0.17.1); no Ollama release can load this GGUF yet lacks the renderer.
-- `REQUIRES`: 0.17.1 (qwen35 + renderer), or 0.30.0 when `draft_num_predict` is written (that
-  parameter only exists since the llama-server runner, #16031, v0.30.0; older versions refuse it
-  as an unknown parameter).
+  dead text.
+- `REQUIRES` (stored and shown by Ollama, not enforced, so the README names the version too):
+  - 0.17.6 for a trunk-only file. The names `qwen3.5` exist since 0.17.1, but there they were the
+    Qwen3-VL renderer and the Qwen3 parser; the dedicated Qwen3.5 renderer and parser came in
+    0.17.6 (commit 82848a780, #14605). Loading GGUFs made by llama.cpp was fixed in 0.17.5 (#14517).
+  - 0.30.0 for any file that declares an MTP (nextn) layer, even with drafting off: its
+    `block_count` counts the nextn layer, and the engine before 0.30 expects one more recurrent
+    layer there. From 0.30.0 every GGML model runs through llama-server (#16031), which knows the
+    layer, and `draft_num_predict` exists (api/types.go `Runner.DraftNumPredict`).
 - `PARAMETER draft_num_predict N` only when the file carries an MTP (nextn) head:
   `llm/llama_server.go` adds `--spec-type draft-mtp` only when `<arch>.nextn_predict_layers > 0`
   and N > 0, and `server/routes.go` zeroes N for a model whose Modelfile did not set it.
@@ -25,13 +28,21 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import ensure_writable_dir, write_text_atomic
 from qwythos.core.header import read_gguf_summary
-from qwythos.core.release import LICENSE_TEXT, MODEL_CONTEXT, TURN_END_TOKENS, gguf_file_name
+from qwythos.core.release import (
+    DEFAULT_QUANT_ORDER,
+    FLAGSHIP_FILE,
+    LICENSE_TEXT,
+    MODEL_CONTEXT,
+    TURN_END_TOKENS,
+)
 from qwythos.export import card
 from qwythos.export.modelfile import Command, parse_modelfile, render_modelfile, to_request
 
@@ -45,8 +56,22 @@ DEFAULT_NUM_CTX = 32768
 DEFAULT_DRAFT = 3
 RENDERER = "qwen3.5"
 PARSER = "qwen3.5"
-MIN_OLLAMA = "0.17.1"
-MIN_OLLAMA_DRAFT = "0.30.0"
+#: Trunk-only files: the dedicated Qwen3.5 renderer/parser (0.17.6, #14605).
+MIN_OLLAMA = "0.17.6"
+#: Files with an MTP (nextn) layer: the llama-server engine (0.30.0, #16031), draft_num_predict.
+MIN_OLLAMA_HEAD = "0.30.0"
+#: Why, as the Modelfile's comment says it.
+WHY_REQUIRES = {
+    MIN_OLLAMA: (
+        "0.17.6 brought Ollama's dedicated Qwen3.5 renderer and parser (#14605); before it the name "
+        "qwen3.5 meant the Qwen3-VL renderer and the Qwen3 parser."
+    ),
+    MIN_OLLAMA_HEAD: (
+        "this file has an MTP (nextn) layer, counted in its block_count: only Ollama's llama-server "
+        "engine (0.30.0, #16031) loads it, even with drafting off, and draft_num_predict exists "
+        "since 0.30.0."
+    ),
+}
 
 
 @dataclass
@@ -57,6 +82,8 @@ class ModelfileSpec:
     file_name: str
     quant: str
     has_mtp: bool
+    #: the file declares a nextn layer (nextn_predict_layers > 0), with or without its tensors
+    declares_head: bool | None = None  # None: same as has_mtp
     num_ctx: int = DEFAULT_NUM_CTX
     draft: int = 0  # draft_num_predict; 0 = not written
     stop: list[str] = field(default_factory=lambda: list(TURN_END_TOKENS))
@@ -76,14 +103,21 @@ class OllamaExport:
     num_ctx: int
     unchanged: bool
     create_command: str
+    requires: str
     text: str
     warnings: list[str] = field(default_factory=list)
+
+
+def required_version(spec: ModelfileSpec) -> str:
+    """The lowest Ollama release that runs the file as the Modelfile configures it."""
+    head = spec.has_mtp if spec.declares_head is None else spec.declares_head
+    return MIN_OLLAMA_HEAD if head or spec.has_mtp or spec.draft > 0 else MIN_OLLAMA
 
 
 def modelfile_commands(spec: ModelfileSpec) -> list[Command]:
     cmds = [
         Command("model", spec.from_path),
-        Command("requires", MIN_OLLAMA_DRAFT if spec.draft > 0 else MIN_OLLAMA),
+        Command("requires", required_version(spec)),
         Command("renderer", RENDERER),
         Command("parser", PARSER),
     ]
@@ -107,25 +141,33 @@ def render(spec: ModelfileSpec) -> str:
         if spec.draft > 0
         else ("embedded MTP head: yes, drafting off" if spec.has_mtp else "embedded MTP head: no")
     )
+    version = required_version(spec)
     header = [
         f"Ollama Modelfile for {spec.file_name}",
         f"Qwythos-9B-Claude-Mythos-5-1M, quant {spec.quant}; {mtp}.",
         f"Generated by {spec.generated_by}; regenerate rather than edit.",
-        f"Create:  ollama create {spec.name} -f {spec.modelfile_name}   (Ollama >= "
-        f"{MIN_OLLAMA_DRAFT if spec.draft > 0 else MIN_OLLAMA}; the GGUF sits next to this file)",
+        f"Create:  ollama create {spec.name} -f {shlex.quote(spec.modelfile_name)}   "
+        "(the GGUF sits next to this file)",
+        f"Needs Ollama >= {version} (REQUIRES is recorded, not checked: install {version} or newer):",
+        *_wrap(WHY_REQUIRES[version]),
         "RENDERER/PARSER qwen3.5: Ollama's own Qwen3.5 chat format, thinking and tool calls separated.",
     ]
     return render_modelfile(modelfile_commands(spec), header)
 
 
+def _wrap(text: str, width: int = 96) -> list[str]:
+    return ["  " + line for line in textwrap.wrap(text, width)]
+
+
 def default_spec() -> ModelfileSpec:
-    """The repository's top-level Modelfile: the default Q4_K_M file (no MTP head) beside it."""
-    name = gguf_file_name("Q4_K_M")
+    """The repository's top-level Modelfile: the flagship the README's pipeline produces, the
+    Q4_K_M file with its MTP head restored (`...-Q4_K_M-MTP.gguf`), drafting on."""
     return ModelfileSpec(
-        from_path=f"./{name}",
-        file_name=name,
-        quant="Q4_K_M",
-        has_mtp=False,
+        from_path=f"./{FLAGSHIP_FILE}",
+        file_name=FLAGSHIP_FILE,
+        quant=DEFAULT_QUANT_ORDER[0],
+        has_mtp=True,
+        draft=DEFAULT_DRAFT,
         generated_by="scripts/make_modelfile.py",
     )
 
@@ -179,6 +221,7 @@ def export_ollama(
         file_name=gguf.name,
         quant=summary.quant,
         has_mtp=summary.has_mtp,
+        declares_head=summary.nextn_predict_layers > 0,
         num_ctx=ctx,
         draft=draft,
         stop=list(summary.turn_end_tokens),
@@ -207,7 +250,8 @@ def export_ollama(
         draft=draft,
         num_ctx=ctx,
         unchanged=unchanged,
-        create_command=f"ollama create {name} -f {out}",
+        create_command=f"ollama create {name} -f {shlex.quote(str(out))}",
+        requires=required_version(spec),
         text=text,
         warnings=list(summary.warnings),
     )

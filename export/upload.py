@@ -1,4 +1,5 @@
-"""Upload a folder of GGUFs to the Hugging Face Hub with a model card and a Modelfile."""
+"""Upload a folder of GGUFs to the Hugging Face Hub with a model card and a Modelfile, in one commit
+(all files or none: `HubClient.commit`, huggingface_hub `create_commit`)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class UploadPlan:
     rows: list[card.QuantRow]
     dry_run: bool
     url: str | None = None
+    commit_url: str | None = None
 
     def destination(self, item: UploadItem) -> str:
         return f"hf://{self.repo_id}/{item.path_in_repo}"
@@ -69,9 +71,26 @@ def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: b
     items: list[UploadItem] = []
     for g in ggufs:
         s = read_gguf_summary(g)  # refuses anything that is not a qwen35 GGUF
-        digest = sums.get(g.name) or sha256_file(g)
+        digest = sha256_file(g)  # SHA256SUMS is re-checked, never trusted: it is published as proof
+        if g.name in sums and sums[g.name] != digest:
+            raise QwythosError(
+                f"{g} does not match its line in {sums_path} (the file changed, or is damaged)",
+                "run `qwythos quantize` into the folder again (it re-verifies and rewrites SHA256SUMS)",
+            )
         rows.append(card.QuantRow(g.name, s.quant, s.size_bytes, digest, s.has_mtp))
         items.append(UploadItem(g.name, s.size_bytes, g))
+    unlisted = sorted({g.name for g in ggufs} - set(sums)) if sums else []
+    stale = sorted(n for n in sums if n.endswith(".gguf") and not (folder / n).is_file())
+    if unlisted or stale:
+        raise QwythosError(
+            f"{sums_path} does not list the folder's GGUFs: "
+            + (
+                f"{unlisted[0]} is missing from it"
+                if unlisted
+                else f"it names {stale[0]}, which is not in {folder}"
+            ),
+            "run `qwythos quantize` into the folder again (it rewrites SHA256SUMS), or remove SHA256SUMS",
+        )
     for pattern in MANIFEST_GLOBS:
         for m in sorted(folder.glob(pattern)):
             items.append(UploadItem(m.name, m.stat().st_size, m))
@@ -127,12 +146,15 @@ def upload(
             f"no Hugging Face token to upload to {repo_id}",
             "pass --token, set HF_TOKEN, or run `hf auth login` (a token with write access)",
         )
+    files = []
+    for i, item in enumerate(plan.items):
+        if progress:
+            progress(item.path_in_repo, i, len(plan.items))
+        files.append((item.path_in_repo, item.local if item.local else item.data))
     try:
         plan.url = client.create_repo(repo_id, private=private, token=token)
-        for i, item in enumerate(plan.items):
-            if progress:
-                progress(item.path_in_repo, i, len(plan.items))
-            client.upload(repo_id, item.local if item.local else item.data, item.path_in_repo, token=token)
+        # one commit for everything: a failed upload leaves the repository as it was
+        plan.commit_url = client.commit(repo_id, files, token=token, message=commit_message(plan))
     except QwythosError:
         raise
     except Exception as e:
@@ -140,3 +162,8 @@ def upload(
     if progress:
         progress("done", len(plan.items), len(plan.items))
     return plan
+
+
+def commit_message(plan: UploadPlan) -> str:
+    quants = ", ".join(f"{r.quant}{' +MTP' if r.has_mtp else ''}" for r in plan.rows)
+    return f"qwythos upload: {len(plan.items)} files ({quants})"

@@ -4,14 +4,15 @@ The text is tokenized once (with the base model's vocabulary), cut into windows 
 and each model scores every window; for each position after the first half of a window (as
 llama-perplexity scores only the second half) we compare the next-token distributions: perplexity
 of each model, mean KL(base || quant), and how often both pick the same top-1 token.
-A PNG plot of size vs KLD is written with a small pure-numpy/zlib PNG encoder (no matplotlib).
+`plot_png` draws bits per weight against mean KLD (log axis), one named point per type, with
+matplotlib (the optional `plot` extra: `pip install 'qwythos[plot]'`).
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,21 @@ from qwythos.core.gguf_file import read_header
 from qwythos.core.llama import load_model
 from qwythos.core.llama_log import llama_log_to
 
+#: The text `qwythos eval` scores by default: the bundled held-out calibration text.
+DEFAULT_TEXT_NAME = "calibration.txt"
+
+
+def default_text() -> Path:
+    """The bundled calibration text (`data/calibration.txt` of the package)."""
+    return Path(str(resources.files("qwythos.data") / DEFAULT_TEXT_NAME))
+
 
 @dataclass
 class EvalRow:
     file: str
     type: str
     gib: float
+    bpw: float  # bits per weight: file tensor bytes * 8 / weights (all tensors)
     ppl: float
     mean_kld: float
     top1_agreement: float  # "Same top p" of llama-perplexity, as a fraction
@@ -41,6 +51,7 @@ class EvalReport:
     n_ctx: int
     base_ppl: float
     rows: list[EvalRow] = field(default_factory=list)
+    text: str = ""  # where the scored text came from (a file name), for titles
 
 
 class _Scorer:
@@ -75,6 +86,13 @@ def _type_name(path: Path) -> str:
     return ft.name if ft else "?"
 
 
+def bits_per_weight(path: Path) -> float:
+    """Tensor bytes * 8 over the number of weights, over every tensor of the file."""
+    tensors = read_header(path).tensors
+    n = sum(math.prod(t.ne) for t in tensors)
+    return 8 * sum(t.nbytes for t in tensors) / n if n else 0.0
+
+
 def evaluate(
     base_gguf: str | Path,
     quant_ggufs: list[str | Path],
@@ -83,6 +101,7 @@ def evaluate(
     n_ctx: int = 256,
     max_windows: int = 8,
     threads: int = 2,
+    text_name: str = "",
 ) -> EvalReport:
     """PPL, mean KLD and top-1 agreement of each quantization against `base_gguf` on `text`."""
     base = Path(base_gguf)
@@ -107,7 +126,7 @@ def evaluate(
         base_sel = [lp[first:-1] for lp in base_lp]
         n_scored = sum(len(t) for t in targets)
         base_nll = -sum(lp[np.arange(len(t)), t].sum() for lp, t in zip(base_sel, targets, strict=True))
-        report = EvalReport(str(base), n_scored, win, float(np.exp(base_nll / n_scored)))
+        report = EvalReport(str(base), n_scored, win, float(np.exp(base_nll / n_scored)), text=text_name)
         for q in map(Path, quant_ggufs):
             qs = _Scorer(q, n_ctx, threads)
             try:
@@ -128,6 +147,7 @@ def evaluate(
                     file=str(q),
                     type=_type_name(q),
                     gib=round(q.stat().st_size / 2**30, 4),
+                    bpw=round(bits_per_weight(q), 4),
                     ppl=float(np.exp(nll / n_scored)),
                     mean_kld=float(kld / n_scored),
                     top1_agreement=float(same / n_scored),
@@ -136,50 +156,88 @@ def evaluate(
     return report
 
 
-# ---------------------------------------------------------------- a PNG without matplotlib
+# ---------------------------------------------------------------- the plot (matplotlib, optional)
+
+PLOT_HINT = "pip install 'qwythos[plot]' (or pip install matplotlib), then run it again"
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    h, w, _ = pixels.shape
-    raw = b"".join(b"\x00" + pixels[y].astype(np.uint8).tobytes() for y in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
+def plot_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def plot_png(report: EvalReport, out: str | Path, width: int = 480, height: int = 320) -> Path:
-    """Size (x, GiB) against mean KLD (y, log scale): one dot per type, joined in size order."""
+def require_plotting() -> None:
+    """Refuse early (before minutes of scoring) when matplotlib is missing."""
+    if not plot_available():
+        raise QwythosError("--plot needs matplotlib, which is not installed", PLOT_HINT)
 
-    img = np.full((height, width, 3), 255, dtype=np.uint8)
-    m = 40
-    img[height - m, m : width - m // 2] = 0  # x axis
-    img[m // 2 : height - m + 1, m] = 0  # y axis
-    rows = sorted(report.rows, key=lambda r: r.gib)
-    if rows:
-        xs = np.array([r.gib for r in rows])
-        ys = np.log10(np.array([max(r.mean_kld, 1e-9) for r in rows]))
-        x0, x1 = xs.min(), xs.max() if xs.max() > xs.min() else xs.min() + 1
-        y0, y1 = ys.min(), ys.max() if ys.max() > ys.min() else ys.min() + 1
-        px = (m + (xs - x0) / (x1 - x0) * (width - 2 * m)).astype(int)
-        py = (height - m - (ys - y0) / (y1 - y0) * (height - 2 * m)).astype(int)
-        for i in range(len(rows) - 1):
-            for t in np.linspace(0, 1, 200):
-                x = int(px[i] + t * (px[i + 1] - px[i]))
-                y = int(py[i] + t * (py[i + 1] - py[i]))
-                img[y, x] = (120, 120, 220)
-        for x, y in zip(px, py, strict=True):
-            img[max(0, y - 3) : y + 4, max(0, x - 3) : x + 4] = (200, 30, 30)
+
+def plot_png(report: EvalReport, out: str | Path) -> Path:
+    """`plot_figure` written as a PNG (temp name, then renamed)."""
+    fig = plot_figure(report)
     out = Path(out)
     with atomic_output(out) as tmp:
-        tmp.write_bytes(_png(img))
+        fig.savefig(tmp, format="png")
     return out
+
+
+def plot_figure(report: EvalReport):  # noqa: ANN201 - a matplotlib Figure (optional dependency)
+    """Bits per weight (x) against mean KLD (y, log scale), each point named by its type and size;
+    the base model and the text in the title."""
+    require_plotting()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = sorted(report.rows, key=lambda r: r.bpw)
+    if not rows:
+        raise QwythosError("nothing to plot: no quantized files were scored", "pass at least one quant")
+    positive = [r.mean_kld for r in rows if r.mean_kld > 0]
+    floor = min(positive) / 10 if positive else 1e-6  # a KLD of 0 (identical files) sits on the floor
+    xs = [r.bpw for r in rows]
+    ys = [max(r.mean_kld, floor) for r in rows]
+
+    fig = Figure(figsize=(8, 5.2), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(xs, ys, "-", color="#9aa7c7", linewidth=1.2, zorder=1)
+    ax.scatter(xs, ys, s=36, color="#c0392b", zorder=2)
+    # Files that score the same (a small model's k-quant falling back to q8_0) share one label.
+    groups: list[list[int]] = []
+    for i in range(len(rows)):
+        g = groups[-1] if groups else None
+        if g and abs(xs[i] - xs[g[0]]) < 1e-3 and abs(ys[i] - ys[g[0]]) <= 1e-9 + 1e-6 * ys[g[0]]:
+            g.append(i)
+        else:
+            groups.append([i])
+    span = (max(xs) - min(xs)) or 1.0
+    prev_x = None
+    below = False
+    for g in groups:
+        r, x, y = rows[g[0]], xs[g[0]], ys[g[0]]
+        size = f"{r.gib:.2f} GiB" if r.gib >= 0.1 else f"{r.gib * 1024:.1f} MiB"
+        label = " = ".join(rows[i].type for i in g) + f"\n{size}"
+        if r.mean_kld <= 0:
+            label += " (KLD 0)"
+        below = prev_x is not None and x - prev_x < 0.06 * span and not below  # neighbours alternate
+        ax.annotate(label, (x, y), xytext=(6, -22 if below else 6), textcoords="offset points", fontsize=8)
+        prev_x = x
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (tensor bytes × 8 / weights)")
+    ax.set_ylabel("mean KL divergence from the base (nats per token, log scale)")
+    lo, hi = min(xs), max(xs)
+    pad = max(0.5, 0.08 * (hi - lo))
+    ax.set_xlim(lo - pad, hi + 2 * pad)
+    ax.set_ylim(min(ys) / 1.5, max(ys) * 1.8)  # room for the labels above the points
+    ax.grid(True, which="major", linestyle=":", linewidth=0.6)
+    base = Path(report.base).name
+    text = report.text or "the given text"
+    ax.set_title(
+        f"Quantization quality against {base}\n"
+        f"text: {text}, {report.n_tokens_scored} tokens scored (windows of {report.n_ctx}), "
+        f"base PPL {report.base_ppl:.3f}",
+        fontsize=10,
+    )
+    return fig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,14 @@ from qwythos.cli import app
 from qwythos.core import header, release  # noqa: F401
 from qwythos.core.errors import QwythosError
 from qwythos.export.modelfile import Command, parse_modelfile, render_modelfile, to_request
-from qwythos.export.ollama import DEFAULT_DRAFT, default_spec, export_ollama, render
+from qwythos.export.ollama import (
+    DEFAULT_DRAFT,
+    ModelfileSpec,
+    default_spec,
+    export_ollama,
+    render,
+    required_version,
+)
 from qwythos.testing import stubs  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,7 +139,8 @@ def test_mtp_file_gets_renderer_parser_sampling_and_draft(mtp_gguf: Path) -> Non
     assert req.model == f"./{mtp_gguf.name}"
     assert req.model_path is not None and req.model_path.resolve() == mtp_gguf.resolve()
     assert (req.renderer, req.parser, req.template) == ("qwen3.5", "qwen3.5", None)
-    assert req.requires == "0.30.0"
+    assert req.requires == "0.30.0" and r.requires == "0.30.0"
+    assert "Needs Ollama >= 0.30.0" in text and "counted in its block_count" in text
     assert req.parameters == {
         "temperature": 0.6,
         "top_p": 0.95,
@@ -150,7 +159,8 @@ def test_trunk_file_gets_no_draft(trunk_gguf: Path) -> None:
     req = to_request(parse_modelfile(r.text), trunk_gguf.parent)
     assert "draft_num_predict" not in req.parameters
     assert req.parameters["num_ctx"] == 65536
-    assert req.requires == "0.17.1"
+    assert req.requires == "0.17.6"  # the dedicated Qwen3.5 renderer/parser (#14605)
+    assert "Needs Ollama >= 0.17.6" in r.text and "#14605" in r.text
     assert r.draft == 0 and not r.has_mtp
     with pytest.raises(QwythosError, match="no MTP"):
         export_ollama(trunk_gguf, ctx=65536, draft=2, force=True)
@@ -158,7 +168,31 @@ def test_trunk_file_gets_no_draft(trunk_gguf: Path) -> None:
 
 def test_draft_zero_turns_mtp_off(mtp_gguf: Path) -> None:
     r = export_ollama(mtp_gguf, draft=0)
-    assert "draft_num_predict" not in r.text and "drafting off" in r.text
+    req = to_request(parse_modelfile(r.text), mtp_gguf.parent)
+    assert "draft_num_predict" not in req.parameters and "drafting off" in r.text
+    # a file with a head needs the llama-server engine even when it does not draft
+    assert req.requires == "0.30.0"
+
+
+def test_required_version_follows_the_layers_the_file_declares(tmp_path: Path) -> None:
+    """block_count counts a declared nextn layer whether or not its tensors are there: any declared
+    head needs 0.30.0; only a file without one runs on 0.17.6."""
+
+    def spec(**kw) -> ModelfileSpec:
+        return ModelfileSpec(from_path="./m.gguf", file_name="m.gguf", quant="Q4_K_M", **kw)
+
+    assert required_version(spec(has_mtp=False)) == "0.17.6"
+    assert required_version(spec(has_mtp=False, declares_head=True)) == "0.30.0"
+    assert required_version(spec(has_mtp=True)) == "0.30.0"
+    assert required_version(spec(has_mtp=True, draft=3)) == "0.30.0"
+    trunk_only = stubs.write_stub_gguf(tmp_path / "t.gguf", nextn_layers=0, block_count=32)
+    assert "\nREQUIRES 0.17.6\n" in export_ollama(trunk_only, tmp_path / "M1").text
+
+
+def test_create_command_quotes_the_path(mtp_gguf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "my folder" / "Modelfile"
+    r = export_ollama(mtp_gguf, out)
+    assert shlex.split(r.create_command) == ["ollama", "create", "qwythos-9b", "-f", str(out)]
 
 
 def test_from_is_relative_to_the_modelfile_folder(mtp_gguf: Path, tmp_path: Path) -> None:
@@ -231,8 +265,9 @@ def test_refuses_a_head_only_gguf(tmp_path: Path) -> None:
 def test_unwritable_destination_is_a_clear_error(mtp_gguf: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    with pytest.raises(QwythosError, match="cannot write"):
+    with pytest.raises(QwythosError, match="a-file"):
         export_ollama(mtp_gguf, blocker / "Modelfile")
+    assert blocker.read_text() == "x"
 
 
 def test_bad_name_is_refused(mtp_gguf: Path) -> None:
@@ -259,8 +294,11 @@ def test_top_level_modelfile_is_generated_and_up_to_date() -> None:
     )
     assert r.returncode == 0, r.stderr
     req = to_request(parse_modelfile(committed.decode()), REPO)
-    assert req.model == "./Qwythos-9B-Claude-Mythos-5-1M-Q4_K_M.gguf"
-    assert "draft_num_predict" not in req.parameters  # the default file carries no head
+    # the flagship the README's pipeline makes: Q4_K_M with its head restored, drafting on
+    assert req.model == "./Qwythos-9B-Claude-Mythos-5-1M-Q4_K_M-MTP.gguf"
+    assert req.model == f"./{release.FLAGSHIP_FILE}"
+    assert req.parameters["draft_num_predict"] == DEFAULT_DRAFT
+    assert req.requires == "0.30.0"
     assert (req.renderer, req.parser) == ("qwen3.5", "qwen3.5")
 
 
@@ -314,7 +352,9 @@ def test_declared_but_missing_head_gets_no_drafting_anywhere(export_real_gguf, t
     s = header.read_gguf_summary(g)
     assert s.nextn_predict_layers == 1 and s.nextn_tensor_count == 0 and not s.has_mtp
     r = export_ollama(g, tmp_path / "Modelfile")
-    assert "draft_num_predict" not in r.text and any("no nextn tensors" in w for w in r.warnings)
+    req = to_request(parse_modelfile(r.text), tmp_path)
+    assert "draft_num_predict" not in req.parameters and any("no nextn tensors" in w for w in r.warnings)
+    assert req.requires == "0.30.0"  # its block_count still counts the declared nextn layer
     with pytest.raises(QwythosError, match="no MTP"):
         export_ollama(g, tmp_path / "M2", draft=3)
     lm = export_lmstudio(g, models_dir=tmp_path / "lm", mode="symlink")

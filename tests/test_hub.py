@@ -30,6 +30,8 @@ class FakeHub:
         self.created: list[tuple[str, bool]] = []
         self.uploads: list[tuple[str, str]] = []
         self.snapshots: list[list[str]] = []
+        self.commits: list[tuple[str, list[str], str]] = []
+        self.fail_on: str | None = None
 
     def _repo(self, repo_id: str) -> Path:
         return self.root / repo_id
@@ -62,10 +64,19 @@ class FakeHub:
         self._repo(repo_id).mkdir(parents=True, exist_ok=True)
         return f"https://huggingface.co/{repo_id}"
 
-    def upload(self, repo_id: str, data: Path | bytes, path_in_repo: str, *, token: str) -> None:
-        self.uploads.append((path_in_repo, token))
-        dest = self._repo(repo_id) / path_in_repo
-        dest.write_bytes(data if isinstance(data, bytes) else Path(data).read_bytes())
+    def commit(self, repo_id: str, files: list[tuple[str, Path | bytes]], *, token: str, message: str) -> str:
+        """huggingface_hub's create_commit: every file is read (uploaded) first; the repo changes
+        only when all of them arrived, in one commit."""
+        staged = []
+        for path_in_repo, data in files:
+            if self.fail_on == path_in_repo:
+                raise ConnectionError(f"connection reset while uploading {path_in_repo}")
+            staged.append((path_in_repo, data if isinstance(data, bytes) else Path(data).read_bytes()))
+        self.commits.append((message, [p for p, _ in staged], token))
+        for path_in_repo, data in staged:
+            self.uploads.append((path_in_repo, token))
+            (self._repo(repo_id) / path_in_repo).write_bytes(data)
+        return f"https://huggingface.co/{repo_id}/commit/{len(self.commits)}"
 
 
 @pytest.fixture
@@ -189,6 +200,9 @@ def test_upload_creates_repo_and_uploads_exact_bytes_and_card(
     for f in release.iterdir():
         assert (repo / f.name).read_bytes() == f.read_bytes()
     assert all(tok == "hf_test" for _, tok in fake.uploads)
+    # one commit holding every file of the plan
+    assert len(fake.commits) == 1 and fake.commits[0][1] == [i.path_in_repo for i in plan.items]
+    assert "Q4_K_M" in fake.commits[0][0] and plan.commit_url.endswith("/commit/1")
     # the generated Modelfile points at the Q4_K_M file next to it and is valid for Ollama
     req = to_request(parse_modelfile((repo / "Modelfile").read_text()), repo)
     assert req.model == "./Qwythos-9B-Claude-Mythos-5-1M-Q4_K_M.gguf" and req.model_path is not None
@@ -206,6 +220,42 @@ def test_upload_creates_repo_and_uploads_exact_bytes_and_card(
     (release / "SHA256SUMS").unlink()
     plan = upload.upload(release, "me/Q-GGUF", dry_run=True)
     assert "SHA256SUMS" not in plan.items[-1].data.decode()
+
+
+def test_a_failed_upload_leaves_the_repo_as_it_was(release: Path, fake: FakeHub, monkeypatch) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    repo = fake.root / "me" / "Q-GGUF"
+    repo.mkdir(parents=True)
+    (repo / "README.md").write_text("the old card")
+    fake.fail_on = "README.md"  # the last file: everything before it was already sent
+    with pytest.raises(QwythosError, match="me/Q-GGUF"):
+        upload.upload(release, "me/Q-GGUF", client=fake)
+    assert fake.commits == [] and fake.uploads == []
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md"]
+    assert (repo / "README.md").read_text() == "the old card"
+
+
+def test_real_client_commits_every_file_in_one_create_commit(release: Path, monkeypatch) -> None:
+    """HfClient.commit: one HfApi.create_commit call, one CommitOperationAdd per file."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    calls: list[dict] = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: f"https://hf.test/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_file", lambda *a, **k: pytest.fail("one file per commit"))
+
+    def create_commit(self, repo_id, operations, *, commit_message, **kw):
+        calls.append(
+            {"repo": repo_id, "ops": list(operations), "message": commit_message, "token": self.token}
+        )
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    plan = upload.upload(release, "me/one", token="hf_x", client=hub.HfClient())
+    assert len(calls) == 1 and calls[0]["repo"] == "me/one" and calls[0]["token"] == "hf_x"
+    ops = calls[0]["ops"]
+    assert all(isinstance(o, CommitOperationAdd) for o in ops)
+    assert [o.path_in_repo for o in ops] == [i.path_in_repo for i in plan.items]
+    readme = next(o for o in ops if o.path_in_repo == "README.md")
+    assert readme.path_or_fileobj == next(i.data for i in plan.items if i.path_in_repo == "README.md")
 
 
 def test_upload_without_token_is_a_clear_error(release: Path, tmp_path: Path, monkeypatch) -> None:

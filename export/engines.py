@@ -1,0 +1,236 @@
+"""What vLLM and SGLang launch recipes share: the checkpoint's facts, the topology, YaRN in
+config.json, and writing the per-node scripts and README.
+
+The engines serve the Hugging Face folder (the one `qwythos mtp restore --hf` writes): a Qwythos
+folder without `mtp.*` tensors is refused here with that fix, because vLLM rejects it and SGLang
+accepts no draft. Only tensor parallelism is used (within and across nodes): pipeline parallelism
+and MTP do not work together in vLLM (#49355, #52069), and a 9B model never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwythos.core import qwen35
+from qwythos.core.checkpoint import open_checkpoint
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import ensure_writable_dir, write_text_atomic
+
+DEFAULT_CTX = 32768
+DEFAULT_DRAFT = 2  # draft lengths of 4+ are often slower than 2-3
+MAX_DRAFT = 8
+
+
+@dataclass
+class NodeLaunch:
+    rank: int
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    script: Path | None = None
+
+    @property
+    def command(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (env + " " if env else "") + shlex.join(self.argv)
+
+
+@dataclass
+class ModelFacts:
+    folder: Path
+    cfg: qwen35.TextConfig
+    config: dict[str, Any]
+    has_head: bool
+    native_ctx: int  # positions without YaRN
+    yarn_ctx: int | None  # positions the config's YaRN reaches (None: no YaRN)
+
+
+@dataclass
+class EngineExport:
+    engine: str
+    engine_version: str  # the engine release the flags were checked against
+    model_dir: Path
+    out_dir: Path
+    gpus_per_node: int
+    nodes: int
+    tensor_parallel: int
+    ctx: int
+    draft: int  # 0: MTP drafting off
+    draft_source: str  # "--draft", "bench", "default", "off"
+    launches: list[NodeLaunch] = field(default_factory=list)
+    readme: Path | None = None
+    config_changes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_model(folder: str | Path) -> ModelFacts:
+    """config.json and the tensor names (headers only) of a HF folder an engine will serve."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise QwythosError(
+            f"{folder} is not a folder", "pass the Hugging Face folder (from `qwythos mtp restore --hf`)"
+        )
+    ckpt = open_checkpoint(folder)
+    cfg = qwen35.text_config_from(ckpt.config, where=str(folder / "config.json"))
+    head = qwen35.mtp_layer_count(ckpt)
+    rope = cfg.rope.get("full_attention", cfg.rope)
+    yarn = rope.get("rope_type") == "yarn" and rope.get("factor")
+    if yarn:
+        orig = int(rope.get("original_max_position_embeddings") or cfg.n_ctx)
+        return ModelFacts(folder, cfg, ckpt.config, head > 0, orig, int(orig * float(rope["factor"])))
+    return ModelFacts(folder, cfg, ckpt.config, head > 0, cfg.n_ctx, None)
+
+
+def tp_fits(cfg: qwen35.TextConfig, tp: int) -> bool:
+    """Whether `tp` GPUs split every head group evenly (KV heads may be replicated)."""
+    heads = (cfg.n_head, cfg.lin_k_heads, cfg.lin_v_heads)
+    return all(n % tp == 0 for n in heads) and (cfg.n_head_kv % tp == 0 or tp % cfg.n_head_kv == 0)
+
+
+def check_tp(cfg: qwen35.TextConfig, tp: int) -> None:
+    """Tensor parallelism must split every head group evenly (KV heads may be replicated)."""
+    bad = [
+        what
+        for what, n in (
+            ("attention heads", cfg.n_head),
+            ("linear-attention key heads", cfg.lin_k_heads),
+            ("linear-attention value heads", cfg.lin_v_heads),
+        )
+        if n % tp
+    ]
+    if cfg.n_head_kv % tp and tp % cfg.n_head_kv:
+        bad.append("KV heads")
+    if bad:
+        ok = [d for d in range(1, cfg.n_head + 1) if tp_fits(cfg, d)]
+        raise QwythosError(
+            f"tensor parallel size {tp} does not divide the model's {', '.join(bad)} "
+            f"({cfg.n_head} attention, {cfg.n_head_kv} KV, {cfg.lin_k_heads}/{cfg.lin_v_heads} linear heads)",
+            f"use GPUs x nodes in {', '.join(map(str, ok))}",
+        )
+
+
+def choose_draft(draft: int | None, bench_gguf: Path | None, has_head: bool) -> tuple[int, str]:
+    """The number of speculative tokens: --draft, else bench's recommendation, else the default."""
+    if not has_head:
+        return 0, "off"
+    if draft is not None:
+        if not 0 <= draft <= MAX_DRAFT:
+            raise QwythosError(
+                f"--draft {draft} is out of range", f"use 0 (off) to {MAX_DRAFT}; 2-3 is usual"
+            )
+        return draft, "--draft" if draft else "off"
+    if bench_gguf is not None:
+        from qwythos.core.draft_costs import recommended_draft
+
+        for threads in range(1, (os.cpu_count() or 1) + 1):
+            rec = recommended_draft(bench_gguf, threads)
+            if rec:
+                return min(rec, MAX_DRAFT), "bench"
+        raise QwythosError(
+            f"`qwythos bench` has no measurement of {bench_gguf} on this machine",
+            f"run `qwythos bench {bench_gguf}` first, or pass --draft N",
+        )
+    return DEFAULT_DRAFT, "default"
+
+
+def ensure_context(facts: ModelFacts, ctx: int, *, write: bool) -> list[str]:
+    """Make config.json itself carry the YaRN scaling `ctx` needs (vLLM applies --hf-overrides to
+    the target only, not to the MTP draft layer). Returns what changed; writes only if `write`."""
+    if ctx <= 0:
+        raise QwythosError(f"--ctx {ctx} is not a context length", "pass a positive number of tokens")
+    if facts.yarn_ctx is not None and ctx <= facts.yarn_ctx:
+        return []
+    if facts.yarn_ctx is None and ctx <= facts.native_ctx:
+        return []
+    factor = float(2 ** math.ceil(math.log2(ctx / facts.native_ctx)))
+    config = json.loads(json.dumps(facts.config))
+    text = config["text_config"] if isinstance(config.get("text_config"), dict) else config
+    key = "rope_scaling" if "rope_scaling" in text and "rope_parameters" not in text else "rope_parameters"
+    rope = dict(text.get(key) or {})
+    rope.update(rope_type="yarn", factor=factor, original_max_position_embeddings=facts.native_ctx)
+    text[key] = rope
+    text["max_position_embeddings"] = int(facts.native_ctx * factor)
+    change = (
+        f"config.json: YaRN factor {factor:g} over {facts.native_ctx} positions "
+        f"(max_position_embeddings {int(facts.native_ctx * factor)}) for --ctx {ctx}"
+    )
+    if write:
+        write_text_atomic(
+            facts.folder / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        )
+        facts.config = config
+    return [change]
+
+
+def check_outputs(out_dir: Path, nodes: int, force: bool) -> None:
+    """Refuse to replace earlier launch files unless forced (checked before anything is written)."""
+    names = [f"node{r}.sh" for r in range(nodes)] + ["launch.json", "README.md"]
+    existing = [n for n in names if (out_dir / n).exists()]
+    if existing and not force:
+        raise QwythosError(
+            f"{out_dir / existing[0]} already exists", "pass --force to replace it, or choose -o"
+        )
+
+
+def write_launches(out_dir: Path, launches: list[NodeLaunch], readme: str, force: bool) -> Path:
+    """node<R>.sh per node (executable), launch.json, README.md; refuses to replace other files."""
+    check_outputs(out_dir, len(launches), force)
+    ensure_writable_dir(out_dir, "output folder")
+    for n in launches:
+        path = out_dir / f"node{n.rank}.sh"
+        body = "#!/usr/bin/env bash\n# generated by qwythos; start every node's script\nset -euo pipefail\n"
+        body += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in n.env.items())
+        body += "exec " + " \\\n  ".join(_lines(n.argv)) + "\n"
+        write_text_atomic(path, body)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        n.script = path
+    data = [{"rank": n.rank, "argv": n.argv, "env": n.env} for n in launches]
+    write_text_atomic(out_dir / "launch.json", json.dumps(data, indent=2) + "\n")
+    write_text_atomic(out_dir / "README.md", readme)
+    return out_dir / "README.md"
+
+
+def plan_topology(
+    facts: ModelFacts, gpus: int, nodes: int, ctx: int | None, master_addr: str | None
+) -> tuple[int, int, int]:
+    """(tensor parallel size, nodes, context) after checking the folder can be served as asked."""
+    if gpus < 1 or nodes < 1:
+        raise QwythosError(f"--gpus {gpus} --nodes {nodes}: both must be at least 1", "pass positive counts")
+    if nodes > 1 and not master_addr:
+        raise QwythosError(
+            f"{nodes} nodes need the head node's address", "pass --master-addr IP (reachable from every node)"
+        )
+    if facts.cfg.mtp_layers and not facts.has_head:
+        raise QwythosError(
+            f"{facts.folder / 'config.json'} promises {facts.cfg.mtp_layers} MTP layer but the folder has no "
+            "mtp.* tensors: vLLM refuses to load it and SGLang accepts no draft",
+            f"qwythos mtp restore {facts.folder} --from Qwen/Qwen3.5-9B --hf {facts.folder}-mtp",
+        )
+    tp = gpus * nodes
+    check_tp(facts.cfg, tp)
+    return tp, nodes, ctx or min(DEFAULT_CTX, facts.yarn_ctx or facts.native_ctx)
+
+
+def _lines(argv: list[str]) -> list[str]:
+    """The command's words grouped one flag (with its value) per line."""
+    out: list[str] = []
+    for a in argv:
+        if out and not a.startswith("--") and out[-1].startswith("--") and " " not in out[-1]:
+            out[-1] += " " + shlex.quote(a)
+        else:
+            out.append(shlex.quote(a))
+    return out
+
+
+def topology_rows(gpus: int, nodes: int, host: str, port: int) -> list[str]:
+    rows = ["| node | rank | GPUs | role |", "|---|---:|---:|---|"]
+    for r in range(nodes):
+        role = f"serves HTTP on {host}:{port}" if r == 0 else "worker (no HTTP)"
+        rows.append(f"| {'head' if r == 0 else f'node {r}'} | {r} | {gpus} | {role} |")
+    return rows
