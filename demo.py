@@ -87,7 +87,7 @@ def run_demo(
     from qwythos.mtp.restore import restore
     from qwythos.mtp.validate import validate
     from qwythos.quantize.pipeline import quantize
-    from qwythos.runtime.speculative import Engine
+    from qwythos.runtime.speed import bench_model
 
     work = Path(work_dir)
     ensure_writable_dir(work, "demo folder")
@@ -123,39 +123,29 @@ def run_demo(
     log("generate: plain and MTP")
     model = load_model(full)
     try:
-        prompts = [model.tokenize(p) for p in DEMO_PROMPTS]
-        plain_tokens: list[list[int]] = []
-        for d in (0, *drafts):
-            outs, n, secs, drafted, accepted, passes = [], 0, 0.0, [0] * d, [0] * d, 0
-            with Engine(model, n_ctx=512, draft=d, threads=threads) as eng:
-                eng.generate(prompts[0], max_tokens=4)  # warm-up: graph allocation, first touch
-                for p in prompts:
-                    g = eng.generate(p, max_tokens=max_tokens)
-                    outs.append(g.tokens)
-                    n += g.stats.gen_tokens
-                    secs += g.stats.gen_seconds
-                    passes += g.stats.target_passes
-                    for j in range(d):
-                        drafted[j] += g.stats.drafted_per_depth[j]
-                        accepted[j] += g.stats.accepted_per_depth[j]
-                    if d == 0 and not rep.sample_text:
-                        rep.sample_text = DEMO_PROMPTS[0] + g.text
-            if d == 0:
-                plain_tokens = outs
-            rep.runs.append(
-                DemoRun(
-                    mode="plain" if d == 0 else f"mtp draft {d}",
-                    draft=d,
-                    gen_tokens=n,
-                    gen_tps=n / secs if secs else 0.0,
-                    acceptance=sum(accepted) / sum(drafted) if sum(drafted) else 0.0,
-                    acceptance_per_depth=[
-                        a / t if t else 0.0 for a, t in zip(accepted, drafted, strict=True)
-                    ],
-                    tokens_per_pass=n / passes if passes else 0.0,
-                    same_as_plain=outs == plain_tokens,
-                )
+        bench = bench_model(
+            model,
+            drafts=drafts,
+            prompts=DEMO_PROMPTS,
+            max_tokens=max_tokens,
+            threads=threads,
+            n_ctx=512,
+            auto=False,
+        )
+        rep.sample_text = DEMO_PROMPTS[0] + bench.rows[0].first_text
+        rep.runs = [
+            DemoRun(
+                mode=r.mode,
+                draft=r.draft,
+                gen_tokens=r.gen_tokens,
+                gen_tps=r.gen_tps,
+                acceptance=r.acceptance,
+                acceptance_per_depth=r.acceptance_per_depth,
+                tokens_per_pass=r.tokens_per_pass,
+                same_as_plain=r.same_output,
             )
+            for r in bench.rows
+        ]
     finally:
         model.close()
     return rep

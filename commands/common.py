@@ -67,7 +67,9 @@ app = typer.Typer(
     add_completion=False,
 )
 mtp_app = typer.Typer(help="Find, graft and validate the MTP (nextn) head.", no_args_is_help=True)
-export_app = typer.Typer(help="Hand GGUFs to Ollama, LM Studio, KoboldCpp.", no_args_is_help=True)
+export_app = typer.Typer(
+    help="Hand GGUFs to Ollama, LM Studio, KoboldCpp; HF folders to vLLM, SGLang.", no_args_is_help=True
+)
 app.add_typer(mtp_app, name="mtp")
 app.add_typer(export_app, name="export")
 

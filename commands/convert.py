@@ -26,9 +26,13 @@ def convert(
     outtype: str = typer.Option("bf16", "--outtype", help="bf16, f16 or f32."),
     no_mtp: bool = typer.Option(False, "--no-mtp", help="Leave the MTP (nextn) head out."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    mmproj: Path | None = typer.Option(
+        None, "--mmproj", help="Also write the vision projector (llama.cpp's mmproj GGUF) to this file."
+    ),
+    mmproj_type: str = typer.Option("f16", "--mmproj-type", help="Projector type: f32, f16, bf16 or q8_0."),
     json_out: bool = JsonOption,
 ) -> None:
-    """Convert Qwen3.5 safetensors to GGUF (text model; the vision tower is left out)."""
+    """Convert Qwen3.5 safetensors to GGUF (text model; with --mmproj also the vision projector)."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -40,6 +44,16 @@ def convert(
 
     from qwythos.convert.text import convert as run_convert
 
+    if mmproj is not None:
+        from qwythos.convert import mmproj as mm
+        from qwythos.core.errors import QwythosError
+
+        # a missing tower or preprocessor_config.json fails before the text model is written
+        mm.preflight(src, mmproj_type)
+        if out is not None and mmproj.resolve() == out.resolve():
+            raise QwythosError(
+                f"--mmproj {mmproj} is the model's own output path", "give the projector its own file"
+            )
     if json_out:
         result = run_convert(src, out, outtype=outtype, mtp=not no_mtp, force=force)
     else:
@@ -57,11 +71,10 @@ def convert(
             def progress(name: str, done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total, description=name)
 
-            result = run_convert(
-                src, out, outtype=outtype, mtp=not no_mtp, force=force, progress=progress
-            )
+            result = run_convert(src, out, outtype=outtype, mtp=not no_mtp, force=force, progress=progress)
+    projector = _convert_mmproj(src, mmproj, mmproj_type, force, json_out) if mmproj is not None else None
     if json_out:
-        print_json(result)
+        print_json(result if projector is None else {"model": result, "mmproj": projector})
         return
     rows = [
         ["output", result.output],
@@ -79,6 +92,49 @@ def convert(
     console.print(simple_table("qwythos convert", ["", ""], rows))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
+    if projector is not None:
+        rows = [
+            ["output", projector.output],
+            [
+                "projector",
+                f"{projector.projector}, {projector.depth} blocks, width {projector.embedding_length}",
+            ],
+            ["image", f"{projector.image_size} px, patch {projector.patch_size}"],
+            ["type", projector.mmproj_type.upper()],
+            ["tensors", projector.n_tensors],
+            ["size", gib(projector.bytes_written)],
+            ["time", f"{projector.seconds:.1f} s"],
+        ]
+        console.print(simple_table("vision projector (mmproj)", ["", ""], rows))
+        for note in projector.notes:
+            console.print(f"[yellow]note:[/] {note}")
+
+
+def _convert_mmproj(src: str, out: Path, mmproj_type: str, force: bool, quiet: bool):
+    """The projector half of `convert --mmproj` (with a progress bar unless --json)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from qwythos.convert.mmproj import convert_mmproj
+
+    if quiet:
+        return convert_mmproj(src, out, mmproj_type=mmproj_type, force=force)
+    with Progress(
+        TextColumn("[bold]projector[/] {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
+        return convert_mmproj(
+            src,
+            out,
+            mmproj_type=mmproj_type,
+            force=force,
+            progress=lambda name, done, total: bar.update(
+                task, completed=done, total=total, description=name
+            ),
+        )
 
 
 @app.command()
@@ -87,11 +143,17 @@ def inspect(
     json_out: bool = JsonOption,
 ) -> None:
     """Architecture, context, layer layout, MTP head, tensors and bytes by type of a GGUF file."""
+    from qwythos.core.gguf_file import read_header
     from qwythos.core.inspect import inspect_gguf
+    from qwythos.core.mmproj_header import is_mmproj, read_mmproj_summary
 
+    if is_mmproj(read_header(file)):
+        _inspect_mmproj(read_mmproj_summary(file), json_out)
+        return
     s = inspect_gguf(file)
     if json_out:
         print_json(s)
+        _fail_on_issues(s)
         return
     rows = [
         ["file", f"{s.path} ({gib(s.file_size)})"],
@@ -105,4 +167,44 @@ def inspect(
         ["tensors", s.n_tensors],
     ]
     rows += [[f"  {t}", f"{s.tensors_by_type[t]} tensors, {gib(b)}"] for t, b in s.bytes_by_type.items()]
+    rows.append(["structure", "ok" if s.ok else f"{len(s.issues)} problem(s)"])
+    rows += [["", issue] for issue in s.issues[:10]]
+    console.print(simple_table("qwythos inspect", ["", ""], rows))
+    _fail_on_issues(s)
+
+
+def _fail_on_issues(s) -> None:
+    """A file llama.cpp would refuse: one message naming the first problem, exit 1."""
+    if s.issues:
+        from qwythos.core.errors import QwythosError
+
+        more = f" (and {len(s.issues) - 1} more)" if len(s.issues) > 1 else ""
+        raise QwythosError(
+            f"{s.path} is not a loadable {s.arch} GGUF: {s.issues[0]}{more}",
+            "convert or download the file again; `qwythos inspect FILE --json` lists every problem",
+        )
+
+
+def _inspect_mmproj(m, json_out: bool) -> None:
+    """`inspect` of a vision projector (arch clip)."""
+    if json_out:
+        print_json(m)
+        return
+    grid = m.image_size // m.patch_size if m.image_size and m.patch_size else None
+    rows = [
+        ["file", f"{m.path} ({gib(m.file_size)})"],
+        ["architecture", "clip (vision projector, mmproj)"],
+        ["name", m.name],
+        ["file type", m.file_type],
+        ["encoder", m.encoder],
+        [
+            "projector",
+            f"{m.projector_type}: {m.spatial_merge_size}x{m.spatial_merge_size} patches -> width {m.projection_dim}",
+        ],
+        ["image size", f"{m.image_size} px (position grid {grid}x{grid})" if grid else m.image_size],
+        ["patch size", m.patch_size],
+        ["image mean / std", f"{m.image_mean} / {m.image_std}"],
+        ["tensors", m.n_tensors],
+    ]
+    rows += [[f"  {t}", f"{m.tensors_by_type[t]} tensors, {gib(b)}"] for t, b in m.bytes_by_type.items()]
     console.print(simple_table("qwythos inspect", ["", ""], rows))

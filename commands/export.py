@@ -39,17 +39,22 @@ def export_ollama_cmd(
         None, "--draft", help="draft_num_predict (MTP draft tokens); default 3 with an MTP head, 0 = off."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing, different Modelfile."),
+    mmproj: Path | None = typer.Option(
+        None, "--mmproj", help="Vision projector GGUF (default: an mmproj*.gguf beside the model, if any)."
+    ),
     json_out: bool = JsonOption,
 ) -> None:
     """Write an Ollama Modelfile (qwen3.5 renderer/parser, card sampling, MTP drafting)."""
     from qwythos.export.ollama import export_ollama
 
     register_inputs(model)  # the Modelfile may never replace the GGUF, whatever the flags
-    r = export_ollama(model, out, name=name, ctx=ctx, draft=draft, force=force)
+    r = export_ollama(model, out, name=name, ctx=ctx, draft=draft, force=force, mmproj=mmproj)
     if json_out:
         print_json(r)
         return
     _show_warnings(r.warnings)
+    if r.mmproj_note:
+        console.print(r.mmproj_note, markup=False, highlight=False, soft_wrap=True)
     state = "unchanged" if r.unchanged else "written"
     console.print(
         f"{r.modelfile} {state} ({r.quant}, MTP head: {'yes' if r.has_mtp else 'no'}, draft {r.draft})",
@@ -81,6 +86,9 @@ def export_lmstudio_cmd(
     draft: int | None = typer.Option(
         None, "--draft", help="MTP draft tokens; default 3 with an MTP head, 0 = off."
     ),
+    mmproj: Path | None = typer.Option(
+        None, "--mmproj", help="Vision projector GGUF (default: an mmproj*.gguf beside the model, if any)."
+    ),
     json_out: bool = JsonOption,
 ) -> None:
     """Place a GGUF like `lms import`; write its model.yaml + manifest.json into LM Studio's hub."""
@@ -97,11 +105,14 @@ def export_lmstudio_cmd(
         mode=chosen[0] if chosen else "copy",
         context=ctx,
         draft=draft,
+        mmproj=mmproj,
     )
     if json_out:
         print_json(r)
         return
     _show_warnings(r.warnings)
+    if r.mmproj_note:
+        console.print(f"{r.mmproj_note} -> {r.mmproj}", markup=False, highlight=False, soft_wrap=True)
     drafting = (
         f"MTP drafting {r.draft} tokens"
         if r.draft
@@ -130,6 +141,9 @@ def export_koboldcpp_cmd(
         None, "--draft", help="draftamount with an MTP head (default 3, 0 = off)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing, different .kcpps."),
+    mmproj: Path | None = typer.Option(
+        None, "--mmproj", help="Vision projector GGUF (default: an mmproj*.gguf beside the model, if any)."
+    ),
     json_out: bool = JsonOption,
 ) -> None:
     """Write a KoboldCpp .kcpps launch config and print the launch command."""
@@ -145,11 +159,14 @@ def export_koboldcpp_cmd(
         quantkv=quantkv,
         draft=draft,
         force=force,
+        mmproj=mmproj,
     )
     if json_out:
         print_json(r)
         return
     _show_warnings(r.warnings)
+    if r.mmproj:
+        console.print(r.mmproj, markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"{r.kcpps} {'unchanged' if r.unchanged else 'written'} (MTP: {'on' if r.has_mtp else 'off'})",
         markup=False,

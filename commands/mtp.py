@@ -14,11 +14,14 @@ from qwythos.commands.common import (
     print_json,
     simple_table,
 )
+from qwythos.core.errors import QwythosError
 
 
 @mtp_app.command("restore")
 def mtp_restore(
-    trunk: Path = typer.Argument(..., help="The converted (possibly quantized) trunk .gguf."),
+    trunk: Path = typer.Argument(
+        ..., help="The converted (possibly quantized) trunk .gguf; with --hf, the HF folder of the fine-tune."
+    ),
     src: str = typer.Option(
         ...,
         "--from",
@@ -30,9 +33,18 @@ def mtp_restore(
         "bf16", "--type", help="Type of the head's matrices: bf16, f16, f32, q8_0, ..."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite the output / replace an existing head."),
+    hf: Path | None = typer.Option(
+        None, "--hf", help="Write a HF checkpoint folder (TRUNK = the HF folder) for vLLM / SGLang."
+    ),
+    copy: bool = typer.Option(False, "--copy", help="With --hf: copy the trunk's shards instead of linking."),
     json_out: bool = JsonOption,
 ) -> None:
-    """Give a trunk GGUF its MTP head (grafted into a copy, or as a separate draft file)."""
+    """Give a trunk GGUF its MTP head (grafted or a separate draft); --hf: a HF folder's mtp.* back."""
+    if hf is not None:
+        _restore_hf(trunk, src, hf, out=out, separate=separate, copy=copy, force=force, json_out=json_out)
+        return
+    if copy:
+        raise QwythosError("--copy only applies with --hf", "add --hf OUT_DIR, or drop --copy")
     from qwythos.mtp.restore import restore
 
     r = restore(trunk, src, out, separate=separate, head_type=head_type, force=force)
@@ -88,3 +100,179 @@ def mtp_validate(
         console.print(("[green]PASS[/] " if rep.passed else "[red]FAIL[/] ") + rep.reason)
     if not rep.passed:
         raise typer.Exit(2)
+
+
+def _restore_hf(
+    trunk: Path,
+    src: str,
+    hf: Path,
+    *,
+    out: Path | None,
+    separate: bool,
+    copy: bool,
+    force: bool,
+    json_out: bool,
+) -> None:
+    from qwythos.mtp.hf_out import restore_hf
+
+    if out is not None or separate:
+        raise QwythosError(
+            "--hf writes a folder; -o and --separate are for GGUF output", "drop -o / --separate"
+        )
+    r = restore_hf(trunk, src, hf, copy=copy, force=force)
+    if json_out:
+        print_json(r)
+        return
+    rows = [
+        ["output", r.output],
+        ["trunk shards", f"{r.link_mode} from {r.trunk}"],
+        ["head from", f"{r.source} ({r.source_kind})"],
+        ["head", f"{len(r.head_tensors)} mtp.* tensors ({r.dtype}) in {r.shard}"],
+        ["index", f"{r.n_tensors} tensors, total_size {r.total_size:,} bytes"],
+        ["time", f"{r.seconds:.1f} s"],
+    ]
+    console.print(simple_table("qwythos mtp restore --hf", ["", ""], rows))
+    for note in r.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"next: [bold]qwythos mtp check {r.output}[/]")
+
+
+@mtp_app.command("check")
+def mtp_check(
+    folder: Path = typer.Argument(..., help="A Hugging Face checkpoint folder (config.json + safetensors)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Check a HF folder's MTP head for vLLM / SGLang: names, shapes, index, norms (headers only)."""
+    from qwythos.mtp.check import check_hf
+
+    rep = check_hf(folder)
+    if json_out:
+        print_json(rep.to_dict())
+    else:
+        console.print(
+            f"{rep.path}: config promises {rep.mtp_promised} MTP layer(s), {rep.mtp_found} mtp.* tensors found"
+        )
+        if rep.norms:
+            rows = [
+                [n.name, f"{n.mean:+.3f}", f"{n.trunk_range[0]:+.2f}..{n.trunk_range[1]:+.2f}", n.verdict]
+                if n.trunk_range
+                else [n.name, f"{n.mean:+.3f}", "-", n.verdict]
+                for n in rep.norms
+            ]
+            console.print(
+                simple_table("MTP norms (stored w - 1)", ["tensor", "mean", "trunk range", "verdict"], rows)
+            )
+        for i in rep.issues:
+            color = "red" if i.severity == "error" else "yellow"
+            console.print(f"[{color}]{i.severity}:[/] {i.where} {i.problem}", highlight=False)
+        console.print("[green]OK[/]" if rep.ok else "[red]FAIL[/]")
+    if not rep.ok:
+        raise typer.Exit(2)
+
+
+@mtp_app.command("fit")
+def mtp_fit(
+    model: Path = typer.Argument(..., help="The GGUF whose head to fit (trunk + restored head)."),
+    text: list[Path] = typer.Option(
+        None, "--text", help="Text file(s) to fit on (repeatable; default: the bundled mixed set)."
+    ),
+    bundled: bool = typer.Option(False, "--bundled", help="Add the bundled set to the --text files."),
+    tokens: int = typer.Option(200_000, "--tokens", help="Most tokens of text to collect."),
+    steps: int = typer.Option(300, "--steps", help="Training steps."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Output .gguf (default: MODEL-fit.gguf)."),
+    head: str | None = typer.Option(None, "--head", help="Start from this head (any `mtp restore --from`)."),
+    init: bool = typer.Option(False, "--init", help="Start from a fresh head instead."),
+    head_type: str | None = typer.Option(
+        None, "--type", help="Type of the head's matrices (default: each keeps its type)."
+    ),
+    separate: bool = typer.Option(False, "--separate", help="Write a stand-alone MTP draft GGUF."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (llama.cpp and torch)."),
+    seq: int = typer.Option(512, "--seq", help="Tokens per collected sequence."),
+    batch: int = typer.Option(4, "--batch", help="Sequences per training step."),
+    lr: float | None = typer.Option(
+        None, "--lr", help="Peak learning rate (default 1e-3, 3e-3 with --init)."
+    ),
+    depths: int = typer.Option(3, "--depths", help="Chained draft depths trained."),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda when present)."),
+    work: Path | None = typer.Option(None, "--work", help="Work folder (default: OUT.work; resumes)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Re-fit the MTP head to this trunk (trunk frozen byte for byte); resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from qwythos.mtp.fit import FitSettings, fit
+
+    s = FitSettings(tokens=tokens, seq=seq, steps=steps, batch=batch, lr=lr, depths=depths)
+    kw = dict(
+        texts=text or None,
+        bundled=True if bundled else None,
+        out=out,
+        head=head,
+        init=init,
+        head_type=head_type,
+        separate=separate,
+        settings=s,
+        threads=threads,
+        device=device,
+        work=work,
+        force=force,
+    )
+    if json_out:
+        r = fit(model, **kw)
+        print_json(r.to_dict())
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, p) -> None:
+            if stage == "collect":
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task("collect tokens", total=p.tokens_total, info="")
+                rate = f"{p.tokens_done / p.seconds:.0f} tok/s" if p.seconds > 0 else ""
+                bar.update(tasks[stage], completed=p.tokens_done, info=rate)
+            elif stage == "train":
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task("train head", total=p.steps, info="")
+                t = bar.tasks[tasks[stage]]
+                info = t.fields.get("info", "")
+                if p.loss is not None:
+                    info = f"loss {p.loss:.3f}" + (
+                        info[info.find("  accept") :] if "  accept" in info else ""
+                    )
+                if p.accept is not None:
+                    info = info.split("  accept")[0] + "  accept " + "/".join(f"{a:.2f}" for a in p.accept)
+                bar.update(tasks[stage], completed=p.step, info=info)
+
+        r = fit(model, progress=progress, **kw)
+    rows = [
+        ["output", r.output],
+        [
+            "mode",
+            "stand-alone MTP draft" if r.mode == "separate" else "grafted into the trunk (bytes unchanged)",
+        ],
+        ["started from", r.start],
+        ["text", f"{r.tokens} tokens in {r.sequences} sequences ({r.held_out_sequences} held out)"],
+        ["collection", f"{r.collect_seconds:.1f} s ({r.collect_tok_s:.0f} tok/s)"],
+        ["training", f"{r.steps} steps on {r.device}, {r.train_seconds:.1f} s, final loss {r.loss:.4f}"],
+        [
+            "held-out acceptance (estimate)",
+            " -> ".join("/".join(f"{a:.3f}" for a in acc) for acc in (r.accept_before, r.accept_after)),
+        ],
+        ["head types", ", ".join(sorted({t for t in r.head_types.values() if t != "F32"})) or "-"],
+        ["size", gib(r.bytes_written)],
+    ]
+    console.print(simple_table("qwythos mtp fit", ["", ""], rows))
+    for note in r.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(
+        f"measure it: qwythos mtp validate {r.output}" + (" (with --draft)" if r.mode == "separate" else "")
+    )

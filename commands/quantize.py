@@ -28,9 +28,16 @@ Q_DEFAULT_TYPES = ",".join(DEFAULT_TYPES)
 def _eval_table(report: Any) -> Table:
     return simple_table(
         f"quality vs {Path(report.base).name} ({report.n_tokens_scored} tokens, base PPL {report.base_ppl:.3f})",
-        ["type", "size GiB", "PPL", "mean KLD", "top-1 agree"],
+        ["type", "size GiB", "bpw", "PPL", "mean KLD", "top-1 agree"],
         [
-            [r.type, f"{r.gib:.3f}", f"{r.ppl:.4f}", f"{r.mean_kld:.6f}", f"{100 * r.top1_agreement:.2f}%"]
+            [
+                r.type,
+                f"{r.gib:.3f}",
+                f"{r.bpw:.2f}",
+                f"{r.ppl:.4f}",
+                f"{r.mean_kld:.6f}",
+                f"{100 * r.top1_agreement:.2f}%",
+            ]
             for r in report.rows
         ],
     )
@@ -56,16 +63,20 @@ def quantize(
     threads: int | None = typer.Option(None, "--threads", help="Quantizer threads (default: all)."),
     requantize: bool = typer.Option(False, "--requantize", help="Allow an already-quantized input."),
     eval_text: Path | None = typer.Option(None, "--eval", help="Text file: measure PPL/KLD vs the BF16."),
+    mmproj_type: str | None = typer.Option(
+        None,
+        "--mmproj-type",
+        help="Vision projector type when converting from an HF source: f16 (default), bf16, f32, q8_0.",
+    ),
     json_out: bool = JsonOption,
 ) -> None:
     """Quantize with llama.cpp's own quantizer; every output verified, hashed and recorded."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from qwythos.core.fileio import write_text_atomic
+    from qwythos.core.fileio import read_text_input, write_text_atomic
     from qwythos.quantize.pipeline import quantize as run_quantize
 
-    if eval_text is not None and not eval_text.is_file():
-        raise QwythosError(f"--eval text {eval_text} not found", "pass a text file with --eval")
+    eval_str = read_text_input(eval_text, "--eval") if eval_text is not None else None
     kw = dict(
         types=types,
         imatrix=imatrix,
@@ -74,6 +85,7 @@ def quantize(
         token_embedding_type=token_embedding_type,
         threads=threads,
         requantize=requantize,
+        mmproj_type=mmproj_type,
     )
     if json_out:
         report = run_quantize(src, out, **kw)
@@ -99,7 +111,7 @@ def quantize(
 
         base = next((o.path for o in report.outputs if o.type == "BF16"), report.source_gguf)
         quants = [o.path for o in report.outputs if o.path != base]
-        evaluation = evaluate(base, quants, eval_text.read_text())
+        evaluation = evaluate(base, quants, eval_str or "")
         write_text_atomic(
             Path(report.out_dir) / "quality.json", json.dumps(to_jsonable(evaluation), indent=2) + "\n"
         )
@@ -147,6 +159,8 @@ def plan(
     """Predict file sizes (llama.cpp's dry run, no weights needed) and memory at a context."""
     from qwythos.quantize.plan import plan as run_plan
 
+    if ctx < 1:
+        raise QwythosError(f"--ctx {ctx} must be a positive number of tokens", f"e.g. --ctx {START_CONTEXT}")
     p = run_plan(src, types, ctx, kv_type, mtp_type=mtp_type)
     if json_out:
         print_json(p)
@@ -172,6 +186,11 @@ def plan(
         f"KV cache {p.kv_cache_bytes / 2**30:.3f} GiB, recurrent state {p.recurrent_state_bytes / 2**20:.1f} MiB "
         "(compute buffers not included)"
     )
+    if p.mmproj_bytes is not None:
+        console.print(
+            f"vision projector (mmproj, {(p.mmproj_type or '?').upper()}) {p.mmproj_bytes / 2**30:.3f} GiB "
+            f"({p.mmproj_bytes:,} B, {p.mmproj_source})"
+        )
     for n in p.notes:
         console.print(f"[yellow]note:[/] {n}")
 
@@ -180,27 +199,38 @@ def plan(
 def eval_cmd(
     base: Path = typer.Argument(..., help="The BF16 GGUF."),
     quants: list[Path] = typer.Argument(..., help="Quantized GGUFs of the same model."),
-    text: Path = typer.Option(..., "--text", help="Text file to score."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of size vs KLD."),
+    text: Path | None = typer.Option(
+        None, "--text", help="Text file to score (default: the bundled held-out calibration text)."
+    ),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Write a PNG of bits per weight vs mean KLD (needs matplotlib: pip install 'qwythos[plot]').",
+    ),
     ctx: int = typer.Option(256, "--ctx", help="Window length in tokens (the second half is scored)."),
     max_windows: int = typer.Option(8, "--max-windows", help="Score at most this many windows."),
     threads: int = typer.Option(2, "--threads", help="CPU threads."),
     json_out: bool = JsonOption,
 ) -> None:
     """Perplexity, mean KL divergence and top-1 agreement against the BF16 base."""
-    from qwythos.core.fileio import ensure_writable_dir
-    from qwythos.quantize.evaluate import evaluate, plot_png
+    from qwythos.core.fileio import check_output_path, read_text_input
+    from qwythos.quantize.evaluate import default_text, evaluate, plot_png, require_plotting
+    from qwythos.quantize.pipeline import check_same_model
 
-    if not text.is_file():
-        raise QwythosError(f"{text} not found", "pass a text file with --text")
+    text = text if text is not None else default_text()
+    text_str = read_text_input(text, "--text")
+    if threads < 1:
+        raise QwythosError(f"--threads {threads} must be at least 1", "e.g. --threads 2")
     if ctx < 32 or max_windows < 1:
         raise QwythosError(
             f"--ctx {ctx} / --max-windows {max_windows} too small", "e.g. --ctx 256 --max-windows 8"
         )
-    if plot is not None:
-        ensure_writable_dir(plot.parent, "plot folder")
+    if plot is not None:  # checked before the work, not after it
+        require_plotting()
+        check_output_path(plot, force=True, inputs=[base, *quants, text])
+    check_same_model(base, list(quants))
     report = evaluate(
-        base, list(quants), text.read_text(), n_ctx=ctx, max_windows=max_windows, threads=threads
+        base, list(quants), text_str, n_ctx=ctx, max_windows=max_windows, threads=threads, text_name=text.name
     )
     if plot is not None:
         plot_png(report, plot)

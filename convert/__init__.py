@@ -1,1 +1,1 @@
-"""HF safetensors -> GGUF: the text model (and, later, the vision projector)."""
+"""HF safetensors -> GGUF: the text model (text.py) and the vision projector (mmproj.py)."""

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from gguf import GGUFValueType, Keys
+
 from qwythos.core import qwen35
-from qwythos.core.checkpoint import open_checkpoint
+from qwythos.core.checkpoint import TensorInfo, open_checkpoint
 from qwythos.core.errors import QwythosError
-from qwythos.core.fileio import check_free_space, check_output_path
-from qwythos.core.gguf_file import encode_header, normalize_kv, write_gguf
+from qwythos.core.fileio import check_free_space, check_output_path, register_inputs
+from qwythos.core.gguf_file import KV, TensorPlan, encode_header, normalize_kv, write_gguf
 
 RESTORE_HINT = "`qwythos mtp restore` can give the head back"
+#: Metadata key listing what convert warned about (NaN/Inf weights, no chat template), one string
+#: each; absent when there was nothing to say, so a clean file equals llama.cpp's converter's.
+WARNINGS_KEY = "qwythos.convert.warnings"
+NO_TEMPLATE_WARNING = (
+    "the checkpoint has no chat template (tokenizer_config.json chat_template or chat_template.jinja): "
+    "chat front-ends cannot format turns; copy the template from the base model's tokenizer files"
+)
+# safetensors dtype -> (unsigned view, exponent mask): all exponent bits set = NaN or Inf
+NONFINITE_MASK: dict[str, tuple[type, int]] = {
+    "BF16": (np.uint16, 0x7F80),
+    "F16": (np.uint16, 0x7C00),
+    "F32": (np.uint32, 0x7F800000),
+}
+SCAN_CHUNK = 16 * 2**20
 
 
 @dataclass
@@ -39,44 +57,41 @@ def default_output(name: str, outtype: str) -> Path:
     return Path.cwd() / f"{name}-{outtype.upper()}.gguf"
 
 
-def _expected_names(cfg: qwen35.TextConfig, n_nextn: int) -> set[str]:
-    """The GGUF tensors a complete qwen35 trunk (+ nextn blocks) must have."""
-    names = {"token_embd.weight", "output_norm.weight"} | (set() if cfg.tie_embeddings else {"output.weight"})
-    common = (
-        "attn_norm.weight",
-        "post_attention_norm.weight",
-        "ffn_gate.weight",
-        "ffn_up.weight",
-        "ffn_down.weight",
-    )
-    full = (
-        "attn_q.weight",
-        "attn_k.weight",
-        "attn_v.weight",
-        "attn_output.weight",
-        "attn_q_norm.weight",
-        "attn_k_norm.weight",
-    )
-    linear = (
-        "attn_qkv.weight",
-        "attn_gate.weight",
-        "ssm_beta.weight",
-        "ssm_alpha.weight",
-        "ssm_a",
-        "ssm_dt.bias",
-        "ssm_conv1d.weight",
-        "ssm_norm.weight",
-        "ssm_out.weight",
-    )
-    for i, kind in enumerate(cfg.layer_types):
-        names |= {f"blk.{i}.{n}" for n in common + (linear if kind == "linear_attention" else full)}
-    for k in range(n_nextn):
-        names |= {f"blk.{cfg.n_layer + k}.{n}" for n in common + full}
-    if n_nextn:
-        names |= {
-            f"blk.{cfg.n_layer}.nextn.{n}.weight" for n in ("eh_proj", "enorm", "hnorm", "shared_head_norm")
-        }
-    return names
+def count_nonfinite(info: TensorInfo) -> int:
+    """NaN and Inf values in one safetensors tensor, read straight from its file.
+
+    A value is NaN or Inf exactly when its exponent bits are all ones, so the test is one mask and
+    a max per chunk (about 0.3 s of CPU per GiB from the page cache). The file is mapped, not read,
+    and each chunk's pages are released after it, so memory stays at one chunk.
+    """
+    dtype, mask = NONFINITE_MASK[info.dtype]
+    if info.numel == 0:
+        return 0
+    item = np.dtype(dtype).itemsize
+    start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
+    base = info.offset - start
+    bad = 0
+    scratch = np.empty(min(SCAN_CHUNK, info.numel), dtype=dtype)
+    with (
+        open(info.file, "rb") as f,
+        mmap.mmap(f.fileno(), base + info.numel * item, offset=start, access=mmap.ACCESS_READ) as mm,
+    ):
+        for i in range(0, info.numel, SCAN_CHUNK):
+            part = scratch[: min(SCAN_CHUNK, info.numel - i)]
+            chunk = np.frombuffer(mm, dtype=dtype, count=len(part), offset=base + i * item)
+            np.bitwise_and(chunk, mask, out=part)
+            del chunk  # no view may outlive the mapping
+            lo, hi = base + i * item, base + (i + len(part)) * item
+            lo -= lo % mmap.PAGESIZE
+            if hi - hi % mmap.PAGESIZE > lo:  # drop this chunk's pages from our RSS (the cache keeps them)
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - hi % mmap.PAGESIZE - lo)
+            if part.max() == mask:
+                bad += int(np.count_nonzero(part == mask))
+    return bad
+
+
+class _Rewrite(Exception):
+    """Raised after the last tensor when the header must gain a warning (it is written first)."""
 
 
 def convert(
@@ -110,23 +125,43 @@ def convert(
     else:
         n_nextn, state = 0, "absent"
     plans = qwen35.plan_tensors(ckpt, cfg, outtype=outtype, include_mtp=n_nextn > 0)
-    missing = sorted(_expected_names(cfg, n_nextn) - {p.name for p in plans})
-    if missing:
-        raise QwythosError(
-            f"{ckpt.path} lacks {len(missing)} tensor(s) a Qwen3.5 model needs (first: {missing[0]})",
-            "the checkpoint is incomplete; download all its safetensors shards",
-        )
+    _check_coverage(plans, cfg, n_nextn, ckpt.path)
     skipped = sum(1 for n in ckpt.tensor_names() if qwen35.hf_text_name(n) is None)
     if skipped:
-        notes.append(f"vision tower left out ({skipped} tensors): this is a text-only GGUF")
+        notes.append(
+            f"vision tower left out ({skipped} tensors): this is a text-only GGUF "
+            "(`--mmproj FILE` also writes the vision projector)"
+        )
 
     base = name or (ckpt.hub_id.split("/")[-1] if ckpt.hub_id else ckpt.path.name)
     out_path = Path(out) if out is not None else default_output(base, outtype)
-    check_output_path(out_path, force=force)
+    inputs = [*ckpt.files, ckpt.path / "config.json"]
+    register_inputs(*inputs)  # no output of this process may replace them (core/fileio.py)
+    check_output_path(out_path, force=force, inputs=inputs)
     kvs = qwen35.metadata(cfg, ckpt, n_nextn=n_nextn, outtype=outtype, name=name)
-    header_len = len(encode_header(normalize_kv(qwen35.ARCH, kvs), plans))
+    warnings = [] if any(k.key == Keys.Tokenizer.CHAT_TEMPLATE for k in kvs) else [NO_TEMPLATE_WARNING]
+    nonfinite: dict[str, int] = {}
+
+    def with_warnings() -> list[KV]:
+        return (
+            kvs + [KV(WARNINGS_KEY, GGUFValueType.ARRAY, warnings, GGUFValueType.STRING)] if warnings else kvs
+        )
+
+    header_len = len(encode_header(normalize_kv(qwen35.ARCH, with_warnings()), plans)) + 1024  # + a NaN note
     check_free_space(out_path.parent, header_len + sum(p.nbytes + 32 for p in plans), what=str(out_path))
-    size = write_gguf(out_path, qwen35.ARCH, kvs, plans, progress=progress)
+
+    def scan(plan: TensorPlan) -> None:  # each tensor's source, right after it was copied (hot cache)
+        if n := count_nonfinite(ckpt.tensor_info(plan.source)):
+            nonfinite[plan.source] = n
+        if plan is plans[-1] and nonfinite:
+            raise _Rewrite
+
+    try:
+        size = write_gguf(out_path, qwen35.ARCH, with_warnings(), plans, progress=progress, after_tensor=scan)
+    except _Rewrite:  # NaN/Inf found: the header (written first) must say so; write once more
+        warnings.append(_nonfinite_warning(nonfinite))
+        size = write_gguf(out_path, qwen35.ARCH, with_warnings(), plans, progress=progress)
+    notes += warnings
     return ConvertResult(
         output=out_path,
         source=ckpt.path,
@@ -143,4 +178,31 @@ def convert(
         bytes_written=size,
         seconds=round(time.perf_counter() - t0, 3),
         notes=notes,
+    )
+
+
+def _check_coverage(plans: list[TensorPlan], cfg: qwen35.TextConfig, n_nextn: int, where: Path) -> None:
+    """The planned tensors are exactly the qwen35 table's for this config: none missing, none that
+    the config's layer kinds do not have (a full-attention tensor in a linear-attention layer)."""
+    table = qwen35.gguf_table(cfg, n_nextn)
+    missing = sorted(qwen35.required_tensors(cfg, n_nextn) - {p.name for p in plans})
+    if missing:
+        raise QwythosError(
+            f"{where} lacks {len(missing)} tensor(s) a Qwen3.5 model needs (first: {missing[0]})",
+            "the checkpoint is incomplete; download all its safetensors shards",
+        )
+    extra = [p for p in plans if p.name not in table]
+    if extra:
+        raise QwythosError(
+            f"{where}: tensor {extra[0].source} does not fit config.json's layer_types "
+            f"({len(extra)} such tensor(s); it would be {extra[0].name})",
+            "use the config.json that came with these weights",
+        )
+
+
+def _nonfinite_warning(found: dict[str, int]) -> str:
+    first, n = next(iter(found.items()))
+    return (
+        f"{len(found)} tensor(s) hold NaN or Inf values ({sum(found.values())} in all; first {first}, {n}): "
+        "llama.cpp will compute NaN wherever they are used; check the checkpoint's download or training run"
     )

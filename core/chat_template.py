@@ -77,7 +77,8 @@ def render_chat(
         )
     except TemplateError as e:
         raise QwythosError(
-            f"the model's chat template failed: {e}", "pass --no-template or fix the GGUF"
+            f"the model's chat template failed: {e}",
+            "`qwythos run --raw` sends the prompt without it; or fix the GGUF's tokenizer.chat_template",
         ) from e
 
 

@@ -243,10 +243,20 @@ def write_gguf(
     tensors: list[TensorPlan],
     progress: ProgressFn | None = None,
     alignment: int = DEFAULT_ALIGNMENT,
+    after_tensor: Callable[[TensorPlan], None] | None = None,
 ) -> int:
-    """Write a GGUF file; returns its size. `progress(name, done_bytes, total_bytes)` after each tensor."""
+    """Write a GGUF file; returns its size. `progress(name, done_bytes, total_bytes)` after each tensor.
+
+    `after_tensor(plan)` runs after each tensor's bytes are written, before the file gets its final
+    name: an exception from it (a check that failed) leaves no file behind.
+    """
     path = Path(path)
     kvs = normalize_kv(arch, kv)
+    names: set[str] = set()
+    for t in tensors:
+        if t.name in names:
+            raise ValueError(f"duplicate GGUF tensor name {t.name}")
+        names.add(t.name)
     header = encode_header(kvs, tensors, alignment)
     total = sum(t.nbytes for t in tensors)
     done = 0
@@ -270,6 +280,8 @@ def write_gguf(
                 if t.nbytes % alignment:
                     _write_all(fd, b"\0" * (pad(t.nbytes, alignment) - t.nbytes))
                 done += t.nbytes
+                if after_tensor is not None:
+                    after_tensor(t)
                 if progress is not None:
                     progress(t.name, done, total)
             size = os.lseek(fd, 0, os.SEEK_CUR)
@@ -356,6 +368,8 @@ class _Reader:
 def read_header(path: str | Path) -> GGUFHeader:
     """Parse a GGUF header (metadata and tensor infos). Non-GGUF files get a clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise QwythosError(f"{path} is a folder, not a GGUF file", "pass the path of a .gguf file")
     if not path.is_file():
         raise QwythosError(f"{path} does not exist", "pass the path of a .gguf file")
     size = path.stat().st_size

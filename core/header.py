@@ -1,24 +1,203 @@
-"""What the exporters need to know about a GGUF, read from its header (no tensor data is loaded).
+"""The one view of a GGUF header, and what the exporters need to know about a file.
+
+`GGUFView` wraps a parsed header (no tensor data is loaded) and names every metadata key through
+one symbol, gguf-py's `Keys` (`Keys.LLM.NEXTN_PREDICT_LAYERS` is `"{arch}.nextn_predict_layers"`):
+the architecture, the nextn (MTP) layer count, the trunk's block count, the nextn tensors, the file
+type, context and embedding length, vocabulary, chat template. Everything else that reads a GGUF's
+metadata (inspect, the structural check, the runtime's `ModelInfo`, restore, quantize, the
+exporters) asks this view instead of typing key strings.
 
 The exporters only hand on files this project can vouch for: `read_gguf_summary` refuses anything
-that is not a GGUF of an accepted architecture (`qwen35`), so a Modelfile, model.yaml or .kcpps is
-never written for a file the tools would load with the wrong handling.
+that is not a GGUF of an accepted architecture (`qwen35.ARCHS`), so a Modelfile, model.yaml or
+.kcpps is never written for a file the tools would load with the wrong handling.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
+
+from gguf import Keys
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import file_type_name, read_header
+from qwythos.core.gguf_file import GGUFHeader, GGUFTensorInfo, file_type_name, read_header
+from qwythos.core.qwen35 import ARCHS, RECURRENT_LAYERS
 from qwythos.core.release import TURN_END_TOKENS, split_quant_suffix
 
-#: Architectures the exporters accept. A second arch (qwen35moe) would be added here with its table.
-ACCEPTED_ARCHS: tuple[str, ...] = ("qwen35",)
+#: Architectures the exporters accept: the one allow-list (`qwen35.ARCHS`).
+ACCEPTED_ARCHS: tuple[str, ...] = ARCHS
+__all__ = ["ACCEPTED_ARCHS", "RECURRENT_LAYERS", "GGUFSummary", "GGUFView", "read_gguf_summary", "read_view"]
 
-_BLK_RE = re.compile(r"blk\.(\d+)\.")
+_BLK_RE = re.compile(r"^blk\.(\d+)\.")
+NEXTN_RE = re.compile(r"^blk\.(\d+)\.nextn\.")
+
+
+def _as_int(v: Any) -> int | None:
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+class GGUFView:
+    """A GGUF header read once, every key through a `gguf.Keys` symbol.
+
+    Arch keys are templates (`"{arch}.block_count"`): `view.get(Keys.LLM.BLOCK_COUNT)` fills in the
+    file's own architecture.
+    """
+
+    def __init__(self, header: GGUFHeader) -> None:
+        self.header = header
+
+    # ---- raw access
+    @property
+    def path(self) -> Path:
+        return self.header.path
+
+    @property
+    def kv(self) -> dict[str, Any]:
+        return self.header.kv
+
+    @property
+    def tensors(self) -> list[GGUFTensorInfo]:
+        return self.header.tensors
+
+    @property
+    def arch(self) -> str:
+        """`general.architecture` ("" when absent or not a string)."""
+        a = self.kv.get(Keys.General.ARCHITECTURE)
+        return a if isinstance(a, str) else ""
+
+    def key(self, template: str) -> str:
+        """The concrete key of a `gguf.Keys` template for this file's architecture."""
+        return template.format(arch=self.arch)
+
+    def get(self, template: str, default: Any = None) -> Any:
+        return self.kv.get(self.key(template), default)
+
+    def get_int(self, template: str) -> int | None:
+        return _as_int(self.get(template))
+
+    # ---- general
+    @property
+    def name(self) -> str | None:
+        n = self.kv.get(Keys.General.NAME)
+        return n if isinstance(n, str) else None
+
+    @property
+    def file_type(self) -> int | None:
+        """`general.file_type` as stored (llama.cpp's LLAMA_FTYPE id)."""
+        return _as_int(self.kv.get(Keys.General.FILE_TYPE))
+
+    @property
+    def file_type_name(self) -> str | None:
+        """`general.file_type` as llama.cpp names it ("Q4_K_M", "BF16"); None if absent or unknown."""
+        return file_type_name(self.file_type) if self.file_type is not None else None
+
+    # ---- layers
+    @property
+    def block_count(self) -> int | None:
+        """All blocks, trunk plus nextn (`{arch}.block_count`)."""
+        return self.get_int(Keys.LLM.BLOCK_COUNT)
+
+    @property
+    def n_nextn(self) -> int:
+        """nextn (MTP) layers the metadata declares (`{arch}.nextn_predict_layers`, 0 when absent)."""
+        return self.get_int(Keys.LLM.NEXTN_PREDICT_LAYERS) or 0
+
+    @property
+    def n_trunk(self) -> int | None:
+        """Trunk blocks: block_count minus the nextn layers (the first nextn block's index)."""
+        bc = self.block_count
+        return bc - self.n_nextn if bc is not None else None
+
+    @property
+    def recurrent_layers(self) -> list[bool] | None:
+        v = self.get(RECURRENT_LAYERS)
+        return [bool(x) for x in v] if isinstance(v, list) else None
+
+    @cached_property
+    def tensor_names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    @cached_property
+    def by_name(self) -> dict[str, GGUFTensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+    @cached_property
+    def nextn_tensors(self) -> list[str]:
+        """Names of the `blk.N.nextn.*` tensors really in the file."""
+        return [n for n in self.tensor_names if NEXTN_RE.match(n)]
+
+    @cached_property
+    def nextn_blocks(self) -> list[int]:
+        return sorted({int(m.group(1)) for n in self.nextn_tensors if (m := NEXTN_RE.match(n))})
+
+    @property
+    def has_trunk(self) -> bool:
+        """The file carries trunk blocks (llama.cpp's test: `blk.0.attn_norm.weight` is present)."""
+        return "blk.0.attn_norm.weight" in self.by_name
+
+    @property
+    def has_mtp(self) -> bool:
+        """The declared nextn block(s) are really in the file (`blk.{n_trunk + i}.nextn.eh_proj`)."""
+        il = self.n_trunk
+        return (
+            self.n_nextn > 0
+            and il is not None
+            and all(f"blk.{il + i}.nextn.eh_proj.weight" in self.by_name for i in range(self.n_nextn))
+        )
+
+    def trunk_blocks(self) -> set[int]:
+        """Indices of the trunk blocks that have at least one tensor in the file."""
+        il = self.n_trunk
+        return {
+            int(m.group(1))
+            for n in self.tensor_names
+            if (m := _BLK_RE.match(n)) and (il is None or int(m.group(1)) < il)
+        }
+
+    # ---- sizes and tokenizer
+    @property
+    def context_length(self) -> int | None:
+        return self.get_int(Keys.LLM.CONTEXT_LENGTH)
+
+    @property
+    def embedding_length(self) -> int | None:
+        return self.get_int(Keys.LLM.EMBEDDING_LENGTH)
+
+    @property
+    def tokens(self) -> list[str] | None:
+        t = self.kv.get(Keys.Tokenizer.LIST)
+        return t if isinstance(t, list) else None
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens in the vocabulary (`tokenizer.ggml.tokens`, else `{arch}.vocab_size`, else 0)."""
+        tokens = self.tokens
+        return len(tokens) if tokens is not None else (self.get_int(Keys.LLM.VOCAB_SIZE) or 0)
+
+    @property
+    def chat_template(self) -> str | None:
+        t = self.kv.get(Keys.Tokenizer.CHAT_TEMPLATE)
+        return t if isinstance(t, str) else None
+
+
+def read_view(path: str | Path) -> GGUFView:
+    """Parse a GGUF's header into a `GGUFView` (QwythosError naming the file if it is not one)."""
+    path = Path(path)
+    if path.is_dir():
+        raise QwythosError(f"{path} is a directory, not a GGUF file", "pass the path of a .gguf file")
+    try:
+        return GGUFView(read_header(path))
+    except QwythosError:
+        raise
+    except OSError as e:
+        raise QwythosError(f"cannot read {path}: {e.strerror}", "check the file's permissions") from e
+    except Exception as e:  # anything else a corrupt header can raise
+        raise QwythosError(
+            f"{path} has an unreadable GGUF header: {e}", "re-download or re-convert the file"
+        ) from e
 
 
 @dataclass
@@ -53,61 +232,13 @@ class GGUFSummary:
         return split_quant_suffix(self.path.stem)[1] or "unknown"
 
 
-def read_gguf_summary(path: Path, accept_archs: tuple[str, ...] = ACCEPTED_ARCHS) -> GGUFSummary:
-    """Read the header of `path`; refuse files that are not a GGUF of an accepted architecture.
-
-    Uses the project's header reader (quantize.gguf_file.read_header): it parses a 248k-token
-    vocabulary in ~0.1 s (gguf-py's GGUFReader takes seconds) and refuses truncated files.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise QwythosError(f"{path} does not exist or is not a file", "pass the path of a .gguf file")
-    try:
-        hdr = read_header(path)
-    except QwythosError:
-        raise
-    except OSError as e:
-        raise QwythosError(f"cannot read {path}: {e.strerror}", "check the file's permissions") from e
-    except Exception as e:  # anything else a corrupt header can raise
-        raise QwythosError(
-            f"{path} has an unreadable GGUF header: {e}", "re-download or re-convert the file"
-        ) from e
-    kv = hdr.kv
-
-    arch = kv.get("general.architecture")
-    if not isinstance(arch, str) or arch not in accept_archs:
-        raise QwythosError(
-            f"{path.name} is a {arch!r} GGUF, not {' / '.join(accept_archs)} (Qwythos-9B)",
-            "export only files made from Qwythos-9B / Qwen3.5-9B (`qwythos inspect FILE` shows the arch)",
-        )
-
-    def arch_int(key: str) -> int | None:
-        v = kv.get(f"{arch}.{key}")
-        return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
-
-    ft = kv.get("general.file_type")
-    file_type = file_type_name(ft) if isinstance(ft, int) else None
-    name = kv.get("general.name")
-    template = kv.get("tokenizer.chat_template")
-    names = [t.name for t in hdr.tensors]
-    nextn = arch_int("nextn_predict_layers") or 0
-    nextn_tensors = sum(1 for n in names if ".nextn." in n)
-    block_count = arch_int("block_count")
-    if block_count is not None:
-        n_trunk = block_count - nextn
-        trunk_blocks = {m.group(1) for n in names if (m := _BLK_RE.match(n)) and int(m.group(1)) < n_trunk}
-        if not trunk_blocks or "token_embd.weight" not in names:
-            raise QwythosError(
-                f"{path.name} has no trunk layers (an MTP-head-only or vocabulary-only GGUF?)",
-                "export the full model GGUF; a head alone is a draft for `qwythos mtp`",
-            )
-
+def _turn_end_tokens(view: GGUFView) -> list[str]:
     turn_end: list[str] = []
-    tokens = kv.get("tokenizer.ggml.tokens")
-    if isinstance(tokens, list) and tokens:
-        eos = kv.get("tokenizer.ggml.eos_token_id")
+    tokens = view.tokens
+    if tokens:
+        eos = _as_int(view.kv.get(Keys.Tokenizer.EOS_ID))
         candidates: list[str] = []
-        if isinstance(eos, int) and 0 <= eos < len(tokens):
+        if eos is not None and 0 <= eos < len(tokens):
             candidates.append(tokens[eos])
         present = set(tokens[-4096:]) | set(candidates)  # Qwen's specials sit at the end
         if not all(t in present for t in TURN_END_TOKENS):
@@ -116,34 +247,59 @@ def read_gguf_summary(path: Path, accept_archs: tuple[str, ...] = ACCEPTED_ARCHS
         for t in candidates:
             if t and t not in turn_end:
                 turn_end.append(t)
-    if not turn_end:
-        turn_end = list(TURN_END_TOKENS)
+    return turn_end or list(TURN_END_TOKENS)
 
+
+def read_gguf_summary(path: Path, accept_archs: tuple[str, ...] = ACCEPTED_ARCHS) -> GGUFSummary:
+    """Read the header of `path`; refuse files that are not a GGUF of an accepted architecture.
+
+    Uses the project's header reader (core.gguf_file.read_header): it parses a 248k-token
+    vocabulary in ~0.1 s (gguf-py's GGUFReader takes seconds) and refuses truncated files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise QwythosError(f"{path} does not exist or is not a file", "pass the path of a .gguf file")
+    view = read_view(path)
+    arch = view.arch
+    if arch not in accept_archs:
+        raise QwythosError(
+            f"{path.name} is a {view.kv.get(Keys.General.ARCHITECTURE)!r} GGUF, not "
+            f"{' / '.join(accept_archs)} (Qwythos-9B)",
+            "export only files made from Qwythos-9B / Qwen3.5-9B (`qwythos inspect FILE` shows the arch)",
+        )
+    nextn = view.n_nextn
+    nextn_tensors = len(view.nextn_tensors)
+    if view.block_count is not None and (not view.trunk_blocks() or "token_embd.weight" not in view.by_name):
+        raise QwythosError(
+            f"{path.name} has no trunk layers (an MTP-head-only or vocabulary-only GGUF?)",
+            "export the full model GGUF; a head alone is a draft for `qwythos mtp`",
+        )
+    template = view.chat_template
     warnings: list[str] = []
     if nextn > 0 and nextn_tensors == 0:
         warnings.append(
-            f"{arch}.nextn_predict_layers is {nextn} but the file has no nextn tensors: MTP is off"
+            f"{view.key(Keys.LLM.NEXTN_PREDICT_LAYERS)} is {nextn} but the file has no nextn tensors: MTP is off"
         )
     if nextn == 0 and nextn_tensors > 0:
         warnings.append(
             "the file has nextn tensors but nextn_predict_layers is 0: llama.cpp will not use them"
         )
-    if not isinstance(template, str):
+    if template is None:
         warnings.append("the file has no tokenizer.chat_template")
 
     return GGUFSummary(
         path=path,
-        size_bytes=hdr.file_size,
+        size_bytes=view.header.file_size,
         arch=arch,
-        name=name if isinstance(name, str) else None,
-        file_type=file_type,
-        block_count=block_count,
+        name=view.name,
+        file_type=view.file_type_name,
+        block_count=view.block_count,
         nextn_predict_layers=nextn,
         nextn_tensor_count=nextn_tensors,
-        context_length=arch_int("context_length"),
-        has_chat_template=isinstance(template, str),
-        chat_template_has_enable_thinking=isinstance(template, str) and "enable_thinking" in template,
-        turn_end_tokens=turn_end,
-        tensor_count=len(hdr.tensors),
+        context_length=view.context_length,
+        has_chat_template=template is not None,
+        chat_template_has_enable_thinking=template is not None and "enable_thinking" in template,
+        turn_end_tokens=_turn_end_tokens(view),
+        tensor_count=len(view.tensors),
         warnings=warnings,
     )

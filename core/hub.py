@@ -37,6 +37,8 @@ META_PATTERNS: tuple[str, ...] = (
     "chat_template.jinja",
     "chat_template.json",
     "model.safetensors.index.json",
+    "preprocessor_config.json",  # image mean/std: `convert --mmproj` stores them in the projector
+    "processor_config.json",
 )
 WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors",)
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -139,7 +141,7 @@ def hub_error(repo_id: str, e: Exception) -> QwythosError:
             f"{repo_id} was not found on the Hugging Face Hub (or needs a login)",
             "check the repo id (owner/name) and, for a private repo, your token (`hf auth login`)",
         )
-    if isinstance(e, hf.EntryNotFoundError):
+    if isinstance(e, hf.EntryNotFoundError) and not isinstance(e, hf.LocalEntryNotFoundError):
         return QwythosError(f"{repo_id}: a file is missing from the repo: {e}", "check the repo id")
     if isinstance(e, (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled, *_network_errors())) or _offline():
         return QwythosError(

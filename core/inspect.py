@@ -1,16 +1,15 @@
-"""What a GGUF file holds: architecture, context, layer layout, MTP head, tensors and bytes by type."""
+"""What a GGUF file holds: architecture, context, layer layout, MTP head, tensors and bytes by type,
+and whether llama.cpp can load it (the structural check of core/structure.py over every tensor)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGMLQuantizationType
+from gguf import GGMLQuantizationType, Keys
 
-from qwythos.core.gguf_file import file_type_name, read_header
-
-NEXTN_RE = re.compile(r"^blk\.(\d+)\.nextn\.")
+from qwythos.core.header import read_view
+from qwythos.core.structure import check_model
 
 
 @dataclass
@@ -34,6 +33,11 @@ class GGUFSummary:
     n_tensors: int
     tensors_by_type: dict[str, int] = field(default_factory=dict)
     bytes_by_type: dict[str, int] = field(default_factory=dict)
+    issues: list[str] = field(default_factory=list)  # structural problems llama.cpp would refuse
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
 
 
 def _type_name(t: int) -> str:
@@ -44,32 +48,25 @@ def _type_name(t: int) -> str:
 
 
 def inspect_gguf(path: str | Path) -> GGUFSummary:
-    """Summarize a GGUF file (reads only its header). Non-GGUF files get a QwythosError."""
-    hdr = read_header(path)
-    kv = hdr.kv
-    arch = str(kv.get("general.architecture", "?"))
-
-    def a(key: str) -> object:
-        return kv.get(f"{arch}.{key}")
-
-    block_count = a("block_count")
-    nextn = int(a("nextn_predict_layers") or 0)
-    recurrent = a("attention.recurrent_layers")
-    trunk = int(block_count) - nextn if isinstance(block_count, int) else None
-    if isinstance(recurrent, list) and trunk is not None:
+    """Summarize a GGUF file (reads only its header) and check its structure. Non-GGUF files get a
+    QwythosError; a GGUF llama.cpp would refuse gets its problems in `issues`."""
+    v = read_view(path)
+    arch = v.arch or str(v.kv.get(Keys.General.ARCHITECTURE, "?"))
+    nextn, trunk = v.n_nextn, v.n_trunk
+    recurrent = v.recurrent_layers
+    if recurrent is not None and trunk is not None:
         n_lin = sum(1 for r in recurrent[:trunk] if r)
         n_full = trunk - n_lin
-        interval = a("full_attention_interval")
+        interval = v.get_int(Keys.LLM.FULL_ATTENTION_INTERVAL)
         layout = f"{n_lin} linear-attention + {n_full} full-attention" + (
             f" (every {interval}th full)" if interval else ""
         )
     else:
         n_lin, n_full = 0, trunk or 0
         layout = f"{trunk} layers" if trunk is not None else "unknown"
-    nextn_blocks = {int(m.group(1)) for t in hdr.tensors if (m := NEXTN_RE.match(t.name))}
-    present = bool(nextn_blocks)
+    present = bool(v.nextn_blocks)
     if nextn and present:
-        note = f"MTP head present ({nextn} nextn layer(s), block {min(nextn_blocks)})"
+        note = f"MTP head present ({nextn} nextn layer(s), block {min(v.nextn_blocks)})"
     elif nextn and not present:
         note = "metadata declares an MTP layer but the file has no nextn tensors: llama.cpp will refuse it"
     elif present:
@@ -78,19 +75,19 @@ def inspect_gguf(path: str | Path) -> GGUFSummary:
         note = "no MTP head (`qwythos mtp restore` can add one)"
     by_type: dict[str, int] = {}
     count: dict[str, int] = {}
-    for t in hdr.tensors:
+    for t in v.tensors:
         n = _type_name(t.ggml_type)
         by_type[n] = by_type.get(n, 0) + t.nbytes
         count[n] = count.get(n, 0) + 1
-    ft = kv.get("general.file_type")
+    ft = v.file_type
     return GGUFSummary(
         path=Path(path),
-        file_size=hdr.file_size,
+        file_size=v.header.file_size,
         arch=arch,
-        name=str(kv.get("general.name", "")),
-        file_type=(file_type_name(ft) or str(ft)) if isinstance(ft, int) else "?",
-        context_length=a("context_length"),  # type: ignore[arg-type]
-        block_count=block_count,  # type: ignore[arg-type]
+        name=v.name or "",
+        file_type=(v.file_type_name or str(ft)) if ft is not None else "?",
+        context_length=v.context_length,
+        block_count=v.block_count,
         trunk_layers=trunk,
         linear_attention_layers=n_lin,
         full_attention_layers=n_full,
@@ -98,9 +95,10 @@ def inspect_gguf(path: str | Path) -> GGUFSummary:
         nextn_predict_layers=nextn,
         mtp_present=present and nextn > 0,
         mtp_note=note,
-        vocab_size=len(kv.get("tokenizer.ggml.tokens") or []),
-        chat_template="tokenizer.chat_template" in kv,
-        n_tensors=len(hdr.tensors),
+        vocab_size=len(v.tokens or []),
+        chat_template=Keys.Tokenizer.CHAT_TEMPLATE in v.kv,
+        n_tensors=len(v.tensors),
         tensors_by_type=count,
         bytes_by_type=by_type,
+        issues=[str(i) for i in check_model(v)],
     )

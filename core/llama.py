@@ -22,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from qwythos.core import interrupt
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import read_header
+from qwythos.core.header import read_view
 from qwythos.core.llama_log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
 from qwythos.core.probe import safe_model_kwargs
+from qwythos.core.qwen35 import ARCHS
+from qwythos.core.structure import check_model
 
 #: Architectures whose GGUFs this runtime drives (the MTP graph and rollback are arch-specific).
-SUPPORTED_ARCHS: tuple[str, ...] = ("qwen35",)
+SUPPORTED_ARCHS: tuple[str, ...] = ARCHS  # the one allow-list (core/qwen35.py)
 #: Largest draft length the runtime accepts (also the number of recurrent snapshots kept).
 MAX_DRAFT = 8
 
@@ -81,42 +84,35 @@ def read_model_info(path: str | Path) -> ModelInfo:
     """Parse and check a GGUF header; raise QwythosError naming the file when it is unusable."""
 
     path = Path(path)
-    hdr = read_header(path)
-    kv = hdr.kv
-    arch = str(kv.get("general.architecture", ""))
+    view = read_view(path)
+    arch = view.arch
     if arch not in SUPPORTED_ARCHS:
         raise QwythosError(
-            f"{path} is a GGUF of architecture {arch or 'unknown'!r}, not qwen35",
+            f"{path} is a GGUF of architecture {arch or 'unknown'!r}, not {' / '.join(SUPPORTED_ARCHS)}",
             "this runtime runs Qwen3.5-architecture (qwen35) GGUFs such as Qwythos-9B",
         )
-    block_count = int(kv.get(f"{arch}.block_count", 0))
-    n_nextn = int(kv.get(f"{arch}.nextn_predict_layers", 0) or 0)
-    n_layer = block_count - n_nextn
-    names = {t.name for t in hdr.tensors}
-    has_head = n_nextn > 0 and all(f"blk.{n_layer + i}.nextn.eh_proj.weight" in names for i in range(n_nextn))
-    if n_nextn > 0 and not has_head:
+    n_nextn, n_layer = view.n_nextn, view.n_trunk or 0
+    if n_nextn > 0 and not view.has_mtp:
         raise QwythosError(
             f"{path} declares {n_nextn} MTP (nextn) layer(s) but has no blk.{n_layer}.nextn.* tensors",
             "llama.cpp cannot load it: restore the head with `qwythos mtp restore`, or convert again "
             "with --no-mtp",
         )
-    tokens = kv.get("tokenizer.ggml.tokens")
-    n_vocab = len(tokens) if tokens is not None else int(kv.get(f"{arch}.vocab_size", 0))
-    if not n_vocab or "token_embd.weight" not in names:
+    if not view.vocab_size or "token_embd.weight" not in view.by_name:
         raise QwythosError(f"{path} has no vocabulary or token embedding", "convert the model again")
     return ModelInfo(
         path=path,
         arch=arch,
         n_layer=n_layer,
         n_nextn=n_nextn,
-        has_mtp_tensors=has_head,
-        n_embd=int(kv.get(f"{arch}.embedding_length", 0)),
-        n_vocab=n_vocab,
-        context_length=int(kv.get(f"{arch}.context_length", 0)),
-        chat_template=kv.get("tokenizer.chat_template"),
-        name=str(kv.get("general.name", path.stem)),
-        file_type=kv.get("general.file_type"),
-        kv={k: v for k, v in kv.items() if not k.startswith("tokenizer.ggml.")},
+        has_mtp_tensors=view.has_mtp,
+        n_embd=view.embedding_length or 0,
+        n_vocab=view.vocab_size,
+        context_length=view.context_length or 0,
+        chat_template=view.chat_template,
+        name=view.name or path.stem,
+        file_type=view.file_type,
+        kv={k: v for k, v in view.kv.items() if not k.startswith("tokenizer.ggml.")},
     )
 
 
@@ -199,12 +195,18 @@ class Context:
         self.n_embd = model.n_embd
         self.batch = Batch(n_batch, model.n_embd if kind == "mtp" else 0)
         self.n_past = 0  # positions held in this context's memory
+        self.n_last = 0  # rows in the last llama_decode call
         self._closed = False
+        interrupt.attach(handle)  # Ctrl-C / SIGTERM stop llama.cpp at its next graph node
 
     def decode(self, tokens, pos0: int, *, outputs: str = "last", hidden: np.ndarray | None = None) -> None:
         """Decode tokens at positions pos0.. (all in one llama_decode call)."""
         n = self.batch.set(tokens, pos0, outputs=outputs, hidden=hidden)
+        interrupt.clear()
         rc = _llama().llama_decode(self.handle, self.batch.struct)
+        if rc == 2 and interrupt.requested():  # aborted by Ctrl-C / SIGTERM (core/interrupt.py)
+            interrupt.clear()
+            raise KeyboardInterrupt
         if rc != 0:
             if rc == 1:
                 raise QwythosError(
@@ -213,6 +215,7 @@ class Context:
                 )
             raise QwythosError(f"{self.model.path}: llama_decode failed with code {rc}", None)
         self.n_past = pos0 + n
+        self.n_last = n
 
     def decode_rows(self, tokens, pos0: int, hidden: np.ndarray) -> None:
         """Decode (token, hidden-state) rows from pos0 in batches of n_batch (the MTP context's input);
@@ -233,6 +236,37 @@ class Context:
         if not ptr:
             raise QwythosError(f"{self.model.path}: llama.cpp returned no hidden states", None)
         return np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_embd))
+
+    def last_hidden(self) -> np.ndarray:
+        """The hidden state of the last row of the last decode (a copy).
+
+        Both context kinds output hidden states unmasked (one row per input token, whatever the
+        logits flags say): in masked mode llama.cpp's qwen35 MTP graph hands back the *first* row
+        of a batch, not the output row, so a multi-row decode's last hidden state would be wrong.
+        """
+        return self.hidden(self.n_last)[self.n_last - 1].copy()
+
+    # -- state checkpoints (chat sessions) ----------------------------------------------------
+    def save_state(self, *, partial: bool = True) -> bytes:
+        """Sequence 0's state; partial=True: only the recurrent (non-KV) part, like llama-server's
+        checkpoints (the KV cache is truncated with `truncate` instead of restored)."""
+        lc = _llama()
+        flags = lc.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else 0
+        size = int(lc.llama_state_seq_get_size_ext(self.handle, 0, flags))
+        buf = (ctypes.c_uint8 * size)()
+        got = int(lc.llama_state_seq_get_data_ext(self.handle, buf, size, 0, flags))
+        if got != size:
+            raise QwythosError(f"{self.model.path}: saving the context state failed", None)
+        return bytes(buf)
+
+    def load_state(self, data: bytes, n_past: int, *, partial: bool = True) -> None:
+        """Restore what `save_state` returned when the context held n_past positions."""
+        lc = _llama()
+        flags = lc.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else 0
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if int(lc.llama_state_seq_set_data_ext(self.handle, buf, len(data), 0, flags)) != len(data):
+            raise QwythosError(f"{self.model.path}: restoring the context state failed", None)
+        self.n_past = n_past
 
     def truncate(self, n_keep: int) -> bool:
         """Drop every position >= n_keep (KV cache and, with snapshots, recurrent state)."""
@@ -363,7 +397,7 @@ class Model:
         handle = lc.llama_init_from_model(owner.handle, cp)
         if not handle:
             raise QwythosError(f"{owner.path}: llama.cpp could not create the MTP draft context", None)
-        _ext().llama_set_embeddings_nextn(handle, True, True)
+        _ext().llama_set_embeddings_nextn(handle, True, False)  # unmasked: see Context.last_hidden
         ctx = Context(owner, handle, n_ctx, n_batch, "mtp")
         owner._contexts.append(ctx)
         return ctx
@@ -395,8 +429,10 @@ def _load_handle(info: ModelInfo, *, load_mtp: bool, n_gpu_layers: int):
     mp.n_gpu_layers = n_gpu_layers
     mp.load_mtp = load_mtp
     handle = lc.llama_model_load_from_file(str(info.path).encode(), mp)
-    if not handle:
-        raise QwythosError(f"llama.cpp failed to load {info.path}", "check the file with `qwythos inspect`")
+    if not handle:  # name the reason when the structural check finds one (core/structure.py)
+        issues = check_model(info.path)
+        reason = f": {issues[0]}" + (f" (and {len(issues) - 1} more)" if len(issues) > 1 else "") if issues else ""
+        raise QwythosError(f"llama.cpp failed to load {info.path}{reason}", "check the file with `qwythos inspect`")
     return handle
 
 

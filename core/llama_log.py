@@ -30,7 +30,12 @@ _DROP_LOG = None  # the ctypes callback must outlive every call into llama.cpp
 def _drop_log():
     global _DROP_LOG
     if _DROP_LOG is None:
-        _DROP_LOG = _llama().llama_log_callback(lambda level, text, user_data: None)
+        # native (libc getpid ignores its arguments): a Ctrl-C can never land in a Python log callback
+        # during a model load and be lost as "Exception ignored" (core/interrupt.py)
+        import ctypes
+
+        getpid = ctypes.cast(ctypes.CDLL(None).getpid, ctypes.c_void_p).value
+        _DROP_LOG = ctypes.cast(getpid, _llama().llama_log_callback)
     return _DROP_LOG
 
 

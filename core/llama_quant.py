@@ -10,15 +10,19 @@ per-tensor lines drive progress and, in a dry run, tell which type each tensor w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import re
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from qwythos.core import interrupt
 from qwythos.core.errors import QwythosError
 from qwythos.core.ftypes import FType, GGMLType, ggml_types
 from qwythos.core.llama_log import llama_log_to
@@ -258,8 +262,48 @@ def llama_quantize(
     pure: bool = False,
     dry_run: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    in_process: bool | None = None,
 ) -> QuantizeCall:
-    """One llama_model_quantize call. Returns ok/error and the per-tensor choices; never prints."""
+    """One llama_model_quantize call. Returns ok/error and the per-tensor choices; never prints.
+
+    A real quantization runs in a child process (`in_process=None`): llama_model_quantize has no
+    abort hook, so Ctrl-C / SIGTERM kill the child within a second and the caller removes its
+    temporary output. A dry run (no weights read) runs here with the signals held back.
+    """
+    kw = dict(
+        src=str(src),
+        dst=None if dst is None else str(dst),
+        ftype=ftype,
+        nthread=nthread,
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+        overrides=overrides,
+        imatrix=imatrix,
+        allow_requantize=allow_requantize,
+        pure=pure,
+        dry_run=dry_run,
+    )
+    if in_process or (in_process is None and dry_run):
+        return _quantize_here(progress=progress, **kw)
+    return _quantize_in_child(kw, progress)
+
+
+def _quantize_here(
+    src: str,
+    dst: str | None,
+    ftype: FType,
+    *,
+    nthread: int,
+    output_tensor_type: GGMLType | None,
+    token_embedding_type: GGMLType | None,
+    overrides: list[tuple[str, GGMLType]] | None,
+    imatrix: Imatrix | None,
+    allow_requantize: bool,
+    pure: bool,
+    dry_run: bool,
+    progress: Callable[[int, int, str], None] | None,
+    defer_signals: bool = True,
+) -> QuantizeCall:
     import llama_cpp
 
     buf = _Buffers()
@@ -291,7 +335,7 @@ def llama_quantize(
 
     @llama_cpp.llama_log_callback
     def _collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        # an exception (Ctrl-C lands here too) cannot cross the C frames: keep it, raise it after
+        # an exception cannot cross the C frames: keep it, raise it after (signals are deferred)
         try:
             s = text.decode("utf-8", "replace")
             chunks.append(s)
@@ -304,7 +348,8 @@ def llama_quantize(
 
     out_path = b"" if dst is None else str(dst).encode()
 
-    with llama_log_to(_collect):
+    held = interrupt.deferred() if defer_signals else contextlib.nullcontext()
+    with held, llama_log_to(_collect):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), out_path, ctypes.byref(p))
     if raised:
         raise raised[0]
@@ -314,6 +359,86 @@ def llama_quantize(
         m = ERROR_LINE.search(log)
         error = m.group(1).strip() if m else f"llama_model_quantize returned {rc}"
     return QuantizeCall(ok=rc == 0, tensors=parse_tensor_lines(log), error=error, log=log)
+
+
+# ---------------------------------------------------------------- the child process
+
+
+def _quantize_in_child(kw: dict, progress: Callable[[int, int, str], None] | None) -> QuantizeCall:
+    """Run `_quantize_here` in `python -m qwythos.core.llama_quant`; progress lines come back on its
+    stdout, the result as one JSON line. Any exception here (Ctrl-C included) kills the child."""
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "qwythos.core.llama_quant"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+        result: dict | None = None
+        try:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write(pickle.dumps(kw))
+            child.stdin.close()
+            for raw in child.stdout:
+                line = raw.decode("utf-8", "replace")
+                if line.startswith("P ") and progress is not None:
+                    i, n, name = line[2:].rstrip("\n").split(" ", 2)
+                    progress(int(i), int(n), name)
+                elif line.startswith("R "):
+                    result = json.loads(line[2:])
+            rc = child.wait()
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        if result is None:
+            err.seek(0)
+            tail = err.read()[-2000:].decode("utf-8", "replace").strip()
+            how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+            raise QwythosError(
+                f"llama.cpp's quantizer {how} while writing {kw['dst']}"
+                + (f": {tail.splitlines()[-1]}" if tail else ""),
+                "killed by signal 9 usually means out of memory: close other programs or lower --threads"
+                if rc == -9
+                else "run again; if it persists, check the output folder's disk and report it",
+            )
+    return QuantizeCall(
+        ok=result["ok"], tensors=parse_tensor_lines(result["log"]), error=result["error"], log=result["log"]
+    )
+
+
+def _child_main() -> None:
+    """The child's side: read the call from stdin, run it, report on stdout."""
+    import os
+    import pickle
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us on Ctrl-C
+    with contextlib.suppress(Exception):  # die with the parent, even when it is SIGKILLed
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            sys.exit(1)
+    kw = pickle.loads(sys.stdin.buffer.read())
+    out = open(sys.stdout.fileno(), "w", buffering=1 << 16, closefd=False)  # flushed when we say
+
+    last = [0.0]
+
+    def progress(i: int, n: int, name: str) -> None:  # a few lines a second are enough for a bar
+        out.write(f"P {i} {n} {name}\n")
+        now = time.monotonic()
+        if now - last[0] > 0.25 or i == n:
+            out.flush()
+            last[0] = now
+
+    call = _quantize_here(progress=progress, defer_signals=False, **kw)
+    out.write("R " + json.dumps({"ok": call.ok, "error": call.error, "log": call.log}) + "\n")
+    out.flush()
 
 
 # ---------------------------------------------------------------- header size of an output
@@ -346,3 +471,7 @@ def output_meta_size(src: str | Path, ftype_id: int) -> int:
         return int(lib.gguf_get_meta_size(ctx))
     finally:
         lib.gguf_free(ctx)
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -18,17 +18,27 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFValueType, Keys
+from gguf.quants import quantize as gguf_quantize
 
 from qwythos.core.checkpoint import ST_DTYPES, Checkpoint, TensorInfo, to_f32
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf_file import KV, RawSource, TensorPlan, type_nbytes
 from qwythos.core.vocab import PRE_TOKENIZER, load_vocab
 
+if TYPE_CHECKING:
+    from qwythos.core.header import GGUFView
+
 ARCH = "qwen35"
+#: The one allow-list of GGUF architectures qwythos reads, runs and exports (a second arch,
+#: qwen35moe, would come with its own table).
+ARCHS: tuple[str, ...] = (ARCH,)
+#: `{arch}.attention.recurrent_layers` (llama.cpp's LLM_KV_ATTENTION_RECURRENT_LAYERS; PyPI's gguf
+#: 0.19 `Keys` has no symbol for it yet). Every other key is a `gguf.Keys` symbol.
+RECURRENT_LAYERS = "{arch}.attention.recurrent_layers"
 HF_ARCHITECTURES = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
 
 # outtype -> (GGML type of the big matrices, general.file_type)
@@ -52,18 +62,24 @@ SKIP_SUBSTRINGS = ("visual.", "vision.", "vision_", "merger.", "patch_embed", "r
 
 @dataclass(frozen=True)
 class Rule:
-    """One HF tensor kind: its GGUF name (without `blk.N.`), transforms, and expected HF shape."""
+    """One tensor kind: its GGUF name (without `blk.N.`), transforms, and expected HF shape.
+
+    `shape` reads only size attributes (n_embd, n_vocab, n_head, ...), so it takes a TextConfig or
+    any object with those names (core/structure.py's HeadDims). `required`: llama.cpp's qwen35
+    loader refuses a file without it (TENSOR_NOT_REQUIRED in src/models/qwen35.cpp otherwise).
+    """
 
     gguf: str
     transforms: tuple[str, ...]
-    shape: Callable[[TextConfig], tuple[int, ...]]
+    shape: Callable[[Any], tuple[int, ...]]
     force_f32: bool = False
+    required: bool = True
 
 
 GLOBAL_RULES: dict[str, Rule] = {
     "model.embed_tokens.weight": Rule("token_embd.weight", (), lambda c: (c.n_vocab, c.n_embd)),
     "model.norm.weight": Rule("output_norm.weight", ("plus1",), lambda c: (c.n_embd,)),
-    "lm_head.weight": Rule("output.weight", (), lambda c: (c.n_vocab, c.n_embd)),
+    "lm_head.weight": Rule("output.weight", (), lambda c: (c.n_vocab, c.n_embd), required=False),
 }
 LAYER_RULES: dict[str, Rule] = {
     "input_layernorm.weight": Rule("attn_norm.weight", ("plus1",), lambda c: (c.n_embd,)),
@@ -98,12 +114,87 @@ MTP_RULES: dict[str, Rule] = {
     "mtp.fc.weight": Rule("nextn.eh_proj.weight", (), lambda c: (c.n_embd, 2 * c.n_embd)),
     "mtp.pre_fc_norm_embedding.weight": Rule("nextn.enorm.weight", ("plus1",), lambda c: (c.n_embd,)),
     "mtp.pre_fc_norm_hidden.weight": Rule("nextn.hnorm.weight", ("plus1",), lambda c: (c.n_embd,)),
-    "mtp.norm.weight": Rule("nextn.shared_head_norm.weight", ("plus1",), lambda c: (c.n_embd,)),
+    "mtp.norm.weight": Rule(
+        "nextn.shared_head_norm.weight", ("plus1",), lambda c: (c.n_embd,), required=False
+    ),
+}
+# nextn tensors llama.cpp's loader accepts that no Qwen3.5 checkpoint carries (a head's own
+# embedding and output matrix; without them the trunk's are used)
+NEXTN_GGUF_ONLY: dict[str, Rule] = {
+    "nextn.embed_tokens.weight": Rule(
+        "nextn.embed_tokens.weight", (), lambda c: (c.n_vocab, c.n_embd), required=False
+    ),
+    "nextn.shared_head_head.weight": Rule(
+        "nextn.shared_head_head.weight", (), lambda c: (c.n_vocab, c.n_embd), required=False
+    ),
 }
 LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 MTP_LAYER_RE = re.compile(r"^mtp\.layers\.(\d+)\.(.+)$")
 PERMUTATIONS = ("v_qkv", "v_rows", "v_rows1", "v_conv", "v_cols", "squeeze")
 ARITHMETIC = ("plus1", "neg_exp")
+
+# ---------------------------------------------------------------- the GGUF side of the table
+# Block kinds: the trunk's two (config.json's layer_types) and the MTP block (a full-attention
+# block plus the nextn tensors). Every GGUF tensor-name list is derived from the rules above.
+BLOCK_KINDS = ("linear_attention", "full_attention", "nextn")
+_ATTENTION_PREFIX = {
+    "linear_attention": "linear_attn.",
+    "full_attention": "self_attn.",
+    "nextn": "self_attn.",
+}
+
+
+def hf_layer_keys(kind: str) -> list[str]:
+    """Layer-relative HF names (`model.layers.N.<key>`, `mtp.layers.K.<key>`) of one block kind."""
+    own = _ATTENTION_PREFIX[kind]
+    return [k for k in LAYER_RULES if k.startswith(own) or not k.startswith(("linear_attn.", "self_attn."))]
+
+
+def block_rules(kind: str) -> dict[str, Rule]:
+    """Block-relative GGUF name (`attn_q.weight`, `nextn.eh_proj.weight`) -> rule, for one block kind."""
+    rules = {LAYER_RULES[k].gguf: LAYER_RULES[k] for k in hf_layer_keys(kind)}
+    if kind == "nextn":
+        rules |= {r.gguf: r for r in MTP_RULES.values()} | NEXTN_GGUF_ONLY
+    return rules
+
+
+def gguf_shape(rule: Rule, dims: Any) -> tuple[int, ...]:
+    """The tensor's numpy-order shape in the GGUF (the HF shape, squeezed where the rule says)."""
+    shape = tuple(int(d) for d in rule.shape(dims))
+    return tuple(d for d in shape if d != 1) if "squeeze" in rule.transforms else shape
+
+
+def stays_f32(gguf_name: str, rule: Rule, shape: tuple[int, ...]) -> bool:
+    """The converter writes this tensor as F32 whatever the outtype (norms, biases, 1-D, conv)."""
+    return (
+        rule.force_f32
+        or len(shape) <= 1
+        or gguf_name.endswith("_norm.weight")
+        or not gguf_name.endswith(".weight")
+    )
+
+
+def gguf_table(cfg: Any, n_nextn: int) -> dict[str, Rule]:
+    """Every tensor a qwen35 GGUF of `cfg` with `n_nextn` MTP blocks may hold: full name -> rule.
+
+    `cfg` needs `layer_types`, `n_layer`, `tie_embeddings` and the sizes. The globals come first,
+    then each block (the order of the names is not llama.cpp's tensor order).
+    """
+    table = {r.gguf: r for k, r in GLOBAL_RULES.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    for i, kind in enumerate(cfg.layer_types):
+        table |= {f"blk.{i}.{n}": r for n, r in block_rules(kind).items()}
+    for k in range(n_nextn):
+        table |= {f"blk.{cfg.n_layer + k}.{n}": r for n, r in block_rules("nextn").items()}
+    return table
+
+
+def required_tensors(cfg: TextConfig, n_nextn: int) -> set[str]:
+    """The GGUF tensors a converted `cfg` must have (an untied checkpoint needs its output.weight)."""
+    return {
+        n
+        for n, r in gguf_table(cfg, n_nextn).items()
+        if r.required or (n == "output.weight" and not cfg.tie_embeddings)
+    }
 
 
 @dataclass
@@ -213,6 +304,51 @@ def _rope_params(hp: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
+def config_from_gguf(view: GGUFView) -> TextConfig:
+    """The hyper-parameters a qwen35 GGUF's metadata records (the inverse of `hparams_kv`), for
+    checking its tensors' shapes and estimating memory. QwythosError names a missing key."""
+
+    def need(template: str) -> int:
+        v = view.get_int(template)
+        if v is None:
+            raise QwythosError(
+                f"{view.path} lacks {view.key(template)}, which every {ARCH} GGUF has",
+                "convert the model again with `qwythos convert`",
+            )
+        return v
+
+    n_nextn = view.n_nextn
+    n_layer = need(Keys.LLM.BLOCK_COUNT) - n_nextn
+    n_embd, n_head = need(Keys.LLM.EMBEDDING_LENGTH), need(Keys.Attention.HEAD_COUNT)
+    interval = view.get_int(Keys.LLM.FULL_ATTENTION_INTERVAL) or 4
+    rec = view.recurrent_layers or []
+    rec = rec[:n_layer] + [(i + 1) % interval != 0 for i in range(len(rec), n_layer)]
+    v_heads = need(Keys.SSM.TIME_STEP_RANK)
+    emb = view.by_name.get("token_embd.weight")
+    eps = view.get(Keys.Attention.LAYERNORM_RMS_EPS)
+    return TextConfig(
+        hf_arch="gguf",
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_ff=need(Keys.LLM.FEED_FORWARD_LENGTH),
+        n_head=n_head,
+        n_head_kv=need(Keys.Attention.HEAD_COUNT_KV),
+        head_dim=view.get_int(Keys.Attention.KEY_LENGTH) or n_embd // max(n_head, 1),
+        n_ctx=view.context_length or 0,
+        n_vocab=view.vocab_size or (int(emb.shape[0]) if emb is not None else 0),
+        rms_eps=float(eps) if isinstance(eps, float) else 0.0,
+        lin_k_heads=need(Keys.SSM.GROUP_COUNT),
+        lin_v_heads=v_heads,
+        lin_k_dim=need(Keys.SSM.STATE_SIZE),
+        lin_v_dim=need(Keys.SSM.INNER_SIZE) // max(v_heads, 1),
+        conv_kernel=need(Keys.SSM.CONV_KERNEL),
+        layer_types=["linear_attention" if r else "full_attention" for r in rec],
+        full_attention_interval=interval,
+        mtp_layers=n_nextn,
+        tie_embeddings="output.weight" not in view.by_name,
+    )
+
+
 # ---------------------------------------------------------------- metadata
 
 
@@ -224,69 +360,74 @@ def _f32(key: str, v: float) -> KV:
     return KV(key, GGUFValueType.FLOAT32, float(v))
 
 
+def _k(template: str) -> str:
+    """A gguf.Keys template for this arch: `Keys.LLM.BLOCK_COUNT` -> "qwen35.block_count"."""
+    return template.format(arch=ARCH)
+
+
 def hparams_kv(cfg: TextConfig, *, n_nextn: int, outtype: str = "bf16") -> list[KV]:
     """The arch keys, in llama.cpp's converter order."""
-    a = ARCH
+    L, A, R, S = Keys.LLM, Keys.Attention, Keys.Rope, Keys.SSM
     out = [
-        _u32(f"{a}.block_count", cfg.n_layer + n_nextn),
-        _u32(f"{a}.context_length", cfg.n_ctx),
-        _u32(f"{a}.embedding_length", cfg.n_embd),
-        _u32(f"{a}.feed_forward_length", cfg.n_ff),
-        _u32(f"{a}.attention.head_count", cfg.n_head),
-        _u32(f"{a}.attention.head_count_kv", cfg.n_head_kv),
+        _u32(_k(L.BLOCK_COUNT), cfg.n_layer + n_nextn),
+        _u32(_k(L.CONTEXT_LENGTH), cfg.n_ctx),
+        _u32(_k(L.EMBEDDING_LENGTH), cfg.n_embd),
+        _u32(_k(L.FEED_FORWARD_LENGTH), cfg.n_ff),
+        _u32(_k(A.HEAD_COUNT), cfg.n_head),
+        _u32(_k(A.HEAD_COUNT_KV), cfg.n_head_kv),
     ]
     rope = cfg.rope.get("full_attention", cfg.rope)
     rtype, factor = rope.get("rope_type"), rope.get("factor")
     if rtype == "linear" and factor is not None:
         out += [
-            KV(f"{a}.rope.scaling.type", GGUFValueType.STRING, "linear"),
-            _f32(f"{a}.rope.scaling.factor", factor),
+            KV(_k(R.SCALING_TYPE), GGUFValueType.STRING, "linear"),
+            _f32(_k(R.SCALING_FACTOR), factor),
         ]
     elif rtype == "yarn" and factor is not None:
         out += [
-            KV(f"{a}.rope.scaling.type", GGUFValueType.STRING, "yarn"),
-            _f32(f"{a}.rope.scaling.factor", factor),
-            _u32(f"{a}.rope.scaling.original_context_length", rope["original_max_position_embeddings"]),
+            KV(_k(R.SCALING_TYPE), GGUFValueType.STRING, "yarn"),
+            _f32(_k(R.SCALING_FACTOR), factor),
+            _u32(_k(R.SCALING_ORIG_CTX_LEN), rope["original_max_position_embeddings"]),
         ]
         yarn = (
-            ("extrapolation_factor", "yarn_ext_factor"),
-            ("attention_factor", "yarn_attn_factor"),
-            ("beta_fast", "yarn_beta_fast"),
-            ("beta_slow", "yarn_beta_slow"),
+            ("extrapolation_factor", R.SCALING_YARN_EXT_FACTOR),
+            ("attention_factor", R.SCALING_YARN_ATTN_FACTOR),
+            ("beta_fast", R.SCALING_YARN_BETA_FAST),
+            ("beta_slow", R.SCALING_YARN_BETA_SLOW),
         )
         for src, dst in yarn:
             v = rope.get(src, rope.get("attn_factor") if src == "attention_factor" else None)
             if v is not None:
-                out.append(_f32(f"{a}.rope.scaling.{dst}", v))
+                out.append(_f32(_k(dst), v))
     elif rtype in ("su", "longrope"):
-        out.append(KV(f"{a}.rope.scaling.type", GGUFValueType.STRING, "longrope"))
+        out.append(KV(_k(R.SCALING_TYPE), GGUFValueType.STRING, "longrope"))
     if "mrope_section" in cfg.rope:
         sections = (list(cfg.rope["mrope_section"]) + [0, 0, 0, 0])[:4]
-        out.append(KV(f"{a}.rope.dimension_sections", GGUFValueType.ARRAY, sections, GGUFValueType.INT32))
+        out.append(KV(_k(R.DIMENSION_SECTIONS), GGUFValueType.ARRAY, sections, GGUFValueType.INT32))
     if rope.get("rope_theta") is not None:
-        out.append(_f32(f"{a}.rope.freq_base", rope["rope_theta"]))
+        out.append(_f32(_k(R.FREQ_BASE), rope["rope_theta"]))
     out += [
-        _f32(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_eps),
-        _u32(f"{a}.attention.key_length", cfg.head_dim),
-        _u32(f"{a}.attention.value_length", cfg.head_dim),
-        _u32("general.file_type", OUTTYPES[outtype][1]),
+        _f32(_k(A.LAYERNORM_RMS_EPS), cfg.rms_eps),
+        _u32(_k(A.KEY_LENGTH), cfg.head_dim),
+        _u32(_k(A.VALUE_LENGTH), cfg.head_dim),
+        _u32(Keys.General.FILE_TYPE, OUTTYPES[outtype][1]),
     ]
     if n_nextn > 0:
-        out.append(_u32(f"{a}.nextn_predict_layers", n_nextn))
+        out.append(_u32(_k(L.NEXTN_PREDICT_LAYERS), n_nextn))
     recurrent = [t == "linear_attention" for t in cfg.layer_types] + [False] * n_nextn
     out += [
-        _u32(f"{a}.ssm.conv_kernel", cfg.conv_kernel),
-        _u32(f"{a}.ssm.state_size", cfg.lin_k_dim),
-        _u32(f"{a}.ssm.group_count", cfg.lin_k_heads),
-        _u32(f"{a}.ssm.time_step_rank", cfg.lin_v_heads),
-        _u32(f"{a}.ssm.inner_size", cfg.ssm_inner),
-        KV(f"{a}.attention.recurrent_layers", GGUFValueType.ARRAY, recurrent, GGUFValueType.BOOL),
-        _u32(f"{a}.full_attention_interval", cfg.full_attention_interval),
-        _u32(f"{a}.rope.dimension_count", int(cfg.head_dim * cfg.rope.get("partial_rotary_factor", 0.25))),
+        _u32(_k(S.CONV_KERNEL), cfg.conv_kernel),
+        _u32(_k(S.STATE_SIZE), cfg.lin_k_dim),
+        _u32(_k(S.GROUP_COUNT), cfg.lin_k_heads),
+        _u32(_k(S.TIME_STEP_RANK), cfg.lin_v_heads),
+        _u32(_k(S.INNER_SIZE), cfg.ssm_inner),
+        KV(_k(RECURRENT_LAYERS), GGUFValueType.ARRAY, recurrent, GGUFValueType.BOOL),
+        _u32(_k(L.FULL_ATTENTION_INTERVAL), cfg.full_attention_interval),
+        _u32(_k(R.DIMENSION_COUNT), int(cfg.head_dim * cfg.rope.get("partial_rotary_factor", 0.25))),
     ]
     if "mrope_section" not in cfg.rope:
         out.append(
-            KV(f"{a}.rope.dimension_sections", GGUFValueType.ARRAY, QWEN35_DEFAULT_MROPE, GGUFValueType.INT32)
+            KV(_k(R.DIMENSION_SECTIONS), GGUFValueType.ARRAY, QWEN35_DEFAULT_MROPE, GGUFValueType.INT32)
         )
     return out
 
@@ -296,11 +437,11 @@ def metadata(
 ) -> list[KV]:
     """All GGUF metadata: general.*, hyper-parameters, tokenizer."""
     general = [
-        KV("general.architecture", GGUFValueType.STRING, ARCH),
-        KV("general.type", GGUFValueType.STRING, "model"),
-        KV("general.name", GGUFValueType.STRING, name or ckpt.hub_id or ckpt.path.name),
+        KV(Keys.General.ARCHITECTURE, GGUFValueType.STRING, ARCH),
+        KV(Keys.General.TYPE, GGUFValueType.STRING, "model"),
+        KV(Keys.General.NAME, GGUFValueType.STRING, name or ckpt.hub_id or ckpt.path.name),
     ]
-    tail = [_u32("general.quantization_version", 2)]
+    tail = [_u32(Keys.General.QUANTIZATION_VERSION, 2)]
     vocab = load_vocab(ckpt.path, ckpt.config)
     return general + hparams_kv(cfg, n_nextn=n_nextn, outtype=outtype) + tail + vocab.kv(PRE_TOKENIZER[ARCH])
 
@@ -342,14 +483,6 @@ def _apply_arithmetic(kind: str, x: np.ndarray) -> np.ndarray:
     raise ValueError(kind)
 
 
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits (uint16) exactly as ggml/gguf-py: NaN forced quiet, round to nearest even."""
-    n = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    n = np.where((n & 0x7FFFFFFF) > 0x7F800000, (n & np.uint32(0xFFFF0000)) | np.uint32(64 << 16), n)
-    n = (n.astype(np.uint64) + (0x7FFF + ((n >> 16) & 1))) >> 16
-    return n.astype(np.uint16)
-
-
 def cast(raw: np.ndarray, st_dtype: str, out: GGMLQuantizationType) -> np.ndarray:
     """A raw safetensors array (BF16 as uint16) in the output type's on-disk form."""
     if (st_dtype, out) in SAME_BYTES:
@@ -359,8 +492,8 @@ def cast(raw: np.ndarray, st_dtype: str, out: GGMLQuantizationType) -> np.ndarra
         return x
     if out == GGMLQuantizationType.F16:
         return x.astype(np.float16)
-    if out == GGMLQuantizationType.BF16:
-        return f32_to_bf16(x)
+    if out == GGMLQuantizationType.BF16:  # gguf-py's (= ggml's) rounding: NaN quiet, nearest even
+        return gguf_quantize(np.ascontiguousarray(x, dtype=np.float32), out)
     raise ValueError(out)
 
 
@@ -429,6 +562,40 @@ def mtp_layer_count(ckpt: Checkpoint) -> int:
     return max(idx) + 1 if idx else 0
 
 
+def check_layers(ckpt: Checkpoint, cfg: TextConfig) -> None:
+    """The weights hold exactly the trunk layers config.json declares: none missing, none extra.
+
+    With fewer layers declared than held, trunk block N and the MTP block would share names.
+    """
+    held = {
+        int(m.group(1)) for n in ckpt.tensor_names() if (t := hf_text_name(n)) and (m := LAYER_RE.match(t))
+    }
+    where = ckpt.path / "config.json"
+    extra = sorted(i for i in held if i >= cfg.n_layer)
+    if extra:
+        raise QwythosError(
+            f"{where} declares {cfg.n_layer} layers (num_hidden_layers) but the weights hold "
+            f"{len(extra)} more: layer(s) {_span(extra)} (model.layers.{extra[0]}.*)",
+            f"use the config.json that came with these weights (num_hidden_layers {max(held) + 1}, "
+            "layer_types to match)",
+        )
+    missing = sorted(set(range(cfg.n_layer)) - held)
+    if missing:
+        raise QwythosError(
+            f"{where} declares {cfg.n_layer} layers (num_hidden_layers) but the weights lack "
+            f"layer(s) {_span(missing)} (no model.layers.{missing[0]}.* tensors)",
+            "download all the checkpoint's safetensors shards, or use the config.json that came with them",
+        )
+
+
+def _span(idx: list[int]) -> str:
+    return (
+        f"{idx[0]}-{idx[-1]}"
+        if len(idx) > 2 and idx[-1] - idx[0] == len(idx) - 1
+        else ", ".join(map(str, idx))
+    )
+
+
 def plan_tensors(
     ckpt: Checkpoint,
     cfg: TextConfig,
@@ -445,7 +612,10 @@ def plan_tensors(
     if outtype not in OUTTYPES:
         raise QwythosError(f"unknown outtype {outtype}", "use bf16, f16 or f32")
     big_type = OUTTYPES[outtype][0]
+    if not mtp_only:
+        check_layers(ckpt, cfg)
     plans: list[TensorPlan] = []
+    sources: dict[str, str] = {}  # GGUF name -> HF name: two tensors must never share a name
     for hf_name in ckpt.tensor_names():
         name = hf_text_name(hf_name)
         if name is None:
@@ -461,6 +631,12 @@ def plan_tensors(
                 "check that this is an unmodified Qwen3.5 checkpoint",
             )
         gname, rule = found
+        if gname in sources:
+            raise QwythosError(
+                f"{info.file}: tensors {sources[gname]} and {hf_name} would both be {gname} in the GGUF",
+                "the checkpoint holds one weight twice under two names; use the original files",
+            )
+        sources[gname] = hf_name
         expected = tuple(int(d) for d in rule.shape(cfg))
         if info.shape != expected:
             raise QwythosError(
@@ -472,13 +648,7 @@ def plan_tensors(
                 f"{info.file}: tensor {hf_name} is {info.dtype}", "use a BF16, F16 or F32 checkpoint"
             )
         out_shape = tuple(d for d in info.shape if d != 1) if "squeeze" in rule.transforms else info.shape
-        f32 = (
-            rule.force_f32
-            or len(out_shape) <= 1
-            or gname.endswith("_norm.weight")
-            or not gname.endswith(".weight")
-        )
-        gtype = GGMLQuantizationType.F32 if f32 else big_type
+        gtype = GGMLQuantizationType.F32 if stays_f32(gname, rule, out_shape) else big_type
         nbytes = type_nbytes(gtype, out_shape)
         plan = TensorPlan(
             name=gname,
@@ -496,3 +666,65 @@ def plan_tensors(
                 plan.chunks = partial(_chunks, info, gtype)
         plans.append(plan)
     return plans
+
+
+# ---------------------------------------------------------------- GGUF -> HF (the inverse table)
+# Used to write a head read from a GGUF back into a Hugging Face checkpoint. Each forward
+# transform above has its inverse here; `hf_value(plan_value)` == the HF tensor for every rule.
+
+
+def mtp_hf_name(rel: str) -> tuple[str, Rule] | None:
+    """Block-relative GGUF name of the MTP block ('nextn.eh_proj.weight', 'attn_q.weight', ...)
+    -> (HF name 'mtp.fc.weight' / 'mtp.layers.0.self_attn.q_proj.weight', rule); None if unknown."""
+    for hf, rule in MTP_RULES.items():
+        if rule.gguf == rel:
+            return hf, rule
+    for hf, rule in LAYER_RULES.items():
+        if rule.gguf == rel:
+            return f"mtp.layers.0.{hf}", rule
+    return None
+
+
+def _unapply_arithmetic(kind: str, x: np.ndarray) -> np.ndarray:
+    """Inverse of `_apply_arithmetic`, computed in float64 (y - 1 is exact for a float32 y)."""
+    y = np.asarray(x, dtype=np.float64)
+    if kind == "plus1":
+        return y - 1.0
+    if kind == "neg_exp":
+        return np.log(-y)
+    raise ValueError(kind)
+
+
+def _unapply_permutation(kind: str, a: np.ndarray, cfg: TextConfig, hf_shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of `_apply_permutation`: tiled V-head order back to grouped-by-K order."""
+    if kind == "squeeze":
+        return a.reshape(hf_shape)
+    n_k, n_v = cfg.lin_k_heads, cfg.lin_v_heads
+    if n_k == n_v:
+        return a
+    # forward groups (n_k, n_vpk) and swaps them; swapping (n_vpk, n_k) back undoes it
+    r = partial(_reorder_v, n_k=n_v // n_k, n_vpk=n_k)
+    if kind == "v_rows":
+        return r(a, 0, hd=cfg.lin_v_dim)
+    if kind == "v_rows1":
+        return r(a, 0, hd=1)
+    if kind == "v_cols":
+        return r(a, 1, hd=cfg.lin_v_dim)
+    if kind in ("v_qkv", "v_conv"):
+        qk = 2 * n_k * cfg.lin_k_dim
+        return np.concatenate([a[:qk], r(a[qk:], 0, hd=cfg.lin_v_dim)], axis=0)
+    raise ValueError(kind)
+
+
+def hf_value(gguf_value: np.ndarray, rule: Rule, cfg: TextConfig) -> np.ndarray:
+    """A tensor's GGUF value (float, numpy shape) -> its HF value (float64, HF shape): the rule's
+    arithmetic undone in reverse order, then its permutations undone in reverse order."""
+    x = np.asarray(gguf_value, dtype=np.float64)
+    for t in reversed(rule.transforms):
+        if t in ARITHMETIC:
+            x = _unapply_arithmetic(t, x)
+    hf_shape = tuple(int(d) for d in rule.shape(cfg))
+    for t in reversed(rule.transforms):
+        if t in PERMUTATIONS:
+            x = _unapply_permutation(t, x, cfg, hf_shape)
+    return x.reshape(hf_shape)

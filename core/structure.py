@@ -1,8 +1,14 @@
-"""What a qwen35 MTP (nextn) block must look like in a GGUF, and a structural check of a file's head.
+"""What a qwen35 GGUF must hold, tensor by tensor, and a structural check of a file from its header.
 
-The head is block `blk.{n_layer}` (n_layer = block_count - nextn_predict_layers): a full-attention
-decoder block (gated Q) plus the nextn tensors. Shapes are numpy order (rows, cols), i.e. the reverse
-of ggml's ne; llama.cpp's loader (src/models/qwen35.cpp, load_block_mtp) is the reference.
+The expected tensors come from the qwen35 table (core/qwen35.py): the trunk's blocks by
+`layer_types` (read back from `attention.recurrent_layers`), and the MTP (nextn) block
+`blk.{n_layer}` (n_layer = block_count - nextn_predict_layers): a full-attention decoder block (gated
+Q) plus the nextn tensors. Shapes are numpy order (rows, cols), the reverse of ggml's ne;
+llama.cpp's loader (src/models/qwen35.cpp) is the reference for what is required.
+
+- `check_model(path)`: the whole file, as `qwythos inspect` and a failed llama.cpp load report it.
+- `check_structure(path)`: the MTP head only, as `qwythos mtp validate` reports it.
+Both run one per-tensor check (present, shape, known type, F32 norms).
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGMLQuantizationType
+from gguf import GGMLQuantizationType, Keys
 
+from qwythos.core import qwen35
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import GGUFHeader, read_header
+from qwythos.core.gguf_file import GGUFHeader
+from qwythos.core.header import RECURRENT_LAYERS, GGUFView, read_view
 
-ARCH = "qwen35"
+ARCH = qwen35.ARCH
 
 
 @dataclass(frozen=True)
@@ -32,36 +40,18 @@ class HeadDims:
     n_ff: int
 
 
-# block-relative name -> (shape from dims, must stay F32 / 1-D, required)
 def head_table(d: HeadDims) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """Block-relative tensor name -> (numpy shape, required). Optional ones may be absent."""
-    h, hd = d.n_embd, d.head_dim
-    return {
-        "attn_norm.weight": ((h,), True),
-        "post_attention_norm.weight": ((h,), True),
-        "attn_q.weight": ((d.n_head * hd * 2, h), True),
-        "attn_k.weight": ((d.n_head_kv * hd, h), True),
-        "attn_v.weight": ((d.n_head_kv * hd, h), True),
-        "attn_output.weight": ((h, d.n_head * hd), True),
-        "attn_q_norm.weight": ((hd,), True),
-        "attn_k_norm.weight": ((hd,), True),
-        "ffn_gate.weight": ((d.n_ff, h), True),
-        "ffn_up.weight": ((d.n_ff, h), True),
-        "ffn_down.weight": ((h, d.n_ff), True),
-        "nextn.eh_proj.weight": ((h, 2 * h), True),
-        "nextn.enorm.weight": ((h,), True),
-        "nextn.hnorm.weight": ((h,), True),
-        "nextn.shared_head_norm.weight": ((h,), False),
-        "nextn.embed_tokens.weight": ((d.n_vocab, h), False),
-        "nextn.shared_head_head.weight": ((d.n_vocab, h), False),
-    }
+    """Block-relative tensor name -> (numpy shape, required), from the qwen35 table's nextn block."""
+    return {n: (qwen35.gguf_shape(r, d), r.required) for n, r in qwen35.block_rules("nextn").items()}
 
 
 # tensors a stand-alone MTP GGUF carries besides the block (llama.cpp's convert --mtp keeps these)
 STANDALONE_GLOBALS = ("output.weight", "token_embd.weight", "output_norm.weight")
-# 1-D tensors are always F32 in llama.cpp's files
+# the head's matrices (they take the head's type); everything else in the block stays F32
 HEAD_MATRICES = frozenset(
-    n for n in head_table(HeadDims("", 1, 1, 1, 1, 1, 1)) if not n.endswith("norm.weight")
+    n
+    for n, r in qwen35.block_rules("nextn").items()
+    if not qwen35.stays_f32(n, r, qwen35.gguf_shape(r, HeadDims("", 2, 2, 2, 2, 2, 2)))
 )
 
 
@@ -73,44 +63,172 @@ def split_block_name(name: str) -> tuple[int, str] | None:
     return (int(idx), rest) if idx.isdecimal() and rest else None
 
 
-def dims_from_header(hdr: GGUFHeader) -> HeadDims:
+def _view(src: GGUFHeader | GGUFView | str | Path) -> GGUFView:
+    if isinstance(src, GGUFView):
+        return src
+    if isinstance(src, GGUFHeader):
+        return GGUFView(src)
+    return read_view(src)
+
+
+def dims_from_header(hdr: GGUFHeader | GGUFView) -> HeadDims:
     """The trunk's sizes from a GGUF's metadata and token embedding."""
-    kv = hdr.kv
-    arch = str(kv.get("general.architecture", "?"))
+    v = _view(hdr)
     try:
-        emb = next(t for t in hdr.tensors if t.name == "token_embd.weight")
+        emb = v.by_name["token_embd.weight"]
+        n_embd, n_head = v.get_int(Keys.LLM.EMBEDDING_LENGTH), v.get_int(Keys.Attention.HEAD_COUNT)
+        fields = {
+            Keys.LLM.EMBEDDING_LENGTH: n_embd,
+            Keys.Attention.HEAD_COUNT: n_head,
+            Keys.Attention.HEAD_COUNT_KV: v.get_int(Keys.Attention.HEAD_COUNT_KV),
+            Keys.LLM.FEED_FORWARD_LENGTH: v.get_int(Keys.LLM.FEED_FORWARD_LENGTH),
+        }
+        absent = [v.key(k) for k, val in fields.items() if val is None]
+        if absent:
+            raise KeyError(absent[0])
         return HeadDims(
-            arch=arch,
-            n_embd=int(kv[f"{arch}.embedding_length"]),
+            arch=v.arch,
+            n_embd=n_embd,  # type: ignore[arg-type]
             n_vocab=int(emb.shape[0]),
-            n_head=int(kv[f"{arch}.attention.head_count"]),
-            n_head_kv=int(kv[f"{arch}.attention.head_count_kv"]),
-            head_dim=int(
-                kv.get(f"{arch}.attention.key_length")
-                or kv[f"{arch}.embedding_length"] // kv[f"{arch}.attention.head_count"]
-            ),
-            n_ff=int(kv[f"{arch}.feed_forward_length"]),
+            n_head=n_head,  # type: ignore[arg-type]
+            n_head_kv=fields[Keys.Attention.HEAD_COUNT_KV],  # type: ignore[arg-type]
+            head_dim=v.get_int(Keys.Attention.KEY_LENGTH) or n_embd // n_head,  # type: ignore[operator]
+            n_ff=fields[Keys.LLM.FEED_FORWARD_LENGTH],  # type: ignore[arg-type]
         )
-    except (KeyError, StopIteration, TypeError) as e:
+    except (KeyError, TypeError, ZeroDivisionError) as e:
         raise QwythosError(
-            f"{hdr.path} lacks the metadata or tensor {e} that a {ARCH} model has",
+            f"{v.path} lacks the metadata or tensor {e} that a {ARCH} model has",
             "pass a GGUF converted from a Qwen3.5 checkpoint",
         ) from None
 
 
-def n_trunk_layers(hdr: GGUFHeader) -> int:
-    arch = hdr.kv.get("general.architecture")
-    return int(hdr.kv[f"{arch}.block_count"]) - int(hdr.kv.get(f"{arch}.nextn_predict_layers", 0) or 0)
+def n_trunk_layers(hdr: GGUFHeader | GGUFView) -> int:
+    """block_count minus the nextn layers (the index of the first nextn block)."""
+    return _view(hdr).n_trunk or 0
 
 
-def has_trunk(hdr: GGUFHeader) -> bool:
-    return any(t.name == "blk.0.attn_norm.weight" for t in hdr.tensors)
+def has_trunk(hdr: GGUFHeader | GGUFView) -> bool:
+    return _view(hdr).has_trunk
 
 
 @dataclass
 class HeadIssue:
+    """One structural problem: the tensor or metadata key, and what is wrong with it."""
+
     tensor: str
     problem: str
+
+    def __str__(self) -> str:
+        return f"{self.tensor} {self.problem}"
+
+
+Issue = HeadIssue
+
+
+def _type_name(t: int) -> str | None:
+    try:
+        return GGMLQuantizationType(t).name
+    except ValueError:
+        return None
+
+
+def _check_tensors(
+    v: GGUFView,
+    expected: dict[str, tuple[tuple[int, ...], bool]],
+    issues: list[HeadIssue],
+    rows: list[dict[str, Any]] | None = None,
+) -> None:
+    """Each expected tensor (full name -> (shape, required)): present, of that shape, of a type
+    llama.cpp knows, and F32 when 1-D (norms, biases)."""
+    for name, (shape, required) in expected.items():
+        t = v.by_name.get(name)
+        if t is None:
+            if required:
+                issues.append(HeadIssue(name, "is missing"))
+            continue
+        tname = _type_name(t.ggml_type)
+        if rows is not None:
+            rows.append({"name": name, "shape": list(t.shape), "type": tname or f"type{t.ggml_type}"})
+        if tname is None:
+            issues.append(HeadIssue(name, f"has unknown GGML type id {t.ggml_type}"))
+        if tuple(t.shape) != shape:
+            issues.append(HeadIssue(name, f"has shape {list(t.shape)}, expected {list(shape)}"))
+        elif len(shape) == 1 and tname is not None and t.ggml_type != GGMLQuantizationType.F32:
+            issues.append(HeadIssue(name, f"is {tname}; norms must be F32"))
+
+
+# ---------------------------------------------------------------- the whole file
+
+
+def check_model(src: GGUFHeader | GGUFView | str | Path) -> list[HeadIssue]:
+    """Everything llama.cpp's qwen35 loader needs, checked from the header: the architecture, the
+    metadata every shape is read against, every trunk tensor (and the nextn block's when declared)
+    present with its shape and a known type, and no tensor the loader would not take. [] = sound.
+
+    A stand-alone MTP GGUF (no `blk.0.attn_norm.weight`) is checked for its globals and block only,
+    as llama.cpp marks the trunk optional there.
+    """
+    v = _view(src)
+    issues: list[HeadIssue] = []
+    if v.arch not in qwen35.ARCHS:
+        issues.append(
+            HeadIssue(Keys.General.ARCHITECTURE, f"is {v.arch!r}, expected {' / '.join(qwen35.ARCHS)}")
+        )
+        return issues
+    try:
+        cfg = qwen35.config_from_gguf(v)
+    except QwythosError as e:
+        issues.append(HeadIssue("metadata", e.message.removeprefix(f"{v.path} ")))
+        return issues
+    emb = v.by_name.get("token_embd.weight")
+    if emb is not None and len(emb.shape) == 2 and emb.shape[1] != cfg.n_embd:
+        issues.append(
+            HeadIssue(
+                v.key(Keys.LLM.EMBEDDING_LENGTH),
+                f"is {cfg.n_embd} but token_embd.weight has rows of {emb.shape[1]}: every tensor's shape "
+                "is read against it",
+            )
+        )
+        return issues
+    n_nextn, il = v.n_nextn, cfg.n_layer
+    rec = v.recurrent_layers
+    if rec is not None and len(rec) != il + n_nextn:
+        issues.append(HeadIssue(v.key(RECURRENT_LAYERS), f"has {len(rec)} entries for {il + n_nextn} blocks"))
+    if n_nextn and not v.nextn_tensors:
+        issues.append(
+            HeadIssue(
+                v.key(Keys.LLM.NEXTN_PREDICT_LAYERS),
+                f"is {n_nextn} but the file has no blk.{il}.nextn.* tensors (llama.cpp refuses it; "
+                "`qwythos mtp restore` gives the head back, or convert with --no-mtp)",
+            )
+        )
+    elif not n_nextn and v.nextn_tensors:
+        issues.append(
+            HeadIssue(
+                v.key(Keys.LLM.NEXTN_PREDICT_LAYERS),
+                f"is 0 but the file has nextn tensors ({v.nextn_tensors[0]} ...)",
+            )
+        )
+    table = qwen35.gguf_table(cfg, n_nextn if v.nextn_tensors else 0)
+    standalone = bool(n_nextn) and not v.has_trunk
+    expected: dict[str, tuple[tuple[int, ...], bool]] = {}
+    for name, rule in table.items():
+        sb = split_block_name(name)
+        if standalone and sb is not None and sb[0] < il:
+            continue  # a stand-alone head: llama.cpp marks the trunk's tensors optional
+        expected[name] = (qwen35.gguf_shape(rule, cfg), rule.required)
+    _check_tensors(v, expected, issues)
+    for t in v.tensors:
+        if t.name not in table:
+            issues.append(
+                HeadIssue(
+                    t.name, f"is not part of a {ARCH} model of {il} layers (llama.cpp would refuse the file)"
+                )
+            )
+    return issues
+
+
+# ---------------------------------------------------------------- the MTP head
 
 
 @dataclass
@@ -137,70 +255,48 @@ def check_structure(path: str | Path, *, trunk: str | Path | None = None) -> Str
 
     `trunk`: for a stand-alone head, the trunk it drafts for (its sizes must agree).
     """
-    hdr = read_header(path)
-    kv = hdr.kv
-    arch = str(kv.get("general.architecture", "?"))
+    v = read_view(path)
+    arch = v.arch or "?"
     issues: list[HeadIssue] = []
-    if arch != ARCH:
-        issues.append(HeadIssue("general.architecture", f"is {arch!r}, expected {ARCH!r}"))
+    if v.arch not in qwen35.ARCHS:
+        issues.append(HeadIssue(Keys.General.ARCHITECTURE, f"is {arch!r}, expected {ARCH!r}"))
         return StructureReport(str(path), arch, "?", 0, 0, None, issues=issues)
-    block_count = int(kv.get(f"{arch}.block_count", 0))
-    n_nextn = int(kv.get(f"{arch}.nextn_predict_layers", 0) or 0)
-    trunk_present = has_trunk(hdr)
+    block_count = v.block_count or 0
+    n_nextn = v.n_nextn
+    trunk_present = v.has_trunk
     kind = "trunk+head" if trunk_present and n_nextn else ("stand-alone head" if n_nextn else "trunk only")
     rep = StructureReport(str(path), arch, kind, block_count, n_nextn, None, issues=issues)
+    nextn_key = v.key(Keys.LLM.NEXTN_PREDICT_LAYERS)
     if n_nextn == 0:
-        issues.append(HeadIssue(f"{arch}.nextn_predict_layers", "is absent or 0: the file has no MTP head"))
+        issues.append(HeadIssue(nextn_key, "is absent or 0: the file has no MTP head"))
         return rep
     if n_nextn != 1:
-        issues.append(
-            HeadIssue(f"{arch}.nextn_predict_layers", f"is {n_nextn}; llama.cpp's qwen35 runs exactly 1")
-        )
+        issues.append(HeadIssue(nextn_key, f"is {n_nextn}; llama.cpp's qwen35 runs exactly 1"))
     il = block_count - n_nextn
     rep.head_block = il
-    rec = kv.get(f"{arch}.attention.recurrent_layers")
+    rec = v.recurrent_layers
+    rec_key = v.key(RECURRENT_LAYERS)
     if rec is not None:
         if len(rec) != block_count:
-            issues.append(
-                HeadIssue(
-                    f"{arch}.attention.recurrent_layers", f"has {len(rec)} entries for {block_count} blocks"
-                )
-            )
+            issues.append(HeadIssue(rec_key, f"has {len(rec)} entries for {block_count} blocks"))
         elif any(rec[il:]):
-            issues.append(
-                HeadIssue(f"{arch}.attention.recurrent_layers", f"marks MTP block {il} as recurrent")
-            )
-    dims = dims_from_header(read_header(trunk)) if trunk is not None else dims_from_header(hdr)
-    own = dims_from_header(hdr)
-    if trunk is not None and own != dims:
+            issues.append(HeadIssue(rec_key, f"marks MTP block {il} as recurrent"))
+    trunk_view = read_view(trunk) if trunk is not None else None
+    dims = dims_from_header(trunk_view) if trunk_view is not None else dims_from_header(v)
+    own = dims_from_header(v)
+    if trunk_view is not None and own != dims:
         issues.append(HeadIssue("metadata", f"sizes {asdict(own)} differ from the trunk's {asdict(dims)}"))
-    by_name = {t.name: t for t in hdr.tensors}
-    for rel, (shape, required) in head_table(dims).items():
-        name = f"blk.{il}.{rel}"
-        t = by_name.get(name)
-        if t is None:
-            if required:
-                issues.append(HeadIssue(name, "is missing"))
-            continue
-        rep.tensors.append(
-            {"name": name, "shape": list(t.shape), "type": GGMLQuantizationType(t.ggml_type).name}
-        )
-        if tuple(t.shape) != shape:
-            issues.append(HeadIssue(name, f"has shape {list(t.shape)}, expected {list(shape)}"))
-        if len(shape) == 1 and t.ggml_type != GGMLQuantizationType.F32:
-            issues.append(HeadIssue(name, f"is {GGMLQuantizationType(t.ggml_type).name}; norms must be F32"))
-    extra = [
-        t.name
-        for t in hdr.tensors
-        if (sb := split_block_name(t.name)) and sb[0] >= il and sb[1] not in head_table(dims)
-    ]
-    for name in extra:
-        issues.append(HeadIssue(name, "is not part of a qwen35 MTP block"))
+    table = head_table(dims)
+    _check_tensors(v, {f"blk.{il}.{rel}": spec for rel, spec in table.items()}, issues, rep.tensors)
+    for t in v.tensors:
+        sb = split_block_name(t.name)
+        if sb and sb[0] >= il and sb[1] not in table:
+            issues.append(HeadIssue(t.name, "is not part of a qwen35 MTP block"))
     if not trunk_present:
         needed = ["token_embd.weight", "output_norm.weight"]
-        if trunk is not None and any(t.name == "output.weight" for t in read_header(trunk).tensors):
+        if trunk_view is not None and "output.weight" in trunk_view.by_name:
             needed.append("output.weight")  # untied output: without it llama.cpp would use token_embd
         for g in needed:
-            if g not in by_name:
+            if g not in v.by_name:
                 issues.append(HeadIssue(g, "is missing (a stand-alone head needs it)"))
     return rep

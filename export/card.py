@@ -58,6 +58,7 @@ def render_card(
     modelfile_name: str | None = "Modelfile",
     ollama_file: str | None = None,
     has_sums: bool = True,
+    mmproj: QuantRow | None = None,
 ) -> str:
     """README.md for a GGUF repository: front matter, quant table, sampling, usage per tool."""
     rows = sorted(rows, key=lambda r: (r.size_bytes, r.file))
@@ -95,6 +96,17 @@ def render_card(
             f"| [{r.file}](./{r.file}) | {r.quant} | {_gib(r.size_bytes)} | "
             f"{'yes' if r.has_mtp else 'no'} | `{r.sha256}` |"
         )
+    if mmproj is not None:
+        lines.append(
+            f"| [{mmproj.file}](./{mmproj.file}) | {mmproj.quant} vision projector | "
+            f"{_gib(mmproj.size_bytes)} | - | `{mmproj.sha256}` |"
+        )
+        lines += [
+            "",
+            f"Images work through the vision projector `{mmproj.file}` (Qwen3.5's vision tower, "
+            f"unchanged by the fine-tune): llama.cpp `--mmproj {mmproj.file}`, LM Studio and KoboldCpp "
+            "find it beside the model (`qwythos export` sets it up), Ollama takes it as a second `FROM`.",
+        ]
     if has_sums:
         lines += ["", "Check a download with `sha256sum -c SHA256SUMS`."]
     lines += [

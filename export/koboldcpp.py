@@ -20,6 +20,7 @@ writes the same rules down as an argparse parser):
   `rep_pen` / `repetition_penalty` / `repeat_penalty`).
 - `jinja` (the GGUF's own chat template) and `jinja_tools` when that template handles tools
   (tool calls through the template; without it KoboldCpp formats tool calls its own way).
+- `mmproj`: the vision projector, absolute (`--mmproj FILE`, else an mmproj*.gguf beside the GGUF).
 - `usemtp` + `draftamount` only for a file with the MTP head. MTP needs KoboldCpp >= 1.116: 1.115
   (where `usemtp` arrived) ran the draft on the CPU (#2275); the printed launch lines say so.
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output, ensure_writable_dir
 from qwythos.core.header import read_gguf_summary, read_view
+from qwythos.core.mmproj_header import choose_mmproj
 from qwythos.core.release import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P
 
 #: The KoboldCpp release whose arguments the config is written for.
@@ -69,6 +71,7 @@ class KoboldExport:
     requires: str  # the KoboldCpp version the printed lines name
     note: str  # why that version, appended to the printed lines as a shell comment
     warnings: list[str] = field(default_factory=list)
+    mmproj: str | None = None  # "vision projector: FILE (how it was chosen)"
 
 
 def kcpps_config(
@@ -148,8 +151,10 @@ def export_koboldcpp(
     quantkv: str = "f16",
     draft: int | None = None,
     force: bool = False,
+    mmproj: Path | None = None,
 ) -> KoboldExport:
     """Validate `gguf`, write `<stem>.kcpps` (default: beside the GGUF) and return the launch command.
+    The vision projector (`mmproj`, else an mmproj*.gguf beside the GGUF) goes in the `mmproj` key.
 
     `contextsize` defaults to 32768 (or the file's trained context when smaller, at least 256)."""
     gguf = Path(gguf)
@@ -178,6 +183,9 @@ def export_koboldcpp(
         draftamount=draft if draft else DEFAULT_DRAFT,
         tools=_template_has_tools(gguf),
     )
+    projector = choose_mmproj(gguf, mmproj)
+    if projector is not None:
+        cfg["mmproj"] = str(projector.path.resolve())
     out = Path(out) if out is not None else gguf.with_suffix(".kcpps")
     if out.is_dir():
         out = out / gguf.with_suffix(".kcpps").name
@@ -213,4 +221,5 @@ def export_koboldcpp(
         requires=KOBOLD_VERSION,
         note=note,
         warnings=list(summary.warnings),
+        mmproj=projector.note if projector is not None else None,
     )

@@ -40,6 +40,7 @@ from pathlib import Path
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output, ensure_writable_dir
 from qwythos.core.header import read_gguf_summary
+from qwythos.core.mmproj_header import choose_mmproj
 from qwythos.core.release import (
     MIN_P,
     MODEL_CONTEXT,
@@ -81,6 +82,8 @@ class LMStudioExport:
     load_command: str  # `lms load ...` with the same load settings
     yaml_text: str
     warnings: list[str] = field(default_factory=list)
+    mmproj: Path | None = None  # the projector placed beside the model (mmproj-*.gguf)
+    mmproj_note: str | None = None  # "vision projector: FILE (how it was chosen)"
 
 
 def lmstudio_home() -> Path:
@@ -158,6 +161,7 @@ def model_yaml(
     thinking_switch: bool,
     context: int = DEFAULT_CONTEXT,
     max_context: int = MODEL_CONTEXT,
+    vision: bool = False,
 ) -> dict:
     """The model.yaml content as a dict (see the module docstring for the keys' origin);
     `draft` > 0 turns MTP drafting on with that many tokens."""
@@ -176,7 +180,7 @@ def model_yaml(
             "paramsStrings": [SIZE_LABEL],
             "minMemoryUsageBytes": size_bytes,
             "contextLengths": [max_context],
-            "vision": False,
+            "vision": vision,
             "reasoning": True,
             "trainedForToolUse": True,
         },
@@ -259,11 +263,15 @@ def export_lmstudio(
     mode: str = "copy",
     context: int | None = None,
     draft: int | None = None,
+    mmproj: Path | None = None,
 ) -> LMStudioExport:
     """Validate, place the GGUF, write model.yaml + manifest.json into LM Studio's Hub folder;
-    never overwrite a different file. `draft`: MTP draft tokens (default 3 with a head, 0 = off)."""
+    never overwrite a different file. `draft`: MTP draft tokens (default 3 with a head, 0 = off).
+    The vision projector (`mmproj`, else an mmproj*.gguf beside the GGUF) is placed beside the model
+    as `mmproj-*.gguf`, where LM Studio looks for it."""
     gguf = Path(gguf)
     summary = read_gguf_summary(gguf)
+    projector = choose_mmproj(gguf, mmproj)
     if mode not in MODES:
         raise QwythosError(f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
     if not OWNER_RE.match(publisher):
@@ -296,6 +304,7 @@ def export_lmstudio(
         thinking_switch=summary.chat_template_has_enable_thinking,
         context=context,
         max_context=limit,
+        vision=projector is not None,
     )
     key = doc["model"]
     hub_dir = home / "hub" / "models" / publisher / artifact_name(folder)
@@ -314,6 +323,11 @@ def export_lmstudio(
     ensure_writable_dir(dest.parent, "LM Studio model folder")
     ensure_writable_dir(hub_dir, "LM Studio hub folder")
     placed: Placement = place_file(gguf, dest, mode)
+    mm_dest = None
+    if projector is not None:
+        name = projector.path.name
+        mm_dest = dest.parent / (name if name.startswith("mmproj-") else f"mmproj-{name}")
+        place_file(projector.path, mm_dest, mode)
     for p, data in outputs.items():
         if not same[p]:
             with atomic_output(p) as tmp:
@@ -340,4 +354,6 @@ def export_lmstudio(
         load_command=_quote_cmd(*load),
         yaml_text=outputs[hub_dir / "model.yaml"].decode(),
         warnings=list(summary.warnings),
+        mmproj=mm_dest,
+        mmproj_note=projector.note if projector is not None else None,
     )

@@ -115,6 +115,9 @@ class ModelfileRequest:
     model: str
     model_path: Path | None
     drafts: list[Path] = field(default_factory=list)
+    #: GGUFs of later FROM lines: Ollama merges every FROM path into the request's files and
+    #: server/create.go takes a clip GGUF among them as the vision projector
+    files: list[Path] = field(default_factory=list)
     template: str | None = None
     system: str | None = None
     renderer: str | None = None
@@ -258,7 +261,12 @@ def to_request(commands: list[Command], folder: Path, source: str = "Modelfile")
     """Apply `ollama create`'s checks to parsed commands: parameter names/types, REQUIRES, paths."""
     req = ModelfileRequest(model="", model_path=None)
     for cmd in commands:
-        if cmd.name == "model":
+        if cmd.name == "model" and req.model:
+            path = _resolve(cmd.args, folder)
+            if not path.exists():
+                raise QwythosError(f"{source}: FROM {cmd.args} does not exist", "fix the path")
+            req.files.append(path)
+        elif cmd.name == "model":
             path = _resolve(cmd.args, folder)
             req.model = cmd.args
             req.model_path = path if path.exists() else None

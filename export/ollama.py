@@ -22,6 +22,8 @@ Decisions, with where in Ollama's source (ollama/ollama) they come from:
 - `stop` for both Qwen turn enders, the card's sampling, `num_ctx`, a LICENSE naming Apache-2.0.
 - `FROM ./file.gguf` relative to the Modelfile: Ollama resolves relative paths against the
   Modelfile's folder (`parser.expandPath`).
+- The vision projector (`--mmproj FILE`, else an mmproj*.gguf beside the GGUF) as a second `FROM`:
+  create merges every FROM path into its files and `server/create.go` detects a projector GGUF.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import ensure_writable_dir, write_text_atomic
 from qwythos.core.header import read_gguf_summary
+from qwythos.core.mmproj_header import choose_mmproj
 from qwythos.core.release import (
     DEFAULT_QUANT_ORDER,
     FLAGSHIP_FILE,
@@ -90,6 +93,7 @@ class ModelfileSpec:
     name: str = DEFAULT_NAME
     generated_by: str = "`qwythos export ollama`"
     modelfile_name: str = "Modelfile"
+    projector_path: str | None = None  # the vision projector, a second FROM (relative like from_path)
 
 
 @dataclass
@@ -106,6 +110,7 @@ class OllamaExport:
     requires: str
     text: str
     warnings: list[str] = field(default_factory=list)
+    mmproj_note: str | None = None  # "vision projector: FILE (how it was chosen)"
 
 
 def required_version(spec: ModelfileSpec) -> str:
@@ -115,8 +120,10 @@ def required_version(spec: ModelfileSpec) -> str:
 
 
 def modelfile_commands(spec: ModelfileSpec) -> list[Command]:
-    cmds = [
-        Command("model", spec.from_path),
+    cmds = [Command("model", spec.from_path)]
+    if spec.projector_path:
+        cmds.append(Command("model", spec.projector_path))
+    cmds += [
         Command("requires", required_version(spec)),
         Command("renderer", RENDERER),
         Command("parser", PARSER),
@@ -152,6 +159,8 @@ def render(spec: ModelfileSpec) -> str:
         *_wrap(WHY_REQUIRES[version]),
         "RENDERER/PARSER qwen3.5: Ollama's own Qwen3.5 chat format, thinking and tool calls separated.",
     ]
+    if spec.projector_path:
+        header.append("The second FROM is the vision projector (mmproj): Ollama's create detects it.")
     return render_modelfile(modelfile_commands(spec), header)
 
 
@@ -186,6 +195,7 @@ def export_ollama(
     ctx: int | None = None,
     draft: int | None = None,
     force: bool = False,
+    mmproj: Path | None = None,
 ) -> OllamaExport:
     """Validate `gguf` (a qwen35 GGUF) and write its Modelfile (default: beside the GGUF).
 
@@ -216,6 +226,7 @@ def export_ollama(
             "export an -MTP- file (`qwythos mtp restore`), or leave --draft out",
         )
     ensure_writable_dir(out.parent, "folder")
+    projector = choose_mmproj(gguf, mmproj)
     spec = ModelfileSpec(
         from_path=_from_path(gguf, out),
         file_name=gguf.name,
@@ -227,12 +238,17 @@ def export_ollama(
         stop=list(summary.turn_end_tokens),
         name=name,
         modelfile_name=out.name,
+        projector_path=_from_path(projector.path, out) if projector is not None else None,
     )
     text = render(spec)
     # The file must mean to Ollama what we meant: parse it back and apply create's checks.
     req = to_request(parse_modelfile(text, str(out)), out.resolve().parent, str(out))
     if req.model_path is None or req.model_path.resolve() != gguf.resolve():
         raise QwythosError(f"internal error: FROM in {out} does not resolve to {gguf}", None)
+    if projector is not None and [f.resolve() for f in req.files] != [projector.path.resolve()]:
+        raise QwythosError(
+            f"internal error: the second FROM in {out} does not resolve to {projector.path}", None
+        )
 
     unchanged = out.is_file() and out.read_bytes() == text.encode()
     if not unchanged:
@@ -254,4 +270,5 @@ def export_ollama(
         requires=required_version(spec),
         text=text,
         warnings=list(summary.warnings),
+        mmproj_note=projector.note if projector is not None else None,
     )

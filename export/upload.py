@@ -9,8 +9,10 @@ from pathlib import Path
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import sha256_file
+from qwythos.core.gguf_file import read_header
 from qwythos.core.header import read_gguf_summary
 from qwythos.core.hub import SUMS_NAME, HfClient, HubClient, Progress, hub_error
+from qwythos.core.mmproj_header import is_mmproj, read_mmproj_summary
 from qwythos.core.release import pick_default
 from qwythos.export import card
 from qwythos.export.modelfile import parse_modelfile, to_request
@@ -63,6 +65,8 @@ def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: b
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise QwythosError(f"{repo_id!r} is not a repo id", "use owner/name, e.g. empero-ai/Qwythos-9B-GGUF")
     ggufs = sorted(folder.glob("*.gguf"))
+    projectors = [g for g in ggufs if is_mmproj(read_header(g))]  # mmproj*.gguf: arch clip
+    ggufs = [g for g in ggufs if g not in projectors]
     if not ggufs:
         raise QwythosError(f"{folder} holds no .gguf files", "run `qwythos quantize` into it first")
     sums_path = folder / SUMS_NAME
@@ -79,6 +83,23 @@ def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: b
             )
         rows.append(card.QuantRow(g.name, s.quant, s.size_bytes, digest, s.has_mtp))
         items.append(UploadItem(g.name, s.size_bytes, g))
+    if len(projectors) > 1:
+        raise QwythosError(
+            f"{folder} holds {len(projectors)} vision projectors ({', '.join(p.name for p in projectors)})",
+            "keep one mmproj*.gguf in the folder",
+        )
+    mm_row = None
+    for g in projectors:  # the vision projector: listed in the card and SHA256SUMS like a quant
+        m = read_mmproj_summary(g)
+        digest = sha256_file(g)
+        if g.name in sums and sums[g.name] != digest:
+            raise QwythosError(
+                f"{g} does not match its line in {sums_path} (the file changed, or is damaged)",
+                "run `qwythos quantize` into the folder again (it re-verifies and rewrites SHA256SUMS)",
+            )
+        mm_row = card.QuantRow(g.name, m.file_type or "?", m.file_size, digest, False)
+        items.append(UploadItem(g.name, m.file_size, g))
+    ggufs = ggufs + projectors
     unlisted = sorted({g.name for g in ggufs} - set(sums)) if sums else []
     stale = sorted(n for n in sums if n.endswith(".gguf") and not (folder / n).is_file())
     if unlisted or stale:
@@ -117,10 +138,13 @@ def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: b
                 quant=pick.quant,
                 has_mtp=pick.has_mtp,
                 draft=3 if pick.has_mtp else 0,
+                projector_path=f"./{mm_row.file}" if mm_row else None,
             )
         ).encode()
         items.append(UploadItem("Modelfile", len(text), None, text))
-    readme = card.render_card(repo_id, rows, ollama_file=ollama_file, has_sums=sums_path.is_file()).encode()
+    readme = card.render_card(
+        repo_id, rows, ollama_file=ollama_file, has_sums=sums_path.is_file(), mmproj=mm_row
+    ).encode()
     items.append(UploadItem("README.md", len(readme), None, readme))
     return UploadPlan(repo_id, private, items, rows, dry_run)
 

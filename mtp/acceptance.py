@@ -18,7 +18,7 @@ import numpy as np
 
 from qwythos.core.acceptance import depth_rates, expected_accepted
 from qwythos.core.errors import QwythosError
-from qwythos.core.llama import load_model
+from qwythos.core.llama import MAX_DRAFT, load_model
 
 DEFAULT_TEXT_TOKENS = 512
 CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
@@ -59,8 +59,8 @@ def measure_acceptance(
 ) -> AcceptanceReport:
     """Measure the head's per-depth agreement with the trunk's greedy tokens over `text`."""
 
-    if depth < 1:
-        raise QwythosError(f"depth {depth} must be at least 1", "use --depth 1..4")
+    if not 1 <= depth <= MAX_DRAFT:
+        raise QwythosError(f"--depth {depth} is out of range", f"use --depth 1..{MAX_DRAFT}")
     model = load_model(model_path, mtp=True, draft_path=draft_path)
     try:
         toks = model.tokenize(text if text is not None else CALIBRATION_TEXT.read_text(encoding="utf-8"))

@@ -18,26 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.fileio import check_free_space, check_output_path
+from qwythos.core.fileio import check_free_space, check_output_path, register_inputs
 from qwythos.core.gguf_file import (
     KV,
     GGUFHeader,
     RawSource,
     TensorPlan,
-    read_header,
     type_nbytes,
     write_gguf,
 )
-from qwythos.core.qwen35 import f32_to_bf16
+from qwythos.core.header import RECURRENT_LAYERS, GGUFView, read_view
+from qwythos.core.qwen35 import ARCH, ARCHS, cast
 from qwythos.core.structure import (
-    ARCH,
     HEAD_MATRICES,
     STANDALONE_GLOBALS,
     dims_from_header,
-    has_trunk,
     head_table,
     n_trunk_layers,
     split_block_name,
@@ -55,7 +53,32 @@ HEAD_TYPES: dict[str, GGMLQuantizationType] = {
     "q5_0": T.Q5_0,
     "q4_1": T.Q4_1,
     "q4_0": T.Q4_0,
+    # k-quants: gguf-py cannot make them, llama.cpp's own quantizer does (ggml_quantize_chunk)
+    "q6_k": T.Q6_K,
+    "q5_k": T.Q5_K,
+    "q4_k": T.Q4_K,
+    "q3_k": T.Q3_K,
+    "q2_k": T.Q2_K,
 }
+GGML_QUANTIZED = {T.Q6_K, T.Q5_K, T.Q4_K, T.Q3_K, T.Q2_K}
+
+
+def ggml_quantize(x: np.ndarray, out: GGMLQuantizationType) -> np.ndarray:
+    """Rows of float32 `x` in type `out` by llama.cpp's quantizer (ggml_quantize_chunk), as bytes."""
+    import ctypes
+
+    from llama_cpp import _ggml
+
+    lib = _ggml.libggml
+    fn = lib.ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    src = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    dst = np.empty(type_nbytes(out, x.shape), dtype=np.uint8)
+    n = fn(int(out), src.ctypes.data, dst.ctypes.data, 0, src.shape[0], src.shape[1], None)
+    if n != dst.nbytes:
+        raise QwythosError(f"llama.cpp's quantizer wrote {n} bytes for a {out.name} tensor, not {dst.nbytes}", None)
+    return dst
 
 
 @dataclass
@@ -135,20 +158,28 @@ def _convert(t: HeadTensor, out: GGMLQuantizationType) -> np.ndarray:
     if out == T.F16:
         return x.astype(np.float16)
     if out == T.BF16:
-        return f32_to_bf16(x)
+        return cast(x, "F32", out)
+    if out in GGML_QUANTIZED:
+        return ggml_quantize(x, out)
     from gguf.quants import quantize
 
     return quantize(x, out)
 
 
-def head_plans(head: HeadSource, il: int, head_type: str) -> tuple[list[TensorPlan], list[dict[str, Any]]]:
-    """The head's tensors as `blk.{il}.*` plans in the requested type (raw copies where possible)."""
-    if head_type not in HEAD_TYPES:
+def head_plans(
+    head: HeadSource,
+    il: int,
+    head_type: str,
+    types: dict[str, GGMLQuantizationType] | None = None,
+) -> tuple[list[TensorPlan], list[dict[str, Any]]]:
+    """The head's tensors as `blk.{il}.*` plans in the requested type (raw copies where possible);
+    `types` gives single matrices their own type (`mtp fit` keeps each one's type)."""
+    if head_type.lower() not in HEAD_TYPES:
         raise QwythosError(f"unknown head --type {head_type}", f"use one of {', '.join(HEAD_TYPES)}")
-    want = HEAD_TYPES[head_type]
+    want = HEAD_TYPES[head_type.lower()]
     plans, rows = [], []
     for t in head.tensors:
-        out = want if t.name in HEAD_MATRICES else T.F32
+        out = (types or {}).get(t.name, want) if t.name in HEAD_MATRICES else T.F32
         block = GGML_QUANT_SIZES[out][0]
         if t.shape[-1] % block:
             raise QwythosError(
@@ -177,22 +208,24 @@ def head_plans(head: HeadSource, il: int, head_type: str) -> tuple[list[TensorPl
 
 def _kvs(hdr: GGUFHeader, n_layer: int) -> list[KV]:
     """The trunk's metadata with one nextn block added (keys in llama.cpp's converter order)."""
-    a = ARCH
+    v = GGUFView(hdr)
+    nextn_key, block_key = v.key(Keys.LLM.NEXTN_PREDICT_LAYERS), v.key(Keys.LLM.BLOCK_COUNT)
+    recurrent_key, conv_key = v.key(RECURRENT_LAYERS), v.key(Keys.SSM.CONV_KERNEL)
     out: list[KV] = []
     for key, value in hdr.kv.items():
         vtype, sub = hdr.kv_types[key]
         kv = KV(key, GGUFValueType(vtype), value, GGUFValueType(sub) if sub is not None else None)
-        if key == f"{a}.nextn_predict_layers":
+        if key == nextn_key:
             continue
-        if key == f"{a}.block_count":
+        if key == block_key:
             kv = KV(key, kv.vtype, n_layer + 1)
-        elif key == f"{a}.attention.recurrent_layers":
+        elif key == recurrent_key:
             kv = KV(key, kv.vtype, list(value[:n_layer]) + [False], kv.sub_type)
-        if key == f"{a}.ssm.conv_kernel":  # the converter writes nextn_predict_layers just before
-            out.append(KV(f"{a}.nextn_predict_layers", GGUFValueType.UINT32, 1))
+        if key == conv_key:  # the converter writes nextn_predict_layers just before
+            out.append(KV(nextn_key, GGUFValueType.UINT32, 1))
         out.append(kv)
-    if not any(k.key == f"{a}.nextn_predict_layers" for k in out):
-        out.append(KV(f"{a}.nextn_predict_layers", GGUFValueType.UINT32, 1))
+    if not any(k.key == nextn_key for k in out):
+        out.append(KV(nextn_key, GGUFValueType.UINT32, 1))
     return out
 
 
@@ -220,37 +253,44 @@ def default_output(trunk: Path, separate: bool) -> Path:
 
 def restore(
     trunk: str | Path,
-    src: str | Path,
+    src: str | Path | HeadSource,
     out: str | Path | None = None,
     *,
     separate: bool = False,
     head_type: str = "bf16",
     force: bool = False,
+    replace: bool = False,
+    types: dict[str, GGMLQuantizationType] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> RestoreResult:
-    """Give `trunk` the MTP head found in `src` (grafted into a copy, or as a stand-alone draft)."""
+    """Give `trunk` the MTP head found in `src` (grafted into a copy, or as a stand-alone draft).
+
+    `src` may be an opened HeadSource (`mtp fit` passes its trained head); `replace` swaps a head
+    the trunk already has without --force; `types` keeps single matrices in their own type."""
     t0 = time.perf_counter()
-    hdr = read_header(trunk)
-    arch = hdr.kv.get("general.architecture")
-    if arch != ARCH:
+    view = read_view(trunk)
+    hdr = view.header
+    if view.arch not in ARCHS:
         raise QwythosError(
-            f"{trunk} is a {arch!r} model, not {ARCH}", "restore heads into Qwen3.5 (qwen35) GGUFs"
+            f"{trunk} is a {view.kv.get(Keys.General.ARCHITECTURE)!r} model, not {ARCH}",
+            "restore heads into Qwen3.5 (qwen35) GGUFs",
         )
-    if not has_trunk(hdr):
+    if not view.has_trunk:
         raise QwythosError(
             f"{trunk} is a stand-alone MTP head, not a trunk", "pass the main model GGUF as TRUNK"
         )
     notes: list[str] = []
-    n_layer = n_trunk_layers(hdr)
-    if int(hdr.kv.get(f"{ARCH}.nextn_predict_layers", 0) or 0):
-        if not force:
+    n_layer = view.n_trunk or 0
+    if view.n_nextn:
+        if not (force or replace):
             raise QwythosError(
                 f"{trunk} already has an MTP head (block {n_layer})", "pass --force to replace it"
             )
         notes.append(f"replaced the head already in {Path(trunk).name}")
-    head = open_head(src)
+    head = src if isinstance(src, HeadSource) else open_head(src)
+    src = head.path if isinstance(src, HeadSource) else src
     check_compatible(hdr, head, str(src))
-    plans_head, rows = head_plans(head, n_layer, head_type)
+    plans_head, rows = head_plans(head, n_layer, head_type, types)
     trunk_tensors = [t for t in hdr.tensors if not ((sb := split_block_name(t.name)) and sb[0] >= n_layer)]
     if separate:
         trunk_tensors = [t for t in trunk_tensors if t.name in STANDALONE_GLOBALS]
@@ -259,14 +299,15 @@ def restore(
     out_path = Path(out) if out is not None else default_output(Path(trunk), separate)
     if out_path.resolve() == Path(trunk).resolve():
         raise QwythosError(f"{out_path} is the trunk itself", "write the result to another file with -o")
-    check_output_path(out_path, force=force)
+    register_inputs(trunk, src if Path(str(src)).exists() else None)
+    check_output_path(out_path, force=force, inputs=[trunk])
     check_free_space(out_path.parent, sum(p.nbytes + 64 for p in plans) + 2**20, what=str(out_path))
     size = write_gguf(out_path, ARCH, kvs, plans, progress=progress, alignment=hdr.alignment)
     return RestoreResult(
         output=out_path,
         trunk=Path(trunk),
         source=str(src),
-        source_kind=KIND_LABEL[head.kind],
+        source_kind=KIND_LABEL.get(head.kind, head.kind),
         mode="separate" if separate else "grafted",
         head_block=n_layer,
         head_type=head_type,

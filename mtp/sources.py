@@ -22,20 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGMLQuantizationType, Keys
 
 from qwythos.core import hub, qwen35
 from qwythos.core.checkpoint import Checkpoint, read_safetensors_header
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import RawSource, read_header
-from qwythos.core.structure import (
-    ARCH,
-    HeadDims,
-    dims_from_header,
-    has_trunk,
-    n_trunk_layers,
-    split_block_name,
-)
+from qwythos.core.gguf_file import RawSource
+from qwythos.core.header import read_view
+from qwythos.core.qwen35 import ARCH, ARCHS
+from qwythos.core.structure import HeadDims, dims_from_header, split_block_name
 
 
 @dataclass
@@ -159,19 +154,19 @@ def _gguf_loader(path: Path, offset: int, nbytes: int) -> Callable[[], bytes]:
 
 
 def open_gguf_head(src: str | Path) -> HeadSource:
-    hdr = read_header(src)
-    arch = hdr.kv.get("general.architecture")
-    if arch != ARCH:
+    view = read_view(src)
+    hdr = view.header
+    if view.arch not in ARCHS:
         raise QwythosError(
-            f"{src} is a {arch!r} model, not {ARCH}", "take the head from a Qwen3.5 (qwen35) GGUF"
+            f"{src} is a {hdr.kv.get(Keys.General.ARCHITECTURE)!r} model, not {ARCH}",
+            "take the head from a Qwen3.5 (qwen35) GGUF",
         )
-    n_nextn = int(hdr.kv.get(f"{arch}.nextn_predict_layers", 0) or 0)
-    if n_nextn == 0:
+    if view.n_nextn == 0:
         raise QwythosError(
-            f"{src} has no MTP head (no {arch}.nextn_predict_layers)",
+            f"{src} has no MTP head (no {view.key(Keys.LLM.NEXTN_PREDICT_LAYERS)})",
             "take the head from a GGUF that has one (e.g. the official ...-MTP-BF16.gguf)",
         )
-    il = n_trunk_layers(hdr)
+    il = view.n_trunk or 0
     head = []
     for t in hdr.tensors:
         sb = split_block_name(t.name)
@@ -187,8 +182,8 @@ def open_gguf_head(src: str | Path) -> HeadSource:
         raise QwythosError(
             f"{src} promises a nextn block {il} but has none of its tensors", "re-download the file"
         )
-    kind = "gguf-nextn" if has_trunk(hdr) else "gguf-mtp"
-    return HeadSource(kind, hdr.path, dims_from_header(hdr), head, None, [hdr.path.name])
+    kind = "gguf-nextn" if view.has_trunk else "gguf-mtp"
+    return HeadSource(kind, hdr.path, dims_from_header(view), head, None, [hdr.path.name])
 
 
 def open_head(src: str | Path) -> HeadSource:

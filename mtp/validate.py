@@ -9,6 +9,8 @@ from typing import Any
 
 from qwythos.core.acceptance import depth_rates, expected_accepted
 from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import read_text_input
+from qwythos.core.llama import MAX_DRAFT
 from qwythos.core.structure import StructureReport, check_structure
 from qwythos.mtp.acceptance import measure_acceptance
 
@@ -83,10 +85,16 @@ def validate(
 ) -> ValidationReport:
     """Check the head's structure, then measure acceptance at depths 1..`depth`."""
     text_path = Path(text) if text is not None else DEFAULT_TEXT
-    if not text_path.is_file():
-        raise QwythosError(f"calibration text {text_path} does not exist", "pass --text FILE")
-    if depth < 1:
-        raise QwythosError(f"--depth {depth} must be at least 1", "use --depth 1..8")
+    if not 1 <= depth <= MAX_DRAFT:
+        raise QwythosError(f"--depth {depth} is out of range", f"use --depth 1..{MAX_DRAFT}")
+    if not 0.0 <= min_accept <= 1.0:
+        raise QwythosError(
+            f"--min-accept {min_accept} is not a rate",
+            f"pass a number from 0 to 1 (default {DEFAULT_MIN_ACCEPT})",
+        )
+    if max_tokens < 2:
+        raise QwythosError(f"max_tokens {max_tokens} is too small", "score at least a few tokens")
+    calibration = read_text_input(text_path, "--text")
     st = check_structure(model)
     dst = check_structure(draft, trunk=model) if draft is not None else None
     rep = ValidationReport(
@@ -100,7 +108,7 @@ def validate(
         bad = (dst or st).issues
         rep.reason = "structure: " + (f"{bad[0].tensor} {bad[0].problem}" if bad else "no MTP head")
         return rep
-    measured = _measure(model, draft, text_path.read_text(encoding="utf-8"), depth, max_tokens)
+    measured = _measure(model, draft, calibration, depth, max_tokens)
     rep.depths = _rows_from(measured)
     rep.n_positions = rep.depths[0].total if rep.depths else 0
     rep.expected_accepted_length = expected_length(rep.depths)

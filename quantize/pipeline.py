@@ -15,12 +15,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwythos.convert.mmproj import place_projector
 from qwythos.convert.text import convert
 from qwythos.core import qwen35
 from qwythos.core.checkpoint import resolve_source as resolve_ckpt
@@ -29,6 +31,8 @@ from qwythos.core.fileio import (
     atomic_output,
     check_free_space,
     ensure_writable_dir,
+    output_lock,
+    register_inputs,
     sha256_file,
     write_text_atomic,
 )
@@ -200,14 +204,44 @@ def resolve_source(src: str | Path, out_dir: Path, requantize: bool, progress: C
 # ---------------------------------------------------------------- verification
 
 
-def verify_output(path: Path, ft: FType) -> dict[str, Any]:
-    """Parse it, check general.file_type, load it with llama-cpp-python and decode a few tokens."""
+def verify_output(path: Path, ft: FType, source: Path | None = None) -> dict[str, Any]:
+    """Parse it, check general.file_type, load it with llama-cpp-python and decode a few tokens.
+
+    `path` is the temporary file (checked before it gets its final name). When it fails to load or
+    decode, the source is put through the same probe so the message blames the right file.
+    """
     hdr = read_header(path)
     got = hdr.kv.get("general.file_type")
     if got != ft.id:
-        raise QwythosError(f"{path}: general.file_type is {got}, expected {ft.id} ({ft.name})", "run again")
-    tokens = decode_probe(path)
+        raise QwythosError(
+            f"the {ft.name} output of {source or path} has general.file_type {got}, expected {ft.id}",
+            "this is a bug in qwythos or llama.cpp; please report it",
+        )
+    try:
+        tokens = decode_probe(path)
+    except QwythosError as e:
+        if source is not None and _source_fails(source):
+            raise QwythosError(
+                f"the source {source} fails the same check ({e.message.replace(str(path), 'the output')}): "
+                f"its {ft.name} output was not kept",
+                f"the source GGUF is broken: convert it again (`qwythos convert`) and check it with "
+                f"`qwythos inspect {source.name}`",
+            ) from None
+        raise QwythosError(
+            f"the {ft.name} output of {source or path} failed verification "
+            f"({e.message.replace(str(path), 'the output')}); it was not kept",
+            "the source decodes fine, so this is llama.cpp's quantizer: try another --types / "
+            "--mtp-type, and report it if it persists",
+        ) from None
     return {"parsed": True, "file_type": got, "decoded_tokens": tokens}
+
+
+def _source_fails(source: Path) -> bool:
+    try:
+        decode_probe(source)
+    except QwythosError:
+        return True
+    return False
 
 
 def decode_probe(path: Path, n: int = VERIFY_TOKENS) -> int:
@@ -237,7 +271,71 @@ def decode_probe(path: Path, n: int = VERIFY_TOKENS) -> int:
             model.close()
 
 
+# ---------------------------------------------------------------- checks before the work
+
+
+def check_out_dir(out: Path) -> None:
+    """-o is a folder (one file per type goes in it): refuse a file or a name that looks like one."""
+    if out.exists() and not out.is_dir():
+        raise QwythosError(
+            f"-o {out} is a file; quantize writes one file per type into a folder",
+            f"pass a folder with -o (e.g. -o {out.parent / 'quants'})",
+        )
+    if not out.exists() and out.suffix.lower() == ".gguf":
+        raise QwythosError(
+            f"-o {out} looks like a file name; quantize writes one file per type (<Name>-<Type>.gguf) "
+            "into a folder",
+            f"pass a folder with -o, e.g. -o {out.parent if str(out.parent) != '.' else 'quants'}",
+        )
+
+
+def check_imatrix(im: Imatrix, source: Path) -> None:
+    """An importance matrix must be for this model: it covers most of the matrices llama.cpp would
+    use it for, with the right row lengths (one from another model matches none of them)."""
+    hdr = read_header(source)
+    n_nextn = int(hdr.kv.get(f"{qwen35.ARCH}.nextn_predict_layers", 0) or 0)
+    n_layer = int(hdr.kv.get(f"{qwen35.ARCH}.block_count", 0)) - n_nextn
+    wanted = {
+        t.name: t.ne[0]
+        for t in hdr.tensors
+        if len(t.ne) >= 2
+        and t.name.startswith("blk.")
+        and not t.name.startswith(tuple(f"blk.{n_layer + k}." for k in range(n_nextn)))
+        and "norm" not in t.name
+    }
+    covered = [n for n in wanted if n in im.entries]
+    wrong = [n for n in covered if im.entries[n].size % wanted[n] != 0 or im.entries[n].size < wanted[n]]
+    if wrong:
+        n = wrong[0]
+        raise QwythosError(
+            f"the imatrix {im.path} does not fit {source}: {n} has {im.entries[n].size} values for rows of "
+            f"{wanted[n]} ({len(wrong)} tensor(s) differ)",
+            "it was made for another model: run llama-imatrix on this model (its BF16 GGUF)",
+        )
+    if wanted and len(covered) < 0.5 * len(wanted):
+        missing = next(n for n in wanted if n not in im.entries)
+        raise QwythosError(
+            f"the imatrix {im.path} covers {len(covered)} of the {len(wanted)} matrices of {source} "
+            f"(no data for {missing}, ...)",
+            "it was made for another model: run llama-imatrix on this model (its BF16 GGUF)",
+        )
+
+
 # ---------------------------------------------------------------- main
+
+
+@dataclass
+class Job:
+    """One planned output: its type, per-tensor overrides and the dry run's choices and size."""
+
+    ft: FType
+    overrides: list
+    choices: list
+    size: int  # bytes, from llama.cpp's dry run
+    path: Path
+    params_key: str
+    current: bool  # complete and current from an earlier run (or it is the source itself)
+    is_source: bool
 
 
 def _params_key(ft: FType, mtp_type: str, ott: str | None, tet: str | None, imatrix: Imatrix | None) -> str:
@@ -268,12 +366,15 @@ def quantize(
     requantize: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     verify: bool = True,
+    mmproj_type: str | None = None,
 ) -> QuantizeReport:
     """Quantize `src` to every type in `types`; see the module docstring."""
     fts = parse_types(list(types) if not isinstance(types, str) else types)
     mtp_type = check_mtp_type(mtp_type)
     ott = parse_ggml_type(output_tensor_type, "--output-tensor-type") if output_tensor_type else None
     tet = parse_ggml_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else None
+    if threads is not None and threads < 0:
+        raise QwythosError(f"--threads {threads} is negative", "pass a positive count, or leave it out (all)")
     im = load_imatrix(imatrix) if imatrix else None
     needs = [f.name for f in fts if f.needs_imatrix]
     if needs and im is None:
@@ -281,9 +382,14 @@ def quantize(
             f"{', '.join(needs)} need an importance matrix", "pass --imatrix FILE (from llama-imatrix)"
         )
     out = Path(out_dir) if out_dir is not None else Path.cwd()
+    check_out_dir(out)
     ensure_writable_dir(out, "output folder")
+    register_inputs(src if Path(src).exists() else None, imatrix)
 
     source = resolve_source(src, out, requantize, progress)
+    register_inputs(source.gguf)
+    if im is not None:
+        check_imatrix(im, source.gguf)
     src_fp = fingerprint(source.gguf)
     report = QuantizeReport(
         source=str(src),
@@ -293,11 +399,10 @@ def quantize(
         out_dir=str(out),
         notes=list(source.notes),
     )
-    manifest = _load_manifest(out)
-    entries: dict[str, Any] = dict(manifest.get("outputs", {}))
+    entries = _load_entries(out)
 
     # plan every output first (exact sizes from the dry run) and check the disk once
-    jobs = []
+    jobs: list[Job] = []
     for ft in fts:
         ov = mtp_overrides(source.n_layer, source.n_nextn, mtp_type, ft)
         if source.n_nextn and mtp_type == "same" and ft.needs_imatrix:
@@ -314,17 +419,23 @@ def quantize(
         path = out / f"{source.name}-{ft.name}.gguf"
         key = _params_key(ft, mtp_type, output_tensor_type, token_embedding_type, im)
         is_source = path.resolve() == source.gguf.resolve()
-        current = is_source or _current(entries.get(ft.name), path, src_fp, key)
-        jobs.append((ft, ov, choices, size, path, key, current, is_source))
-    need = sum(size + 2**20 for (_, _, _, size, _, _, cur, _) in jobs if not cur)
-    if need:
-        check_free_space(out, need, what=f"{sum(1 for j in jobs if not j[6])} quantized file(s)")
+        current = is_source or _current(entries.get(path.name), path, src_fp, key)
+        jobs.append(Job(ft, ov, choices, size, path, key, current, is_source))
+    todo = [j for j in jobs if not j.current]
+    if todo:
+        check_free_space(out, sum(j.size + 2**20 for j in todo), what=f"{len(todo)} quantized file(s)")
 
-    n_params = 0
-    for ft, ov, choices, _size, path, key, current, _is_source in jobs:
+    for job in jobs:
+        ft, choices, path = job.ft, job.choices, job.path
         n_params = sum(_numel(c.ne) for c in choices)
         t0 = time.perf_counter()
-        if not current:
+        prior = entries.get(path.name) or {}
+        verified: dict[str, Any] = {}
+        if job.current:
+            size = path.stat().st_size
+            sha = prior.get("sha256") if prior.get("bytes") == size and prior.get("sha256") else None
+            sha = sha or sha256_file(path)
+        else:
 
             def _prog(i: int, n: int, name: str, _t: str = ft.name) -> None:
                 if progress is not None:
@@ -338,22 +449,22 @@ def quantize(
                     nthread=threads or 0,
                     output_tensor_type=ott,
                     token_embedding_type=tet,
-                    overrides=ov,
+                    overrides=job.overrides,
                     imatrix=im,
                     allow_requantize=requantize,
                     progress=_prog,
                 )
                 if not call.ok:
-                    raise QwythosError(
-                        f"llama.cpp could not quantize {source.gguf} to {ft.name}: {call.error}",
-                        _hint_for(call.error or ""),
-                    )
+                    raise _quantize_error(source.gguf, path, ft, call.error or "")
+                # checked and hashed under the temporary name: a bad file never gets the final one
+                verified = verify_output(tmp, ft, source.gguf) if verify else {}
+                size = tmp.stat().st_size
+                sha = sha256_file(tmp)
+        if job.current and verify and not job.is_source and not prior.get("verified"):
+            verified = verify_output(path, ft, source.gguf)
+        elif job.current:
+            verified = dict(prior.get("verified") or {})
         seconds = round(time.perf_counter() - t0, 2)
-        size = path.stat().st_size
-        prior = entries.get(ft.name) or {}
-        sha = prior.get("sha256") if current and prior.get("bytes") == size and prior.get("sha256") else None
-        sha = sha or sha256_file(path)
-        verified = verify_output(path, ft) if verify else {}
         if progress is not None:
             progress(ft.name, 1, 1)
         head = sorted(
@@ -365,36 +476,96 @@ def quantize(
             bytes=size,
             gib=round(size / 2**30, 3),
             bpw=round(8 * sum(c.nbytes() for c in choices) / max(n_params, 1), 3),
-            seconds=seconds if not current else 0.0,
+            seconds=seconds if not job.current else 0.0,
             sha256=sha,
             mtp_type="/".join(head) if source.n_nextn else "-",
-            skipped=current,
+            skipped=job.current,
             verified=verified,
         )
         report.outputs.append(rep)
-        entries[ft.name] = {
+        entry = {
             "type": ft.name,
             "file": path.name,
             "bytes": size,
             "sha256": sha,
             "source": str(source.gguf.name),
             "source_fingerprint": src_fp,
-            "params": key,
+            "params": job.params_key,
             "mtp_type": rep.mtp_type,
             "imatrix": str(im.path) if im else None,
+            "verified": verified,
             "tool_version": tool_version(),
         }
-        _write_manifest(out, entries)
+        entries = _record(out, entry)
+    _place_projector(src, out, source.name, mmproj_type, src_fp, report)
     report.manifest = str(out / MANIFEST)
     report.sums = str(out / SUMS)
     return report
 
 
-def _write_manifest(out: Path, entries: dict[str, Any]) -> None:
-    manifest = {"tool_version": tool_version(), "outputs": entries}
-    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    lines = [f"{e['sha256']}  {e['file']}" for e in entries.values() if (out / e["file"]).is_file()]
-    write_text_atomic(out / SUMS, "\n".join(lines) + "\n")
+def _place_projector(
+    src: str | Path, out: Path, name: str, mmproj_type: str | None, src_fp: str, report: QuantizeReport
+) -> None:
+    """The vision projector next to the quants (converted from an HF source, or the mmproj*.gguf
+    beside a GGUF source), recorded in the manifest and SHA256SUMS like a quant."""
+    projector = place_projector(src, out, name, mmproj_type=mmproj_type)
+    if projector is None:
+        return
+    entry = {
+        "type": f"mmproj-{projector.mmproj_type.upper()}",
+        "file": projector.path.name,
+        "bytes": projector.path.stat().st_size,
+        "sha256": sha256_file(projector.path),
+        "source": Path(str(src)).name,
+        "source_fingerprint": src_fp,
+        "params": f"mmproj {projector.mmproj_type}",
+        "mtp_type": "-",
+        "imatrix": None,
+        "verified": {},
+        "tool_version": tool_version(),
+    }
+    _record(out, entry)
+    report.notes.append(f"vision projector {projector.path.name}: {projector.how}")
+
+
+def _load_entries(out: Path) -> dict[str, Any]:
+    """The manifest's outputs keyed by file name (older manifests keyed them by type)."""
+    raw = _load_manifest(out).get("outputs", {})
+    entries: dict[str, Any] = {}
+    if isinstance(raw, dict):
+        for e in raw.values():
+            if isinstance(e, dict) and isinstance(e.get("file"), str):
+                entries[e["file"]] = e
+    return entries
+
+
+def _record(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Add one output to the manifest and SHA256SUMS. Both are re-read under the manifest's lock, so
+    another quantize writing into the same folder (another model) keeps its entries."""
+    with output_lock(out / (MANIFEST + ".update"), wait=60):
+        entries = _load_entries(out)
+        entries[entry["file"]] = entry
+        entries = {k: e for k, e in entries.items() if (out / k).is_file()}
+        manifest = {"tool_version": tool_version(), "outputs": entries}
+        write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n", lock_wait=60)
+        lines = [f"{e['sha256']}  {name}" for name, e in sorted(entries.items())]
+        write_text_atomic(out / SUMS, "\n".join(lines) + "\n", lock_wait=60)
+    return entries
+
+
+IOS_FAILURE = re.compile(r"basic_ios|iostream error|failed to write|No space", re.IGNORECASE)
+
+
+def _quantize_error(source: Path, path: Path, ft: FType, error: str) -> QwythosError:
+    """llama.cpp's one-line failure as a message that blames the right file."""
+    if IOS_FAILURE.search(error):
+        free = shutil.disk_usage(path.parent).free
+        return QwythosError(
+            f"llama.cpp could not write the {ft.name} output {path} ({error}): the disk is full, a quota "
+            f"is reached or the device failed ({free / 2**30:.2f} GiB free in {path.parent})",
+            f"free space in {path.parent} (or write elsewhere with -o) and run again; the source is fine",
+        )
+    return QwythosError(f"llama.cpp could not quantize {source} to {ft.name}: {error}", _hint_for(error))
 
 
 def _hint_for(error: str) -> str:
@@ -402,6 +573,8 @@ def _hint_for(error: str) -> str:
         return "pass an --imatrix made for this model, or give the offending tensors a type (--mtp-type q8_0)"
     if "requantiz" in error:
         return "quantize from the BF16 GGUF, or pass --requantize"
+    if "invalid data" in error:
+        return "the source holds NaN/Inf values in that tensor: convert it again from an intact checkpoint"
     return "check the source GGUF (qwythos inspect)"
 
 
@@ -410,3 +583,42 @@ def _numel(ne: tuple[int, ...]) -> int:
     for d in ne:
         n *= d
     return n
+
+
+def check_same_model(base: Path, quants: list[Path]) -> None:
+    """eval compares files of one model: same vocabulary and the same trunk tensors and shapes."""
+
+    def shape(p: Path) -> tuple[list, dict[str, tuple[int, ...]]]:
+        hdr = read_header(p)
+        n_nextn = int(hdr.kv.get(f"{qwen35.ARCH}.nextn_predict_layers", 0) or 0)
+        n_layer = int(hdr.kv.get(f"{qwen35.ARCH}.block_count", 0)) - n_nextn
+        head = tuple(f"blk.{n_layer + k}." for k in range(n_nextn))
+        tensors = {t.name: tuple(t.ne) for t in hdr.tensors if not (head and t.name.startswith(head))}
+        return list(hdr.kv.get("tokenizer.ggml.tokens") or []), tensors
+
+    b_vocab, b_tensors = shape(base)
+    for q in quants:
+        if Path(q).resolve() == Path(base).resolve():
+            raise QwythosError(
+                f"{q} is the base itself", "pass the BF16 GGUF as BASE and its quantizations after it"
+            )
+        q_vocab, q_tensors = shape(q)
+        if q_vocab != b_vocab:
+            raise QwythosError(
+                f"{q} has another vocabulary than the base {base} ({len(q_vocab)} vs {len(b_vocab)} tokens)",
+                "compare quantizations of the same model as BASE",
+            )
+        diff = sorted(set(b_tensors) ^ set(q_tensors)) or [
+            n for n in b_tensors if b_tensors[n] != q_tensors[n]
+        ]
+        if diff:
+            n = diff[0]
+            what = (
+                f"{n} is {list(q_tensors[n])} there, {list(b_tensors[n])} in the base"
+                if n in b_tensors and n in q_tensors
+                else f"{n} is in only one of them"
+            )
+            raise QwythosError(
+                f"{q} is not a quantization of {base}: {what}",
+                "compare quantizations of the same model as BASE",
+            )

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType
+from gguf import GGUFValueType, Keys
 
+from qwythos.convert.mmproj import planned_projector
 from qwythos.core import qwen35
 from qwythos.core.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from qwythos.core.errors import QwythosError
 from qwythos.core.ftypes import FType, GGMLType, ggml_types, parse_ggml_type, parse_types
-from qwythos.core.gguf_file import KV, encode_header, normalize_kv, pad, read_header
+from qwythos.core.gguf_file import KV, encode_header, normalize_kv, pad
+from qwythos.core.header import read_view
 from qwythos.core.llama_quant import Imatrix, TensorChoice, llama_quantize, output_meta_size
 
 DEFAULT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16")
@@ -76,6 +78,9 @@ class Plan:
     recurrent_state_bytes: int
     types: list[TypePlan] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    mmproj_bytes: int | None = None  # the vision projector file (None: no tower / none beside the GGUF)
+    mmproj_type: str | None = None
+    mmproj_source: str | None = None  # planned from config.json, or the file found beside the GGUF
 
 
 # ---------------------------------------------------------------- header-only views
@@ -86,15 +91,12 @@ def _config_checkpoint(config: dict[str, Any], cfg: qwen35.TextConfig, mtp: bool
     names: list[str] = list(qwen35.GLOBAL_RULES)
     if cfg.tie_embeddings:
         names.remove("lm_head.weight")
-    common = [k for k in qwen35.LAYER_RULES if k.startswith(("mlp.", "input_", "post_"))]
-    full = [k for k in qwen35.LAYER_RULES if k.startswith("self_attn.")]
-    linear = [k for k in qwen35.LAYER_RULES if k.startswith("linear_attn.")]
     for i, kind in enumerate(cfg.layer_types):
-        names += [f"model.layers.{i}.{k}" for k in common + (linear if kind == "linear_attention" else full)]
+        names += [f"model.layers.{i}.{k}" for k in qwen35.hf_layer_keys(kind)]
     if mtp:
         names += list(qwen35.MTP_RULES)
         for k in range(max(1, cfg.mtp_layers)):
-            names += [f"mtp.layers.{k}.{n}" for n in common + full]
+            names += [f"mtp.layers.{k}.{n}" for n in qwen35.hf_layer_keys("nextn")]
     tensors: dict[str, TensorInfo] = {}
     for n in names:
         _, rule = qwen35.lookup(n, cfg)  # type: ignore[misc]
@@ -142,22 +144,17 @@ def _load_config(path: Path) -> dict[str, Any]:
         raise QwythosError(f"cannot read {path}: {e}", "pass a Qwen3.5 config.json") from e
 
 
-def _cfg_from_gguf(hdr: Any) -> tuple[qwen35.TextConfig | None, int]:
-    a = hdr.kv.get("general.architecture")
-    if a != qwen35.ARCH:
-        raise QwythosError(
-            f"{hdr.path} is a GGUF of architecture {a!r}, not {qwen35.ARCH}", "pass a Qwen3.5 (qwen35) GGUF"
-        )
-    return None, int(hdr.kv.get(f"{a}.nextn_predict_layers", 0) or 0)
-
-
 def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None = None) -> _View:
     """A GGUF the dry run can read: the file itself, or a sparse GGUF built from a folder/config."""
     p = Path(src)
     if p.is_file() and p.suffix == ".gguf":
-        hdr = read_header(p)
-        _, n_nextn = _cfg_from_gguf(hdr)
-        return _View(p, "gguf", _cfg_from_header(hdr), n_nextn, [], False)
+        view = read_view(p)
+        if view.arch not in qwen35.ARCHS:
+            raise QwythosError(
+                f"{p} is a GGUF of architecture {view.kv.get(Keys.General.ARCHITECTURE)!r}, not {qwen35.ARCH}",
+                "pass a Qwen3.5 (qwen35) GGUF",
+            )
+        return _View(p, "gguf", qwen35.config_from_gguf(view), view.n_nextn, [], False)
     notes: list[str] = []
     if p.is_dir():
         ckpt = open_checkpoint(p)
@@ -201,46 +198,6 @@ def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None
     out = tmp / "header-only.gguf"
     write_sparse_gguf(out, kvs, plans)
     return _View(out, kind, cfg, n_nextn, notes, True)
-
-
-def _cfg_from_header(hdr: Any) -> qwen35.TextConfig:
-    """The few hyper-parameters the memory estimate needs, from a qwen35 GGUF's metadata."""
-    kv = hdr.kv
-    a = qwen35.ARCH
-    n_nextn = int(kv.get(f"{a}.nextn_predict_layers", 0) or 0)
-    n_layer = int(kv[f"{a}.block_count"]) - n_nextn
-    rec = kv.get(f"{a}.attention.recurrent_layers")
-    if rec is None:
-        interval = int(kv.get(f"{a}.full_attention_interval", 4))
-        rec = [(i + 1) % interval != 0 for i in range(n_layer)]
-    layer_types = ["linear_attention" if r else "full_attention" for r in list(rec)[:n_layer]]
-    n_embd = int(kv[f"{a}.embedding_length"])
-    v_heads = int(kv.get(f"{a}.ssm.time_step_rank", 0) or 0)
-    inner = int(kv.get(f"{a}.ssm.inner_size", 0) or 0)
-    k_heads = int(kv.get(f"{a}.ssm.group_count", 0) or 0)
-    k_dim = int(kv.get(f"{a}.ssm.state_size", 0) or 0)
-    head_dim = int(kv.get(f"{a}.attention.key_length", 0) or n_embd // int(kv[f"{a}.attention.head_count"]))
-    return qwen35.TextConfig(
-        hf_arch="gguf",
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_ff=int(kv.get(f"{a}.feed_forward_length", 0)),
-        n_head=int(kv[f"{a}.attention.head_count"]),
-        n_head_kv=int(kv.get(f"{a}.attention.head_count_kv", 0)),
-        head_dim=head_dim,
-        n_ctx=int(kv.get(f"{a}.context_length", 0)),
-        n_vocab=0,
-        rms_eps=0.0,
-        lin_k_heads=k_heads,
-        lin_v_heads=v_heads,
-        lin_k_dim=k_dim,
-        lin_v_dim=inner // v_heads if v_heads else 0,
-        conv_kernel=int(kv.get(f"{a}.ssm.conv_kernel", 4)),
-        layer_types=layer_types,
-        full_attention_interval=4,
-        mtp_layers=n_nextn,
-        tie_embeddings="output.weight" not in {t.name for t in hdr.tensors},
-    )
 
 
 # ---------------------------------------------------------------- memory
@@ -403,6 +360,11 @@ def plan(
                 "file size = trunk only, as the official GGUF repo ships its quants (the MTP head is a "
                 "separate MTP-BF16 file); the +MTP column adds the head at --mtp-type"
             )
+        projector = planned_projector(src_or_config)
+        if projector is not None:
+            result.mmproj_bytes = projector.bytes
+            result.mmproj_type = projector.mmproj_type
+            result.mmproj_source = projector.how
         return result
     finally:
         if view.cleanup:

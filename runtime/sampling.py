@@ -125,3 +125,45 @@ def choose(logits: np.ndarray, history, params: SamplingParams, rng: np.random.G
     if params.greedy:
         return greedy_token(logits, history, params)
     return distribution(logits, history, params).sample(rng)
+
+
+@dataclass
+class Verdict:
+    """What the target made of one step's drafts: how many it accepted, and its own next token."""
+
+    accepted: int
+    next_token: int
+
+
+def accept_drafts(
+    drafts: list[int],
+    logits: np.ndarray,
+    history,
+    params: SamplingParams,
+    rng: np.random.Generator,
+    q: list[Dist] | None = None,
+) -> Verdict:
+    """The acceptance rule of one speculative step, a pure function of the target's logits.
+
+    logits[j] is the target's row for the position draft j would take (row len(drafts): the one
+    after the last draft); history is the penalty's view before the step, extended here by each
+    accepted draft. Greedy: accept the longest prefix where each draft is the target's own choice.
+    Sampled (q[j]: the distribution draft j was drawn from, a point mass when None): accept draft j
+    with probability min(1, p/q), else resample from norm(max(p - q, 0)) and stop; when every draft
+    is accepted the next token is drawn from the last row. Either way the tokens follow plain
+    decoding's distribution exactly.
+    """
+    window = list(history)
+    for j, d in enumerate(drafts):
+        if params.greedy:
+            t = greedy_token(logits[j], window, params)
+            if t != d:
+                return Verdict(j, t)
+        else:
+            p = distribution(logits[j], window, params)
+            qj = q[j] if q is not None else Dist(np.array([d], dtype=np.int64), np.ones(1))
+            pd, qd = p.prob(d), qj.prob(d)
+            if not (qd > 0 and rng.random() < min(1.0, pd / qd)):
+                return Verdict(j, residual(p, qj).sample(rng))
+        window.append(d)
+    return Verdict(len(drafts), choose(logits[len(drafts)], window, params, rng))

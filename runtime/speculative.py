@@ -2,18 +2,24 @@
 
 State between steps: the target context holds positions 0..n-1; `x_n` (chosen from the target's
 logits at n-1) is pending, and `h_{n-1}` (the target's post-norm hidden state there) is known. The
-MTP context holds the pairs (x_p, h_{p-1}) for the positions it has caught up on.
+MTP context holds the pairs (x_p, h_{p-1}) for the positions it has caught up on; the pairs it
+still lacks wait in a catch-up list.
 
-One step with draft length N:
-1. draft: the MTP context decodes the rows it still has to catch up on plus (x_n, h_{n-1}) in one
-   batch, then chains single rows (d_j, h'_j) - its own hidden output - to draft d_1..d_N;
-2. verify: the target decodes [x_n, d_1..d_N] in one batch (logits + hidden for every row);
-3. accept: greedy - the longest prefix where d_j is the target's argmax, plus the target's own next
-   token; sampled - standard rejection sampling (accept d_j with prob min(1, p/q), else resample
-   from norm(max(p - q, 0))), plus a bonus sample from p_N when all N are accepted;
-4. rollback: the target drops positions past the accepted prefix (KV cache and the recurrent
-   state, restored from the snapshots `n_rs_seq` keeps); the MTP context drops its draft rows.
-Greedy output is the plain greedy output; sampled output follows plain sampling's distribution.
+One step with draft length N (`Engine._step`):
+1. draft (`_draft`): the MTP context decodes the catch-up rows plus (x_n, h_{n-1}) in one batch and
+   reads the hidden state of that batch's *last* row, then chains single rows (d_j, h'_j) - its own
+   hidden output - to draft d_1..d_N (stopping after an end-of-generation token);
+2. verify (`_verify`): the target decodes [x_n, d_1..d_N] in one batch (logits + hidden per row);
+3. accept (`sampling.accept_drafts`, a pure function of the logits): greedy - the longest prefix
+   where d_j is the target's own choice, plus the target's next token; sampled - rejection sampling
+   (accept d_j with prob min(1, p/q), else resample from norm(max(p - q, 0))), plus a bonus sample
+   when all N are accepted;
+4. rollback (`_rollback`): the target drops positions past the accepted prefix (KV cache and the
+   recurrent state, restored from the snapshots `n_rs_seq` keeps); the MTP context drops its
+   draft rows.
+Greedy output is the plain greedy output; sampled output follows plain sampling's distribution,
+whatever N each step uses - which is what lets `draft="auto"` (runtime/draft_policy.py) change N
+from step to step on measured costs and acceptance.
 
 One caveat on "identical": llama.cpp computes a batch of tokens with different kernels than a
 single token (the recurrent layers' chunked scan, batched matmuls), so a verify batch's logits
@@ -26,25 +32,30 @@ trained tiny model matches plain decoding on every prompt tested), random-weight
 from __future__ import annotations
 
 import codecs
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from qwythos.core import draft_costs
 from qwythos.core.errors import QwythosError
-from qwythos.core.llama import MAX_DRAFT, Context, Model
+from qwythos.core.llama import MAX_DRAFT, Context, Model, default_threads
+from qwythos.runtime.draft_policy import AUTO_MAX_DRAFT, DraftCosts, DraftPolicy
 from qwythos.runtime.sampling import (
     GREEDY,
     Dist,
     SamplingParams,
+    accept_drafts,
     choose,
     distribution,
     greedy_token,
-    residual,
 )
+from qwythos.runtime.vision import Layout, Segment, Vision
 
 DEFAULT_N_CTX = 32768
+AUTO = "auto"
 
 
 @dataclass
@@ -55,16 +66,20 @@ class GenStats:
     gen_tokens: int = 0
     prompt_seconds: float = 0.0
     gen_seconds: float = 0.0
-    draft: int = 0
+    draft: int = 0  # longest draft a step may use (the fixed N, or auto's maximum)
+    draft_mode: str = "plain"  # "plain" | "fixed" | "auto"
     drafted: int = 0
     accepted: int = 0
     drafted_per_depth: list[int] = field(default_factory=list)
     accepted_per_depth: list[int] = field(default_factory=list)
+    steps_per_draft: list[int] = field(default_factory=list)  # steps that drafted 0, 1, .. tokens
     target_passes: int = 0
+    prefilled_tokens: int = 0  # prompt tokens actually decoded (a session reuses the rest)
     t_draft: float = 0.0  # MTP context decodes + draft token choice
     t_verify: float = 0.0  # target decodes during generation
     t_rollback: float = 0.0  # memory truncation
     t_python: float = 0.0  # everything else in the loop (acceptance, bookkeeping, callbacks)
+    auto: dict | None = None  # draft="auto": what the policy chose and why
 
     @property
     def prompt_tps(self) -> float:
@@ -118,6 +133,17 @@ class Generation:
         }
 
 
+@dataclass
+class EngineCheckpoint:
+    """The contexts after n_tokens positions: the target's recurrent state (KV caches are truncated
+    instead) and the hidden state h_{n-1} the next MTP row pairs with."""
+
+    n_tokens: int  # positions
+    state: bytes = field(repr=False)
+    h_last: np.ndarray = field(repr=False)
+    cells: int | None = None  # KV cells the target held (more than positions after an image)
+
+
 def _recent(history: list[int], sp: SamplingParams) -> list[int]:
     """A copy of the tokens the repetition penalty can still see (not the whole history: O(1) a step)."""
     return history[-sp.repeat_last_n :] if sp.repeat_last_n > 0 else history[:]
@@ -167,39 +193,97 @@ class _Output:
         self._streamed = end
 
     def close(self) -> None:
+        """End of generation: bytes of a character cut off at the end come out as U+FFFD."""
+        if self.finish != "stop":
+            self.text += self._dec.decode(b"", final=True)
         self._flush(final=True)
 
 
+def check_max_tokens(max_tokens: int) -> None:
+    if max_tokens < 0:
+        raise QwythosError(
+            f"--max-tokens {max_tokens} is out of range", "use 0 or more (0 only reads the prompt)"
+        )
+
+
 class Engine:
-    """A model with a target context (and an MTP context) reused across generations."""
+    """A model with a target context (and an MTP context) reused across generations.
+
+    draft: "auto" (the default) chooses each step's draft length from measured costs and
+    acceptance (plain decoding when the GGUF has no MTP head); N forces N drafts a step; 0 is plain
+    decoding. costs: where auto starts from - "cache" (what `qwythos bench` stored for this file,
+    machine and thread count; measure as it goes when there is none), a DraftCosts, or None.
+    p_min: stop a draft chain when the head's top probability falls below it (0: never).
+    drafter: replaces the MTP head (history, n) -> n draft tokens (a point-mass q); for tests.
+    vision: a runtime/vision.Vision on this model; `generate` then also takes a Layout (text and
+    image segments). Images go to the target only: the MTP context skips their positions, and the
+    first token after an image pairs with the hidden state of the image's last row (llama.cpp's MTP
+    graph takes (token, hidden) pairs, not image embeddings). With M-RoPE an image advances the
+    position by max(nx, ny) but fills nx*ny KV cells, so the engine counts cells apart from
+    positions: the room check is on cells, truncation and rollback on positions.
+    """
+
+    _split_catchup = False  # bench/bench_mtp_rows.py: catch-up rows and x_n as two decodes
 
     def __init__(
         self,
         model: Model,
         *,
         n_ctx: int = DEFAULT_N_CTX,
-        draft: int = 0,
+        draft: int | str = AUTO,
         threads: int | None = None,
         drafter: Callable[[list[int], int], list[int]] | None = None,
+        costs: DraftCosts | str | None = "cache",
+        p_min: float = 0.0,
+        vision: Vision | None = None,
     ):
-        """drafter: replaces the MTP head (history, n) -> n draft tokens (a point-mass q); for tests."""
-        if draft < 0 or draft > MAX_DRAFT:
-            raise QwythosError(
-                f"--draft {draft} is out of range", f"use 1..{MAX_DRAFT}, or 0 for plain decoding"
-            )
-        if draft > 0 and drafter is None and not model.has_mtp:
-            raise QwythosError(
-                f"{model.path} has no MTP (nextn) layer, so it cannot draft tokens",
-                "use a GGUF with the MTP head (`qwythos mtp restore`) or run with --no-mtp",
-            )
+        can_draft = drafter is not None or model.has_mtp
+        self.auto_reason = ""
+        if draft == AUTO:
+            self.mode = "auto" if can_draft else "plain"
+            self.max_draft = AUTO_MAX_DRAFT if can_draft else 0
+            if not can_draft:
+                self.auto_reason = f"{model.path.name} has no MTP head: plain decoding"
+        elif isinstance(draft, int) and not isinstance(draft, bool):
+            if draft < 0 or draft > MAX_DRAFT:
+                raise QwythosError(
+                    f"--draft {draft} is out of range", f"use 1..{MAX_DRAFT}, auto, or 0 for plain decoding"
+                )
+            if draft > 0 and not can_draft:
+                raise QwythosError(
+                    f"{model.path} has no MTP (nextn) layer, so it cannot draft tokens",
+                    "use a GGUF with the MTP head (`qwythos mtp restore`) or run with --no-mtp",
+                )
+            self.mode = "fixed" if draft > 0 else "plain"
+            self.max_draft = draft
+        else:
+            raise QwythosError(f"--draft {draft!r} is not a number", f"use auto or 0..{MAX_DRAFT}")
         self.model = model
-        self.draft = draft
+        self.vision = vision
+        self._extra_cells = 0  # KV cells in the target beyond its positions (images)
+        self.draft = self.max_draft
         self.n_ctx = n_ctx
-        self.target: Context = model.new_target(n_ctx, n_draft=draft, threads=threads)
+        self.p_min = p_min
+        self.threads = threads or default_threads()
+        self.target: Context = model.new_target(n_ctx, n_draft=self.max_draft, threads=threads)
         self.drafter = drafter
         self.mtp: Context | None = None
-        if draft > 0 and drafter is None:
+        if self.max_draft > 0 and drafter is None:
             self.mtp = model.new_draft(n_ctx, n_batch=self.target.n_batch, threads=threads)
+        self.policy: DraftPolicy | None = None
+        if self.mode == "auto":
+            start = costs if isinstance(costs, DraftCosts) else None
+            if costs == "cache" and drafter is None:
+                rec = draft_costs.lookup(model.path, self.threads)
+                if rec is not None:
+                    start = rec.costs
+                    self.auto_reason = f"costs measured by `qwythos bench` ({time.ctime(rec.measured_at)})"
+            if not self.auto_reason:
+                self.auto_reason = (
+                    "costs given by the caller" if start is not None else "no cached costs: measuring"
+                )
+            self.policy = DraftPolicy(self.max_draft, start)
+        self._reset_mtp_state()
 
     def close(self) -> None:
         self.target.close()
@@ -213,63 +297,156 @@ class Engine:
         self.close()
 
     # ------------------------------------------------------------------------------------------
-    def _prefill(self, prompt: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Decode the prompt in chunks; return the last logits row and the last hidden row.
+    def _reset_mtp_state(self) -> None:
+        self._cu_tokens: list[int] = []  # catch-up rows the MTP context still lacks: x_p ...
+        self._cu_hidden: list[np.ndarray] = []  # ... paired with h_{p-1}
+        self._h_last = np.zeros(self.model.n_embd, dtype=np.float32)  # h_{n-1}
+
+    def checkpoint(self) -> EngineCheckpoint:
+        """The contexts' state now (between prefill chunks: no catch-up rows pending)."""
+        n = self.target.n_past
+        return EngineCheckpoint(n, self.target.save_state(), self._h_last.copy(), n + self._extra_cells)
+
+    def restore(self, ck: EngineCheckpoint) -> None:
+        """Back to a checkpoint: the target's recurrent state from the copy, its KV cache and the MTP
+        context's truncated to the checkpoint's positions (they still hold that prefix)."""
+        self.target.load_state(ck.state, ck.n_tokens)
+        if not self.target.truncate(ck.n_tokens):
+            raise QwythosError(f"{self.model.path}: restoring a chat checkpoint failed", None)
+        if self.mtp is not None:
+            self.mtp.truncate(ck.n_tokens)
+        self._cu_tokens, self._cu_hidden = [], []
+        self._h_last = ck.h_last.copy()
+        self._extra_cells = 0 if ck.cells is None else ck.cells - ck.n_tokens
+
+    def _prefill(
+        self,
+        prompt: list[int],
+        start: int = 0,
+        mark: tuple[int, Callable[[], None]] | None = None,
+        base: int = 0,
+    ) -> np.ndarray:
+        """Decode prompt[start:] in chunks (positions before `start` are already in the contexts);
+        return the last logits row. mark (k, fn): fn() is called when exactly k tokens are decoded.
+        base: the position of prompt[0] (a text segment after an image starts past 0).
 
         With the MTP head, each chunk's catch-up rows (x_p, h_{p-1}) go to the MTP context right
         after the target computed them, so a long prompt never holds all its hidden states.
         """
         tgt, mtp = self.target, self.mtp
-        want_h = self.draft > 0
+        want_h = self.max_draft > 0
         logits = None
-        h_prev = np.zeros((1, self.model.n_embd), dtype=np.float32)  # h_{-1}: nothing before token 0
-        for start in range(0, len(prompt), tgt.n_batch):
-            chunk = prompt[start : start + tgt.n_batch]
-            tgt.decode(chunk, start, outputs="last")
+        cut = mark[0] if mark is not None and start <= mark[0] < len(prompt) else len(prompt)
+        bounds = [*range(start, cut, tgt.n_batch), cut, *range(cut, len(prompt), tgt.n_batch), len(prompt)]
+        for s, e in itertools.pairwise(bounds):
+            if s == cut and mark is not None and cut < len(prompt):
+                mark[1]()
+                mark = None
+            if e <= s:
+                continue
+            chunk = prompt[s:e]
+            tgt.decode(chunk, base + s, outputs="last")
             logits = tgt.logits(1)[0]
             if want_h:
                 h = tgt.hidden(len(chunk))
                 if mtp is not None:
-                    mtp.decode_rows(chunk, start, np.concatenate([h_prev, h[:-1]]))
-                h_prev = h[-1:].copy()
-        return logits, (h_prev[0] if want_h else None)
+                    mtp.decode_rows(chunk, base + s, np.concatenate([self._h_last[None, :], h[:-1]]))
+                self._h_last = h[-1].copy()
+        return logits
+
+    def _prefill_image(self, seg: Segment, pos: int) -> None:
+        """Decode one image into the target at `pos` (libmtmd: encode, then its M-RoPE embedding
+        batch). The MTP context gets no rows for it; the next text token pairs with its last row."""
+        self.vision.decode_image(self.target, seg, pos)
+        self._extra_cells += seg.n_tokens - seg.n_pos
+        if self.max_draft > 0:
+            self._h_last = self.target.last_hidden()
+
+    def _prefill_layout(
+        self, layout: Layout, keep: int, mark: tuple[int, Callable[[], None]] | None
+    ) -> np.ndarray:
+        """Decode the layout's segments from position `keep` (which never falls inside an image)."""
+        logits = None
+        p = 0
+        for seg in layout.segments:
+            end = p + seg.n_pos
+            if end > keep:
+                if seg.kind == "text":
+                    m = (mark[0] - p, mark[1]) if mark is not None and p <= mark[0] < end else None
+                    logits = self._prefill(seg.tokens, max(0, keep - p), m, base=p)
+                else:
+                    if p < keep:
+                        raise ValueError(f"keep={keep} falls inside an image at {p}..{end - 1}")
+                    self._prefill_image(seg, p)
+            p = end
+        return logits
 
     def generate(
         self,
-        prompt_tokens: Sequence[int],
+        prompt_tokens: Sequence[int] | Layout,
         *,
         max_tokens: int = 256,
         sampling: SamplingParams = GREEDY,
         stop: Sequence[str] = (),
         on_text: Callable[[str], None] | None = None,
+        keep: int = 0,
+        mark: tuple[int, Callable[[], None]] | None = None,
     ) -> Generation:
-        prompt = [int(t) for t in prompt_tokens]
+        """Generate after prompt_tokens. keep: positions the contexts already hold for this prompt's
+        first `keep` tokens (a session's reused prefix); 0 clears them and prefills everything.
+        mark (k, fn): fn() is called when the contexts hold the prompt's first k tokens (a
+        session's checkpoint; k must lie in keep..len-1).
+
+        prompt_tokens may be a runtime/vision.Layout (needs `vision`): keep and mark then count
+        positions (an image spans max(nx, ny) of them), the context's room counts KV cells."""
+        layout = prompt_tokens if isinstance(prompt_tokens, Layout) else None
+        check_max_tokens(max_tokens)
+        if layout is not None:
+            prompt = _layout_text(layout, self.vision)
+            n_prompt, n_cells = layout.n_pos, layout.n_tokens
+        else:
+            prompt = [int(t) for t in prompt_tokens]
+            n_prompt = n_cells = len(prompt)
         if not prompt:
             raise QwythosError("the prompt is empty", "pass some text with -p")
-        if len(prompt) >= self.n_ctx:
-            raise QwythosError(
-                f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}",
-                f"raise --ctx above {len(prompt) + max_tokens} or shorten the prompt",
+        if n_cells >= self.n_ctx:
+            what = (
+                f" ({len(layout.images)} image(s) included)" if layout is not None and layout.images else ""
             )
-        stats = GenStats(prompt_tokens=len(prompt), draft=self.draft)
-        stats.drafted_per_depth = [0] * self.draft
-        stats.accepted_per_depth = [0] * self.draft
+            raise QwythosError(
+                f"the prompt has {n_cells} tokens{what} but the context holds {self.n_ctx}",
+                f"raise --ctx above {n_cells + max_tokens} or shorten the prompt",
+            )
+        stats = GenStats(prompt_tokens=n_cells, draft=self.max_draft, draft_mode=self.mode)
+        stats.drafted_per_depth = [0] * self.max_draft
+        stats.accepted_per_depth = [0] * self.max_draft
+        stats.steps_per_draft = [0] * (self.max_draft + 1)
         rng = np.random.default_rng(sampling.seed)
         out = _Output(self.model, max_tokens, stop, on_text)
-        self.target.clear()
-        if self.mtp is not None:
-            self.mtp.clear()
+        if not 0 <= keep < n_prompt or keep > self.target.n_past:
+            raise ValueError(f"keep={keep}: at least the prompt's last token must be decoded")
+        if keep == 0:
+            self.target.clear()
+            if self.mtp is not None:
+                self.mtp.clear()
+            self._reset_mtp_state()
+            self._extra_cells = 0
+        stats.prefilled_tokens = n_cells - (layout.cells_before(keep) if layout is not None else keep)
         history = list(prompt)  # the repetition penalty's view: prompt + generated
         t0 = time.perf_counter()
         try:
-            logits, hidden = self._prefill(prompt)
-            x = choose(logits, history, sampling, rng)
+            if layout is not None:
+                logits = self._prefill_layout(layout, keep, mark)
+            else:
+                logits = self._prefill(prompt, keep, mark)
             t1 = time.perf_counter()
             stats.prompt_seconds = t1 - t0
-            if self.draft == 0:
-                self._plain(x, history, sampling, rng, out, stats)
-            else:
-                self._speculative(x, prompt, hidden, history, sampling, rng, out, stats)
+            if max_tokens > 0:
+                x = choose(logits, history, sampling, rng)
+                if self.max_draft == 0:
+                    self._plain(x, history, sampling, rng, out, stats)
+                else:
+                    self._speculative(x, history, sampling, rng, out, stats)
         except KeyboardInterrupt:
             out.finish = "interrupted"
             out.on_text = None  # the caller is stopping: stream nothing more, return what there is
@@ -281,10 +458,15 @@ class Engine:
         out.close()
         stats.gen_tokens = len(out.tokens)
         stats.t_python = max(0.0, stats.gen_seconds - stats.t_draft - stats.t_verify - stats.t_rollback)
+        if self.policy is not None:
+            stats.auto = {"reason": self.auto_reason, **self.policy.explain()}
+        elif self.auto_reason:
+            stats.auto = {"reason": self.auto_reason}
         return Generation(out.tokens, out.text, out.finish or "length", stats)
 
     def _room(self) -> int:
-        return self.n_ctx - self.target.n_past
+        """KV cells left in the target (an image fills more cells than positions)."""
+        return self.n_ctx - self.target.n_past - self._extra_cells
 
     def _plain(
         self, x: int, history: list[int], sp: SamplingParams, rng, out: _Output, stats: GenStats
@@ -301,118 +483,139 @@ class Engine:
             tgt.decode([x], tgt.n_past, outputs="last")
             stats.t_verify += time.perf_counter() - a
             stats.target_passes += 1
+            stats.steps_per_draft[0] += 1
             x = choose(tgt.logits(1)[0], history, sp, rng)
 
+    # -- the speculative step, in pieces ---------------------------------------------------------
+    def _draft(
+        self, x: int, n: int, n_draft: int, history: list[int], sp: SamplingParams, rng
+    ) -> tuple[list[int], list[Dist] | None]:
+        """Up to n_draft tokens after x (at position n), and the distributions they came from
+        (None: point masses). Stops after an end-of-generation token and, with p_min, when the
+        head's top probability is low."""
+        if n_draft <= 0:
+            return [], None
+        if self.drafter is not None:
+            drafts = [int(t) for t in self.drafter(history[:], n_draft)][:n_draft]
+            for j, d in enumerate(drafts):
+                if self.model.is_eog(d):
+                    return drafts[: j + 1], None
+            return drafts, None
+        mtp = self.mtp
+        toks = [*self._cu_tokens, x]
+        hid = np.stack([*self._cu_hidden, self._h_last])
+        if self._split_catchup and len(toks) > 1:
+            mtp.decode_rows(toks[:-1], n - len(toks) + 1, hid[:-1])
+            mtp.decode(toks[-1:], n, outputs="last", hidden=hid[-1:])
+        else:
+            mtp.decode_rows(toks, n - len(toks) + 1, hid)
+        self._cu_tokens, self._cu_hidden = [], []
+        drafts: list[int] = []
+        qs: list[Dist] = []
+        dh = _recent(history, sp)  # the penalty's window, extended by the drafts
+        for j in range(n_draft):
+            lg = mtp.logits(1)[0]
+            if sp.greedy:
+                if self.p_min > 0.0 and _top_prob(lg) < self.p_min:
+                    break
+                d = greedy_token(lg, dh, sp)
+            else:
+                q = distribution(lg, dh, sp)
+                if self.p_min > 0.0 and float(q.p[0]) < self.p_min:
+                    break
+                qs.append(q)
+                d = q.sample(rng)
+            drafts.append(d)
+            dh.append(d)
+            if self.model.is_eog(d):
+                break
+            if j + 1 < n_draft:
+                mtp.decode([d], n + 1 + j, outputs="last", hidden=mtp.last_hidden()[None, :])
+        mtp.truncate(n + 1)  # keep (x_n, h_{n-1}); drop the draft rows
+        return drafts, (qs if not sp.greedy else None)
+
+    def _verify(self, x: int, drafts: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The target's logits and hidden states for [x, drafts...] at positions n.. (views)."""
+        self.target.decode([x, *drafts], n, outputs="all")
+        rows = len(drafts) + 1
+        return self.target.logits(rows), self.target.hidden(rows)
+
+    def _rollback(self, n: int, accepted: int, n_drafts: int) -> None:
+        """Drop the target's positions after the accepted prefix (the MTP context already dropped
+        its draft rows); remember the catch-up rows the MTP context still lacks."""
+        if accepted < n_drafts and not self.target.truncate(n + 1 + accepted):
+            raise QwythosError(f"{self.model.path}: recurrent-state rollback failed", None)
+
     def _speculative(
-        self,
-        x: int,
-        prompt: list[int],
-        hidden: np.ndarray,
-        history: list[int],
-        sp: SamplingParams,
-        rng,
-        out: _Output,
-        stats: GenStats,
+        self, x: int, history: list[int], sp: SamplingParams, rng, out: _Output, stats: GenStats
     ) -> None:
-        tgt, mtp, N = self.target, self.mtp, self.draft
         perf = time.perf_counter
-        # catch-up rows for the MTP context: token x_p paired with h_{p-1}
-        # the prompt's catch-up rows are already in the MTP context (see _prefill)
-        cu_tokens: list[int] = []
-        cu_hidden = np.empty((0, self.model.n_embd), dtype=np.float32)
-        h_last = hidden  # h_{n-1}
+        policy = self.policy
         while True:
             history.append(x)
             if out.emit(x):
                 return
-            n = tgt.n_past  # x sits at position n
+            n = self.target.n_past  # x sits at position n
             room = self._room() - 1
             if room < 0:
                 out.finish = "context"
                 return
-            n_draft = min(N, room, out.max_tokens - len(out.tokens))
-            # 1. draft --------------------------------------------------------------------------
+            limit = min(room, out.max_tokens - len(out.tokens))
+            n_draft = policy.choose(limit) if policy is not None else min(self.max_draft, limit)
             a = perf()
-            drafts: list[int] = []
-            qs = []
-            if n_draft > 0 and self.drafter is not None:
-                drafts = [int(t) for t in self.drafter(history[:], n_draft)][:n_draft]
-                qs = [Dist(np.array([t], dtype=np.int64), np.ones(1)) for t in drafts]
-            elif n_draft > 0:
-                toks = cu_tokens + [x]
-                hid = np.concatenate([cu_hidden, h_last[None, :]]) if len(cu_tokens) else h_last[None, :]
-                mtp.decode_rows(toks, mtp.n_past, hid)
-                cu_tokens = []
-                dh = _recent(history, sp)  # the penalty's window, extended by the drafts
-                for j in range(n_draft):
-                    lg = mtp.logits(1)[0]
-                    if sp.greedy:
-                        d = greedy_token(lg, dh, sp)
-                    else:
-                        q = distribution(lg, dh, sp)
-                        qs.append(q)
-                        d = q.sample(rng)
-                    drafts.append(d)
-                    dh.append(d)
-                    if j + 1 < n_draft:
-                        hrow = mtp.hidden(1).copy()
-                        mtp.decode([d], n + 1 + j, outputs="last", hidden=hrow[None, :])
-                mtp.truncate(n + 1)  # keep (x_n, h_{n-1}); drop the draft rows
+            fed = n_draft > 0 and self.mtp is not None  # the MTP context takes the catch-up rows
+            drafts, qs = self._draft(x, n, n_draft, history, sp, rng)
             b = perf()
-            stats.t_draft += b - a
-            # 2. verify -------------------------------------------------------------------------
-            tgt.decode([x] + drafts, n, outputs="all")
+            logits, hrows = self._verify(x, drafts, n)
             c = perf()
+            v = accept_drafts(drafts, logits, _recent(history, sp), sp, rng, qs)
+            acc = v.accepted
+            if self.mtp is not None:
+                if fed:
+                    self._cu_tokens, self._cu_hidden = drafts[:acc], list(hrows[:acc].copy())
+                else:
+                    self._cu_tokens.append(x)
+                    self._cu_hidden.append(self._h_last)
+            self._h_last = hrows[acc].copy()
+            d0 = perf()
+            self._rollback(n, acc, len(drafts))
+            e = perf()
+            stats.t_draft += b - a
             stats.t_verify += c - b
+            stats.t_rollback += e - d0
             stats.target_passes += 1
-            rows = len(drafts) + 1
-            logits = tgt.logits(rows)
-            hrows = tgt.hidden(rows)
-            # 3. accept -------------------------------------------------------------------------
-            acc = 0
-            nxt = None
-            ph = _recent(history, sp)  # the penalty's window as the target sees it at each row
-            for j, d in enumerate(drafts):
+            stats.steps_per_draft[len(drafts)] += 1
+            for j in range(min(len(drafts), acc + 1)):
                 stats.drafted += 1
                 stats.drafted_per_depth[j] += 1
-                if sp.greedy:
-                    t = greedy_token(logits[j], ph, sp)
-                    if t != d:
-                        nxt = t
-                        break
-                else:
-                    p = distribution(logits[j], ph, sp)
-                    q = qs[j]
-                    pd, qd = p.prob(d), q.prob(d)
-                    if not (qd > 0 and rng.random() < min(1.0, pd / qd)):
-                        nxt = residual(p, q).sample(rng)
-                        break
-                acc += 1
-                stats.accepted += 1
-                stats.accepted_per_depth[j] += 1
-                ph.append(d)
-            if nxt is None:  # all drafts accepted: the target's own next token from the last row
-                nxt = choose(logits[acc], ph, sp, rng)
-            # catch-up rows for the accepted drafts: (d_j, h_{n+j-1}); the next x pairs with h_{n+acc}
-            if not drafts:  # nothing drafted: x_n still has to reach the MTP context
-                cu_tokens = cu_tokens + [x]
-                cu_hidden = np.concatenate([cu_hidden, h_last[None, :]])
-            else:
-                cu_tokens = drafts[:acc]
-                cu_hidden = hrows[:acc].copy()
-            h_last = hrows[acc].copy()
-            d0 = perf()
-            # 4. rollback -----------------------------------------------------------------------
-            if acc < len(drafts):
-                if not tgt.truncate(n + 1 + acc):
-                    raise QwythosError(f"{self.model.path}: recurrent-state rollback failed", None)
-            e = perf()
-            stats.t_rollback += e - d0
+                if j < acc:
+                    stats.accepted += 1
+                    stats.accepted_per_depth[j] += 1
+            if policy is not None:
+                policy.record(len(drafts), acc, c - b, b - a)
             for d in drafts[:acc]:
                 history.append(d)
                 if out.emit(d):
                     return
-            x = nxt
+            x = v.next_token
+
+
+def _layout_text(layout: Layout, vision: Vision | None) -> list[int]:
+    """The layout's text tokens in order (the repetition penalty's view); checks it can be run."""
+    if layout.images and vision is None:
+        raise QwythosError(
+            f"the prompt has {len(layout.images)} image(s) but no vision projector is loaded",
+            "pass the mmproj file with --mmproj",
+        )
+    if layout.segments and layout.segments[-1].kind != "text":
+        raise QwythosError("the prompt ends with an image", "put text (the generation prompt) after it")
+    return [int(t) for s in layout.segments if s.kind == "text" for t in s.tokens]
+
+
+def _top_prob(logits: np.ndarray) -> float:
+    """The softmax probability of the top logit."""
+    m = float(logits.max())
+    return 1.0 / float(np.exp(logits.astype(np.float64) - m).sum())
 
 
 def generate(
@@ -421,16 +624,18 @@ def generate(
     *,
     max_tokens: int = 256,
     sampling: SamplingParams = GREEDY,
-    draft: int = 0,
+    draft: int | str = AUTO,
     stop: Sequence[str] = (),
     n_ctx: int | None = None,
     on_text: Callable[[str], None] | None = None,
     threads: int | None = None,
     drafter: Callable[[list[int], int], list[int]] | None = None,
+    costs: DraftCosts | str | None = "cache",
 ) -> Generation:
-    """Generate up to max_tokens after prompt_tokens; draft=N uses the MTP head (N drafts a step)."""
+    """Generate up to max_tokens after prompt_tokens; draft: "auto" (default), N drafts a step, 0 plain."""
+    check_max_tokens(max_tokens)
     ctx = n_ctx or min(DEFAULT_N_CTX, max(512, len(prompt_tokens) + max_tokens + MAX_DRAFT + 2))
-    with Engine(model, n_ctx=ctx, draft=draft, threads=threads, drafter=drafter) as eng:
+    with Engine(model, n_ctx=ctx, draft=draft, threads=threads, drafter=drafter, costs=costs) as eng:
         return eng.generate(
             prompt_tokens, max_tokens=max_tokens, sampling=sampling, stop=stop, on_text=on_text
         )

@@ -1,4 +1,10 @@
-"""Plain decoding against MTP drafting (draft 1..4) on a fixed prompt set, in one process."""
+"""Plain decoding against MTP drafting (draft 1..4 and auto) on a fixed prompt set, in one process.
+
+Besides the table, the bench turns its runs into the auto policy's cost model (target time per
+batch of 1..N+1 tokens, head time per draft, acceptance per depth), recommends the draft length
+that model predicts fastest, prints predicted against measured speed-ups, and stores the costs in
+the user's cache (core/draft_costs.py) so that `run` and `chat` start from them.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from qwythos.core import draft_costs
+from qwythos.core.acceptance import depth_rates, rate, sum_counts
+from qwythos.core.draft_costs import DraftCosts
 from qwythos.core.errors import QwythosError
-from qwythos.core.llama import Model, load_model
+from qwythos.core.llama import Model, default_threads, load_model
+from qwythos.runtime.draft_policy import best_draft, predicted_tps
 from qwythos.runtime.sampling import GREEDY, SamplingParams
-from qwythos.runtime.speculative import Engine
+from qwythos.runtime.speculative import AUTO, Engine, Generation
 
 #: A fixed prompt set (plain text: the bench measures decoding, not chat formatting).
 BENCH_PROMPTS: tuple[str, ...] = (
@@ -37,6 +47,9 @@ class BenchRow:
     t_rollback: float
     t_python: float
     seconds: float
+    predicted_speedup: float | None = None  # the cost model's prediction for this draft length
+    steps_per_draft: list[int] = field(default_factory=list)
+    first_text: str = ""  # what the first prompt generated (the demo shows it)
 
 
 @dataclass
@@ -46,18 +59,81 @@ class BenchReport:
     max_tokens: int
     threads: int | None
     rows: list[BenchRow] = field(default_factory=list)
+    has_mtp: bool = True
+    note: str = ""
+    recommended: int | None = None  # the draft length the measured costs predict fastest
+    costs: dict | None = None
+    cache_file: str | None = None  # where the costs were stored
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _run_mode(model: Model, prompts: list[list[int]], draft: int, max_tokens: int, sp, threads, n_ctx):
+def _run_mode(model: Model, prompts: list[list[int]], draft, max_tokens: int, sp, threads, n_ctx, costs):
     gens = []
-    with Engine(model, n_ctx=n_ctx, draft=draft, threads=threads) as eng:
+    with Engine(model, n_ctx=n_ctx, draft=draft, threads=threads, costs=costs) as eng:
         eng.generate(prompts[0], max_tokens=4, sampling=sp)  # warm-up (allocations, first-touch)
+        if eng.policy is not None and costs is None:  # auto measured from nothing: not the warm-up
+            eng.policy = type(eng.policy)(eng.max_draft, None)
         for p in prompts:
             gens.append(eng.generate(p, max_tokens=max_tokens, sampling=sp))
+            if gens[-1].finish_reason == "interrupted":  # Ctrl-C stops the bench, not one prompt
+                raise KeyboardInterrupt
     return gens
+
+
+def _row(mode: str, draft: int, gens: list[Generation], base_tps, base_tokens) -> BenchRow:
+    depth = max(len(g.stats.drafted_per_depth) for g in gens)
+    drafted = sum_counts((g.stats.drafted_per_depth for g in gens), depth)
+    accepted = sum_counts((g.stats.accepted_per_depth for g in gens), depth)
+    steps = [sum(g.stats.steps_per_draft[k] for g in gens) for k in range(depth + 1)]
+    n = sum(g.stats.gen_tokens for g in gens)
+    secs = sum(g.stats.gen_seconds for g in gens)
+    passes = sum(g.stats.target_passes for g in gens)
+    tps = n / secs if secs else 0.0
+    return BenchRow(
+        mode=mode,
+        draft=draft,
+        gen_tokens=n,
+        gen_tps=tps,
+        prompt_tps=sum(g.stats.prompt_tokens for g in gens)
+        / max(1e-9, sum(g.stats.prompt_seconds for g in gens)),
+        acceptance=rate(sum(accepted), sum(drafted)),
+        acceptance_per_depth=depth_rates(accepted, drafted),
+        tokens_per_pass=n / passes if passes else 0.0,
+        speedup=tps / base_tps if base_tps else 1.0,
+        same_output=[g.tokens for g in gens] == base_tokens if base_tokens is not None else True,
+        t_draft=sum(g.stats.t_draft for g in gens),
+        t_verify=sum(g.stats.t_verify for g in gens),
+        t_rollback=sum(g.stats.t_rollback for g in gens),
+        t_python=sum(g.stats.t_python for g in gens),
+        seconds=secs,
+        steps_per_draft=steps,
+        first_text=gens[0].text if gens else "",
+    )
+
+
+def costs_from_rows(rows: list[BenchRow]) -> DraftCosts | None:
+    """The auto policy's cost model from fixed-length runs: seconds per target pass at N + 1
+    tokens, seconds per draft, and the deepest run's acceptance per depth (None without drafts)."""
+    fixed = {r.draft: r for r in rows if r.mode != "auto"}
+    drafted = [r for r in fixed.values() if r.draft > 0]
+    if 0 not in fixed or not drafted:
+        return None
+    known = {r.draft + 1: r.t_verify / max(1, sum(r.steps_per_draft)) for r in fixed.values()}
+    ks = sorted(known)
+    verify = []
+    for k in range(1, ks[-1] + 1):
+        if k in known:
+            verify.append(known[k])
+        else:  # a length not benched: linear between its neighbours
+            lo = max(x for x in ks if x < k)
+            hi = min(x for x in ks if x > k)
+            verify.append(known[lo] + (known[hi] - known[lo]) * (k - lo) / (hi - lo))
+    n_drafts = sum(sum(k * c for k, c in enumerate(r.steps_per_draft)) for r in drafted)
+    head = sum(r.t_draft for r in drafted) / max(1, n_drafts)
+    deepest = max(drafted, key=lambda r: r.draft)
+    return DraftCosts(verify, head, list(deepest.acceptance_per_depth))
 
 
 def bench_model(
@@ -69,45 +145,47 @@ def bench_model(
     sampling: SamplingParams = GREEDY,
     threads: int | None = None,
     n_ctx: int = 1024,
+    auto: bool = True,
+    store: bool = False,
 ) -> BenchReport:
-    """Run plain and each draft length over the prompts; tokens/s, acceptance, speed-up, parts."""
+    """Run plain, each draft length and auto over the prompts: tokens/s, acceptance, speed-up,
+    where the time goes; the recommended draft length; store=True writes the costs to the cache."""
     toks = [model.tokenize(p) for p in prompts]
-    report = BenchReport(str(model.path), len(toks), max_tokens, threads)
+    report = BenchReport(str(model.path), len(toks), max_tokens, threads, has_mtp=model.has_mtp)
     if any(d > 0 for d in drafts) and not model.has_mtp:
         raise QwythosError(f"{model.path} has no MTP layer to benchmark", "bench a GGUF with the head")
+    if not model.has_mtp:
+        report.note = f"{model.path.name} has no MTP head: measured plain decoding only"
     base_tps = None
     base_tokens = None
     for d in [0, *[d for d in drafts if d > 0]]:
-        gens = _run_mode(model, toks, d, max_tokens, sampling, threads, n_ctx)
-        n = sum(g.stats.gen_tokens for g in gens)
-        secs = sum(g.stats.gen_seconds for g in gens)
-        drafted = [sum(g.stats.drafted_per_depth[j] for g in gens) for j in range(d)]
-        accepted = [sum(g.stats.accepted_per_depth[j] for g in gens) for j in range(d)]
-        passes = sum(g.stats.target_passes for g in gens)
-        tps = n / secs if secs else 0.0
-        outs = [g.tokens for g in gens]
+        gens = _run_mode(model, toks, d, max_tokens, sampling, threads, n_ctx, None)
+        row = _row("plain" if d == 0 else f"mtp draft {d}", d, gens, base_tps, base_tokens)
         if d == 0:
-            base_tps, base_tokens = tps, outs
-        report.rows.append(
-            BenchRow(
-                mode="plain" if d == 0 else f"mtp draft {d}",
-                draft=d,
-                gen_tokens=n,
-                gen_tps=tps,
-                prompt_tps=sum(g.stats.prompt_tokens for g in gens)
-                / max(1e-9, sum(g.stats.prompt_seconds for g in gens)),
-                acceptance=sum(accepted) / sum(drafted) if sum(drafted) else 0.0,
-                acceptance_per_depth=[a / t if t else 0.0 for a, t in zip(accepted, drafted, strict=True)],
-                tokens_per_pass=n / passes if passes else 0.0,
-                speedup=tps / base_tps if base_tps else 1.0,
-                same_output=outs == base_tokens,
-                t_draft=sum(g.stats.t_draft for g in gens),
-                t_verify=sum(g.stats.t_verify for g in gens),
-                t_rollback=sum(g.stats.t_rollback for g in gens),
-                t_python=sum(g.stats.t_python for g in gens),
-                seconds=secs,
-            )
-        )
+            base_tps, base_tokens = row.gen_tps, [g.tokens for g in gens]
+            row.speedup = 1.0
+        report.rows.append(row)
+    costs = costs_from_rows(report.rows)
+    if costs is not None:
+        max_n = max(r.draft for r in report.rows)
+        report.recommended = best_draft(costs, max_n)
+        report.costs = {
+            "verify_ms": [1e3 * v for v in costs.verify_s],
+            "head_ms": 1e3 * costs.head_s,
+            "acceptance": costs.acceptance,
+        }
+        plain = predicted_tps(costs, 0)
+        for r in report.rows:
+            r.predicted_speedup = predicted_tps(costs, r.draft) / plain if plain else None
+        if auto:
+            gens = _run_mode(model, toks, AUTO, max_tokens, sampling, threads, n_ctx, costs)
+            row = _row("auto", report.recommended, gens, base_tps, base_tokens)
+            row.predicted_speedup = predicted_tps(costs, report.recommended) / plain if plain else None
+            report.rows.append(row)
+        if store:
+            t = threads or default_threads()
+            draft_costs.store(model.path, t, costs, report.recommended)
+            report.cache_file = str(draft_costs.cache_file())
     return report
 
 
@@ -118,11 +196,16 @@ def run_bench(
     max_tokens: int = 64,
     threads: int | None = None,
     n_ctx: int = 1024,
+    auto: bool = True,
+    store: bool = True,
 ) -> BenchReport:
+    """`qwythos bench`: bench_model on a file, storing the measured costs for `run` (store=True)."""
     model = load_model(model_path)
     try:
         if not model.has_mtp:
             drafts = ()
-        return bench_model(model, drafts=drafts, max_tokens=max_tokens, threads=threads, n_ctx=n_ctx)
+        return bench_model(
+            model, drafts=drafts, max_tokens=max_tokens, threads=threads, n_ctx=n_ctx, auto=auto, store=store
+        )
     finally:
         model.close()

@@ -104,3 +104,9 @@ def run_reference_converter(
             "check the checkpoint; run the command by hand to see the full log",
         )
     return out
+
+
+def run_reference_mmproj(model_dir: str | Path, out_file: str | Path, outtype: str = "f16", **kw) -> Path:
+    """llama.cpp's `convert_hf_to_gguf.py --mmproj`: the vision projector GGUF, written to `out_file`
+    (an explicit --outfile keeps its name; llama.cpp adds the `mmproj-` prefix only to a folder)."""
+    return run_reference_converter(model_dir, out_file, outtype, ["--mmproj"], **kw)

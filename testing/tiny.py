@@ -23,6 +23,11 @@ import numpy as np
 from qwythos.testing.tokenizer_build import N_REGULAR, SPECIAL_TOKENS, build_tokenizer, special_token_ids
 
 VARIANTS = ("mtp", "no-mtp", "qwythos")
+# Qwythos-release layout (no mtp.* tensors) with a vision tower other than the default one-block
+# tower: "vision-deep" has three blocks; "vision-wide" has a wider tower whose FFN width is not a
+# multiple of 32 (like the 9B tower's 4304, so q8_0 falls back to f16 for ffn_down) and a
+# position-embedding grid of 6x6 (image_size 96) that non-square images interpolate.
+VISION_VARIANTS = ("vision-deep", "vision-wide")
 _SPECIAL = special_token_ids(N_REGULAR)
 TINY_VOCAB = 1152  # padded above the tokenizer's 1026 tokens, as the real 248320 > 248077
 TINY_SHARD_BYTES = 4 * 2**20
@@ -88,10 +93,33 @@ TINY_VISION_CONFIG: dict = {
 }
 
 
+# vision_config overrides of the vision variants (keys as in Qwen3.5's vision_config)
+VISION_TOWERS: dict[str, dict] = {
+    "vision-deep": {"depth": 3},
+    "vision-wide": {
+        "depth": 2,
+        "hidden_size": 96,
+        "intermediate_size": 144,
+        "num_heads": 3,
+        "num_position_embeddings": 36,
+    },
+}
+
+
+# preprocessor_config.json overrides: vision-wide uses the CLIP mean/std of Qwen2-VL's processor, so
+# a converter that ignores the file (and writes Qwen3.5's 0.5s) is caught
+PREPROCESSOR_OVERRIDES: dict[str, dict] = {
+    "vision-wide": {
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    },
+}
+
+
 def tiny_config(variant: str = "mtp") -> dict:
     """The full config.json of a tiny fixture (no-mtp: the config has no MTP layer either)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant not in VARIANTS + VISION_VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS + VISION_VARIANTS}, got {variant!r}")
     text = copy.deepcopy(TINY_TEXT_CONFIG)
     if variant == "no-mtp":
         text.pop("mtp_num_hidden_layers")
@@ -104,7 +132,7 @@ def tiny_config(variant: str = "mtp") -> dict:
         "tie_word_embeddings": False,
         "transformers_version": "5.23.0",
         "video_token_id": _SPECIAL["<|video_pad|>"],
-        "vision_config": copy.deepcopy(TINY_VISION_CONFIG),
+        "vision_config": {**copy.deepcopy(TINY_VISION_CONFIG), **VISION_TOWERS.get(variant, {})},
         "vision_end_token_id": _SPECIAL["<|vision_end|>"],
         "vision_start_token_id": _SPECIAL["<|vision_start|>"],
     }
@@ -517,17 +545,24 @@ def read_tensor(model_dir: str | Path, name: str) -> np.ndarray:
 def build_tiny_checkpoint(out_dir: str | Path, *, variant: str = "mtp", seed: int = 0) -> Path:
     """A tiny Qwen3.5 checkpoint: "mtp" (base-model layout, mtp.* tensors), "no-mtp" (config and
     files without an MTP layer), "qwythos" (config promises mtp_num_hidden_layers 1, files have no
-    mtp.* tensors - exactly the Qwythos-9B release)."""
+    mtp.* tensors - exactly the Qwythos-9B release); the VISION_VARIANTS are "qwythos" with
+    another vision tower. Every variant carries preprocessor_config.json."""
     config = tiny_config(variant)
-    return build_checkpoint_from_config(
+    out = build_checkpoint_from_config(
         out_dir, config, seed=seed, include_mtp=(variant == "mtp"), max_shard_bytes=TINY_SHARD_BYTES
     )
+    if variant in PREPROCESSOR_OVERRIDES:
+        pre = {**preprocessor_config(config["vision_config"]), **PREPROCESSOR_OVERRIDES[variant]}
+        _write_json(out / "preprocessor_config.json", pre)
+    return out
 
 
 __all__ = [
     "SPECIAL_TOKENS",
     "TINY_TEXT_CONFIG",
     "TINY_VISION_CONFIG",
+    "VISION_TOWERS",
+    "VISION_VARIANTS",
     "TensorSpec",
     "bf16_bits_to_f32",
     "build_checkpoint_from_config",

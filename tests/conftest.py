@@ -187,4 +187,16 @@ def rt_trained_model(rt_trained_gguf):
     m.close()
 
 
+@pytest.fixture(scope="session")
+def rt_trained_f32_model(tmp_path_factory):
+    """The trained tiny model in F32 (BF16 near-ties can flip between batched and single kernels)."""
+    from qwythos.convert.text import convert
+    from qwythos.core.llama import load_model
+
+    out = tmp_path_factory.mktemp("rt-f32") / "trained-F32.gguf"
+    m = load_model(convert(TRAINED_DIR, out, outtype="f32").output)
+    yield m
+    m.close()
+
+
 # ---- end: runtime

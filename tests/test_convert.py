@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader
-from gguf.quants import quantize as gguf_quantize
 
 from qwythos.convert.text import RESTORE_HINT, convert
 from qwythos.core import qwen35
@@ -147,16 +146,23 @@ def test_outtypes(tiny_nomtp_dir: Path, tmp_path: Path, outtype: str, gtype: GGM
     assert {t.tensor_type for t in r.tensors if t.name.endswith("_norm.weight")} == {GGMLQuantizationType.F32}
 
 
-def test_bf16_rounding_matches_gguf_py() -> None:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(10000).astype(np.float32) * 10
-    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 3.4e38], dtype=np.float32)
-    ties = (np.arange(64, dtype=np.uint32) << 16 | 0x8000).view(np.float32)  # exact halfway cases
-    snan = np.array([0x7F800001, 0xFF812345], dtype=np.uint32).view(np.float32)
-    x = np.concatenate([x, special, ties, snan])
-    ours = qwen35.f32_to_bf16(x).view(np.uint8)
-    ref = gguf_quantize(x, GGMLQuantizationType.BF16)
-    assert ours.tobytes() == ref.tobytes()
+def test_bf16_cast_rounds_like_ggml() -> None:
+    """f32 -> bf16 through gguf-py's quantizer: round to nearest even, NaN made quiet, Inf kept."""
+    bits = {
+        0x3F800000: 0x3F80,  # 1.0
+        0x3F808000: 0x3F80,  # halfway, even below: stays
+        0x3F818000: 0x3F82,  # halfway, odd below: up to even
+        0x3F80FFFF: 0x3F81,  # above halfway
+        0x7F800000: 0x7F80,  # +Inf
+        0xFF800000: 0xFF80,  # -Inf
+        0x7F800001: 0x7FC0,  # signalling NaN -> quiet
+        0xFF812345: 0xFFC1,
+        0x7F7FFFFF: 0x7F80,  # FLT_MAX rounds to Inf, as in ggml
+    }
+    x = np.array(list(bits), dtype=np.uint32).view(np.float32)
+    got = qwen35.cast(x, "F32", GGMLQuantizationType.BF16)
+    assert got.nbytes == 2 * len(bits)
+    assert [int(b) for b in got.view("<u2")] == list(bits.values())
 
 
 # ---------------------------------------------------------------- errors
@@ -327,3 +333,111 @@ def test_cli_convert_json_and_errors(tiny_nomtp_dir: Path, tmp_path: Path) -> No
     )
     p = _cli("convert", str(tmp_path / "missing"), "-o", str(tmp_path / "x.gguf"))
     assert p.returncode == 1 and "does not exist" in p.stderr and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------- coverage and content checks
+
+
+def _edit_config(d: Path, edit) -> None:
+    c = json.loads((d / "config.json").read_text())
+    edit(c.setdefault("text_config", c))
+    (d / "config.json").write_text(json.dumps(c))
+
+
+def _add_tensor(d: Path, name: str, shape: tuple[int, ...]) -> None:
+    """A BF16 tensor in a shard of its own, listed in the index (as a stray extra weight would be)."""
+    data = np.full(shape, 0x3F80, dtype="<u2").tobytes()  # 1.0
+    header = json.dumps({name: {"dtype": "BF16", "shape": list(shape), "data_offsets": [0, len(data)]}})
+    header += " " * (-len(header) % 8)
+    shard = d / "model-extra.safetensors"
+    shard.write_bytes(struct.pack("<Q", len(header)) + header.encode() + data)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    index["weight_map"][name] = shard.name
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_config_with_fewer_layers_than_the_weights(tiny_mtp_dir: Path, tmp_path: Path) -> None:
+    """Issue 15: trunk block N and the MTP block would share names; refused, naming the layer."""
+    d = copy_dir(tiny_mtp_dir, tmp_path / "m")
+
+    def drop_last(t: dict) -> None:
+        t["num_hidden_layers"] -= 1
+        t["layer_types"] = t["layer_types"][:-1]
+
+    _edit_config(d, drop_last)
+    with pytest.raises(QwythosError, match=r"declares 3 layers .* hold 1 more: layer\(s\) 3") as e:
+        convert(d, tmp_path / "o.gguf")
+    assert "config.json" in str(e.value) and "num_hidden_layers 4" in e.value.hint
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_config_with_more_layers_than_the_weights(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+
+    def add_two(t: dict) -> None:
+        t["num_hidden_layers"] += 2
+        t["layer_types"] = t["layer_types"] + ["linear_attention", "linear_attention"]
+
+    _edit_config(d, add_two)
+    with pytest.raises(QwythosError, match=r"declares 6 layers .* lack layer\(s\) 4, 5 \(no model.layers.4"):
+        convert(d, tmp_path / "o.gguf")
+
+
+def test_two_tensors_with_one_gguf_name(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    """The same weight under the VL name and the plain name would be written twice."""
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    _add_tensor(d, "model.layers.1.post_attention_layernorm.weight", (text_cfg(d)["hidden_size"],))
+    with pytest.raises(QwythosError, match="would both be blk.1.post_attention_norm.weight") as e:
+        convert(d, tmp_path / "o.gguf")
+    assert "model.language_model.layers.1.post_attention_layernorm.weight" in str(e.value)
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_tensor_of_the_other_layer_kind(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    """A full-attention tensor in a linear-attention layer is not part of the model."""
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    assert text_cfg(d)["layer_types"][0] == "linear_attention"
+    _add_tensor(d, "model.language_model.layers.0.self_attn.q_norm.weight", (text_cfg(d)["head_dim"],))
+    with pytest.raises(QwythosError, match="self_attn.q_norm.weight does not fit config.json's layer_types"):
+        convert(d, tmp_path / "o.gguf")
+
+
+def _poke_bf16(d: Path, name: str, index: int, bits: int) -> None:
+    info = open_checkpoint(d).tensor_info(name)
+    with open(info.file, "r+b") as f:
+        f.seek(info.offset + 2 * index)
+        f.write(struct.pack("<H", bits))
+
+
+def test_nan_and_inf_weights_convert_with_a_warning(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    up = "model.language_model.layers.2.mlp.up_proj.weight"  # copied byte for byte
+    norm = "model.language_model.layers.0.input_layernorm.weight"  # transformed (1 + w)
+    _poke_bf16(d, up, 5, 0x7FC0)  # NaN
+    _poke_bf16(d, up, 9, 0xFF80)  # -Inf
+    _poke_bf16(d, norm, 0, 0x7F80)  # +Inf
+    res = convert(d, tmp_path / "o.gguf")
+    warning = next(n for n in res.notes if "NaN or Inf" in n)
+    assert "2 tensor(s)" in warning and "3 in all" in warning
+    r = GGUFReader(res.output)
+    assert kv(r, "qwythos.convert.warnings") == [warning]
+    ref = convert(tiny_nomtp_dir, tmp_path / "clean.gguf")
+    assert "qwythos.convert.warnings" not in GGUFReader(ref.output).fields
+    # the weights themselves are written as they are
+    by_name = {t.name: t for t in r.tensors}
+    assert by_name["blk.2.ffn_up.weight"].data.tobytes() == open_checkpoint(d).read(up).tobytes()
+
+
+def test_checkpoint_without_chat_template_converts_with_a_warning(
+    tiny_nomtp_dir: Path, tmp_path: Path
+) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    tc.pop("chat_template")
+    (d / "tokenizer_config.json").write_text(json.dumps(tc))
+    (d / "chat_template.jinja").unlink(missing_ok=True)
+    res = convert(d, tmp_path / "o.gguf")
+    warning = next(n for n in res.notes if "no chat template" in n)
+    r = GGUFReader(res.output)
+    assert "tokenizer.chat_template" not in r.fields
+    assert kv(r, "qwythos.convert.warnings") == [warning]

@@ -345,3 +345,61 @@ def test_reference_converter_mmproj(reference, tiny_qwythos_dir, tmp_path):
     assert r.fields["general.architecture"].contents() == "clip"
     assert int(r.fields["clip.vision.block_count"].contents()) == 1
     assert any(t.name.startswith("v.blk.0.") for t in r.tensors)
+
+
+# ---- vision towers ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vision_variant_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("vision-variants")
+    return {v: tiny.build_tiny_checkpoint(root / v, variant=v) for v in tiny.VISION_VARIANTS}
+
+
+@pytest.mark.parametrize("variant", tiny.VISION_VARIANTS)
+def test_vision_variant_layout(variant, vision_variant_dirs, tiny_qwythos_dir):
+    folder = vision_variant_dirs[variant]
+    cfg = json.loads((folder / "config.json").read_text())
+    real = json.loads((DATA / "qwythos-9b-config.json").read_text())["vision_config"]
+    v = cfg["vision_config"]
+    assert set(v) == set(real)  # the real Qwen3.5 vision_config keys, nothing else
+    assert v["depth"] > 1 and v["hidden_size"] % v["num_heads"] == 0
+    assert v["out_hidden_size"] == cfg["text_config"]["hidden_size"]
+    tensors = _all_tensors(folder)
+    blocks = {int(n.split(".")[3]) for n in tensors if n.startswith("model.visual.blocks.")}
+    assert blocks == set(range(v["depth"]))
+    assert tensors["model.visual.pos_embed.weight"]["shape"] == [
+        v["num_position_embeddings"],
+        v["hidden_size"],
+    ]
+    p = v["patch_size"]
+    assert tensors["model.visual.patch_embed.proj.weight"]["shape"] == [v["hidden_size"], 3, 2, p, p]
+    assert not any(n.startswith("mtp.") for n in tensors)  # the Qwythos release layout
+    # the text model is the qwythos variant's, byte for byte
+    name = "model.language_model.layers.3.self_attn.q_proj.weight"
+    assert np.array_equal(tiny.read_tensor(folder, name), tiny.read_tensor(tiny_qwythos_dir, name))
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    assert pre["patch_size"] == p and pre["merge_size"] == v["spatial_merge_size"]
+    assert pre["temporal_patch_size"] == v["temporal_patch_size"] and len(pre["image_mean"]) == 3
+    assert pre["image_mean"] == tiny.PREPROCESSOR_OVERRIDES.get(variant, {}).get("image_mean", [0.5] * 3)
+
+
+def test_vision_wide_is_not_q8_friendly_like_9b():
+    """The wide tower's FFN width is not a multiple of 32, like the 9B tower's 4304."""
+    real = json.loads((DATA / "qwythos-9b-config.json").read_text())["vision_config"]
+    wide = tiny.tiny_config("vision-wide")["vision_config"]
+    assert real["intermediate_size"] % 32 and wide["intermediate_size"] % 32
+    assert int(wide["num_position_embeddings"] ** 0.5) ** 2 == wide["num_position_embeddings"]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("variant", tiny.VISION_VARIANTS)
+def test_transformers_loads_vision_variants(variant, vision_variant_dirs):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    model, info = transformers.Qwen3_5ForConditionalGeneration.from_pretrained(
+        vision_variant_dirs[variant], output_loading_info=True, dtype=torch.float32
+    )
+    assert not info["missing_keys"] and not info["mismatched_keys"] and not info["unexpected_keys"]
+    assert len(model.model.visual.blocks) == tiny.tiny_config(variant)["vision_config"]["depth"]

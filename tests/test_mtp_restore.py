@@ -106,7 +106,7 @@ def test_refusals(mtp_fixture_ggufs, tiny_qwythos_dir, tiny_mtp_dir, tmp_path):
     with pytest.raises(QwythosError, match="no MTP head"):
         restore(mtp_fixture_ggufs["trunk"], mtp_fixture_ggufs["trunk"], tmp_path / "c.gguf")
     with pytest.raises(QwythosError, match="unknown head --type"):
-        restore(mtp_fixture_ggufs["trunk"], tiny_mtp_dir, tmp_path / "d.gguf", head_type="q3_k")
+        restore(mtp_fixture_ggufs["trunk"], tiny_mtp_dir, tmp_path / "d.gguf", head_type="iq2_xxs")
     assert not list(tmp_path.iterdir())
     # --force replaces an existing head
     r = restore(mtp_fixture_ggufs["full"], tiny_mtp_dir, tmp_path / "e.gguf", force=True)

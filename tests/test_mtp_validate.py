@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from qwythos.cli import app
 from qwythos.core.gguf_file import read_header, write_gguf
-from qwythos.core.structure import check_structure
+from qwythos.core.structure import check_model, check_structure
 from qwythos.mtp.restore import restore
 from qwythos.mtp.validate import DEFAULT_TEXT, expected_length, validate
 
@@ -24,6 +24,8 @@ def test_structure_of_grafted_separate_and_trunk(trained_ggufs):
     assert sep.ok and sep.kind == "stand-alone head"
     trunk = check_structure(trained_ggufs["trunk"])
     assert not trunk.ok and trunk.kind == "trunk only"
+    # the whole-file check finds all three sound (a stand-alone head: its globals and block only)
+    assert [check_model(trained_ggufs[k]) for k in ("full", "separate", "trunk", "wrong")] == [[], [], [], []]
 
 
 def test_structure_names_a_missing_and_a_misshapen_tensor(trained_ggufs, tmp_path):
@@ -40,6 +42,25 @@ def test_structure_names_a_missing_and_a_misshapen_tensor(trained_ggufs, tmp_pat
     )
     rep = validate(bad)
     assert not rep.passed and "blk.4.nextn.hnorm.weight" in rep.reason and not rep.depths
+    assert [str(i) for i in check_model(bad)] == ["blk.4.nextn.hnorm.weight is missing"]
+
+
+def test_structure_names_an_unknown_type_and_a_misshapen_head_tensor(trained_ggufs, tmp_path):
+    from qwythos.mtp.restore import _kvs, _raw_plan
+
+    hdr = read_header(trained_ggufs["full"])
+    plans = [_raw_plan(hdr, t) for t in hdr.tensors]
+    for p in plans:
+        if p.name == "blk.4.attn_k.weight":
+            p.ggml_type = 99  # a type id no ggml knows
+        if p.name == "blk.4.ffn_up.weight":
+            p.shape = tuple(reversed(p.shape))
+    bad = tmp_path / "bad.gguf"
+    write_gguf(bad, "qwen35", _kvs(hdr, 4), plans)
+    problems = sorted(str(i) for i in check_structure(bad).issues)
+    assert problems[0] == "blk.4.attn_k.weight has unknown GGML type id 99"
+    assert problems[1].startswith("blk.4.ffn_up.weight has shape") and len(problems) == 2
+    assert sorted(str(i) for i in check_model(bad)) == problems
 
 
 def test_expected_length():
@@ -119,7 +140,7 @@ def test_torch_forward_matches_llama_cpp(trained_dir, trained_ggufs):
 def test_cli_default_gate_is_the_library_default():
     import inspect
 
-    from qwythos.cli import mtp_validate
+    from qwythos.commands.mtp import mtp_validate
     from qwythos.mtp.validate import DEFAULT_MIN_ACCEPT
 
     opt = inspect.signature(mtp_validate).parameters["min_accept"].default

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from qwythos.core.ftypes import ftypes, parse_ftype, parse_ggml_type
 from qwythos.core.gguf_file import read_header
 from qwythos.core.llama_quant import load_imatrix
 from qwythos.quantize.pipeline import MANIFEST, SUMS, quantize, sha256_file
+from qwythos.testing.imatrix import write_imatrix
 
 # ---------------------------------------------------------------- fixtures (conftest: tiny_mtp_gguf, tiny_mtp_dir)
 # tiny_mtp_gguf is the converter's BF16 GGUF of the tiny random checkpoint (hidden 256, 4 layers, a
@@ -32,48 +32,6 @@ def _byte_tokens() -> list[str]:
             cs.append(256 + n)
             n += 1
     return [chr(c) for c in cs]
-
-
-def write_imatrix(path: Path, src: Path, *, legacy: bool = False, skip_head: bool = True) -> Path:
-    """An importance matrix for `src` as llama-imatrix writes it (GGUF: in_sum2 + counts; or .dat)."""
-    hdr = read_header(src)
-    n_nextn = int(hdr.kv.get("qwen35.nextn_predict_layers", 0))
-    n_layer = int(hdr.kv["qwen35.block_count"]) - n_nextn
-    rng = np.random.default_rng(1)
-    entries = {}
-    for t in hdr.tensors:
-        if len(t.ne) < 2 or t.name in ("token_embd.weight", "output.weight") or "norm" in t.name:
-            continue
-        if skip_head and t.name.startswith(f"blk.{n_layer}."):
-            continue  # llama-imatrix never runs the nextn block
-        entries[t.name] = (rng.random(t.ne[0]).astype(np.float32) + 0.5) * 10
-    if legacy:
-        out = bytearray(struct.pack("<i", len(entries)))
-        for name, v in entries.items():
-            out += (
-                struct.pack("<i", len(name))
-                + name.encode()
-                + struct.pack("<ii", 10, v.size)
-                + (v * 10).tobytes()
-            )
-        out += struct.pack("<i", 10) + struct.pack("<i", 4) + b"text"
-        path.write_bytes(bytes(out))
-        return path
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), arch="imatrix")
-    w.add_type("imatrix")
-    w.add_array("imatrix.datasets", ["text.txt"])
-    w.add_uint32("imatrix.chunk_count", 10)
-    w.add_uint32("imatrix.chunk_size", 512)
-    for name, v in entries.items():
-        w.add_tensor(name + ".in_sum2", (v * 5120).reshape(1, -1))
-        w.add_tensor(name + ".counts", np.array([[5120.0]], dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +87,7 @@ def test_every_type_produced_verified_recorded(tiny_gguf: Path, five) -> None:
     sums = (out / SUMS).read_text().split("\n")
     assert f"{rep.outputs[0].sha256}  tiny-mtp-Q4_K_M.gguf" in sums
     man = json.loads((out / MANIFEST).read_text())
-    e = man["outputs"]["Q6_K"]
+    e = man["outputs"]["tiny-mtp-Q6_K.gguf"]  # keyed by file name: two models can share a folder
     assert e["bytes"] == rep.outputs[2].bytes and e["source_fingerprint"] == rep.source_fingerprint
     assert "llama-cpp-python 0.3.36" in e["tool_version"]
     assert not list(out.glob("*.partial"))
@@ -296,3 +254,57 @@ def test_verification_catches_a_broken_output(tiny_trunk_gguf: Path, tmp_path: P
         f.write(np.full(t.n_elements, np.nan, dtype=np.float32).tobytes())
     with pytest.raises(QwythosError, match="NaN"):
         decode_probe(bad, 3)
+
+
+def test_output_failing_verification_never_gets_its_name(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Verified under the temporary name: a broken output is removed, and the message blames the
+    quantizer when the source decodes fine, the source when it fails the same probe."""
+    import qwythos.quantize.pipeline as pl
+
+    real = pl.decode_probe
+
+    def broken_output(path: Path, n: int = 4) -> int:
+        if str(path).endswith(".partial"):
+            raise QwythosError(f"{path} produces NaN or infinite logits", "the output is broken")
+        return real(path, n)
+
+    monkeypatch.setattr(pl, "decode_probe", broken_output)
+    with pytest.raises(QwythosError) as e:
+        quantize(tiny_gguf, tmp_path, types="Q8_0")
+    assert "failed verification" in e.value.message and "the source decodes fine" in (e.value.hint or "")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob("*.partial"))
+    assert not (tmp_path / SUMS).exists()
+
+    def broken_everything(path: Path, n: int = 4) -> int:
+        raise QwythosError(f"{path} produces NaN or infinite logits", "the output is broken")
+
+    monkeypatch.setattr(pl, "decode_probe", broken_everything)
+    with pytest.raises(QwythosError) as e:
+        quantize(tiny_gguf, tmp_path, types="Q8_0")
+    assert "the source" in e.value.message and "convert it again" in (e.value.hint or "")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob("*.partial"))
+
+
+def test_nan_in_the_source_is_blamed_on_the_source(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from gguf import GGUFReader
+
+    bad = tmp_path / "nan-BF16.gguf"
+    shutil.copyfile(tiny_trunk_gguf, bad)
+    t = next(t for t in GGUFReader(bad).tensors if t.name == "output_norm.weight")
+    with open(bad, "r+b") as f:
+        f.seek(t.data_offset)
+        f.write(np.full(t.n_elements, np.nan, dtype=np.float32).tobytes())
+    with pytest.raises(QwythosError) as e:
+        quantize(bad, tmp_path / "out", types="Q8_0")
+    assert "output_norm.weight" in e.value.message and "NaN" in (e.value.hint or "")
+    assert not list((tmp_path / "out").glob("*.gguf*"))
+
+
+def test_quantize_into_a_file_name_is_refused(tiny_gguf: Path, tmp_path: Path) -> None:
+    with pytest.raises(QwythosError) as e:
+        quantize(tiny_gguf, tmp_path / "X.gguf", types="Q8_0")
+    assert "folder" in e.value.message and not (tmp_path / "X.gguf").exists()

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _cost_cache(tmp_path, monkeypatch):
+    """Each test has its own draft-cost cache (never the developer's)."""
+    path = tmp_path / "draft_costs.json"
+    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(path))
+    return path
 
 
 def test_run_json_mtp_equals_plain(rt_trained_gguf):
@@ -30,6 +39,28 @@ def test_run_json_mtp_equals_plain(rt_trained_gguf):
     ga, gb = json.loads(a.stdout)["generation"], json.loads(b.stdout)["generation"]
     assert ga["tokens"] == gb["tokens"] and len(ga["tokens"]) == 24
     assert ga["stats"]["draft"] == 3 and ga["stats"]["drafted"] > 0 and gb["stats"]["drafted"] == 0
+    assert (
+        json.loads(a.stdout)["draft"]["mode"] == "fixed" and json.loads(b.stdout)["draft"]["mode"] == "plain"
+    )
+    c = runner.invoke(app, args + ["-t", "1"])  # auto is the default; -t like llama.cpp
+    assert c.exit_code == 0, c.output
+    out = json.loads(c.stdout)
+    assert out["generation"]["tokens"] == gb["tokens"]
+    d = out["draft"]
+    assert d["mode"] == "auto" and d["reason"] == "no cached costs: measuring" and 0 <= d["chosen"] <= 4
+    assert sum(d["auto"]["steps_per_draft_length"]) > 0 and d["auto"]["acceptance_per_depth"]
+
+
+def test_max_tokens_zero_and_negative(rt_trained_gguf):
+    base = ["run", str(rt_trained_gguf), "-p", "def main():", "--raw", "--json", "--max-tokens"]
+    r = runner.invoke(app, base + ["0"])
+    assert r.exit_code == 0, r.output
+    g = json.loads(r.stdout)["generation"]
+    assert g["tokens"] == [] and g["stats"]["prompt_tokens"] > 0 and g["finish_reason"] == "length"
+    r = runner.invoke(app, base + ["-1"])
+    assert r.exit_code == 1 and "out of range" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["run", str(rt_trained_gguf), "-p", "hi", "--draft", "lots"])
+    assert r.exit_code == 1 and "not a number" in r.output
 
 
 def test_run_chat_template_and_bad_input(rt_trained_gguf, rt_trained_trunk_gguf):
@@ -40,27 +71,74 @@ def test_run_chat_template_and_bad_input(rt_trained_gguf, rt_trained_trunk_gguf)
     r = runner.invoke(app, ["run", str(rt_trained_trunk_gguf), "-p", "hi", "--draft", "2"])
     assert r.exit_code == 1 and "no MTP" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["run", str(rt_trained_trunk_gguf), "-p", "hi", "--max-tokens", "4"])
-    assert r.exit_code == 0 and "no MTP layer; decoding without drafts" in r.output
+    assert r.exit_code == 0 and "no MTP layer; decoding without drafts" in " ".join(r.output.split())
+    r = runner.invoke(app, ["run", str(rt_trained_trunk_gguf), "-p", "hi", "--max-tokens", "4", "--json"])
+    d = json.loads(r.stdout)["draft"]
+    assert d["mode"] == "plain" and "no MTP head" in d["reason"]
     r = runner.invoke(app, ["run", str(rt_trained_gguf), "-p", "word " * 300, "--ctx", "64"])
     assert r.exit_code == 1 and "context holds 64" in r.output
 
 
-def test_bench_json_and_table(rt_trained_gguf):
-    r = runner.invoke(app, ["bench", str(rt_trained_gguf), "--max-tokens", "16", "--drafts", "1,2", "--json"])
+def test_bench_json_and_table(rt_trained_gguf, _cost_cache):
+    r = runner.invoke(
+        app, ["bench", str(rt_trained_gguf), "--max-tokens", "16", "--drafts", "1,2", "--json", "-t", "2"]
+    )
     assert r.exit_code == 0, r.output
-    rows = json.loads(r.stdout)["rows"]
-    assert [x["draft"] for x in rows] == [0, 1, 2]
+    rep = json.loads(r.stdout)
+    rows = rep["rows"]
+    assert [x["mode"] for x in rows] == ["plain", "mtp draft 1", "mtp draft 2", "auto"]
     assert all(x["same_output"] for x in rows) and rows[2]["tokens_per_pass"] > 1.0
+    assert rep["recommended"] in (0, 1, 2) and all(x["predicted_speedup"] > 0 for x in rows)
+    assert len(rep["costs"]["verify_ms"]) == 3 and rep["costs"]["head_ms"] > 0
+    # the costs went to the cache: run starts from them
+    from qwythos.core.draft_costs import recommended_draft
+
+    assert (
+        rep["cache_file"] == str(_cost_cache) and recommended_draft(rt_trained_gguf, 2) == rep["recommended"]
+    )
+    run = [
+        "run",
+        str(rt_trained_gguf),
+        "-p",
+        "def f():",
+        "--raw",
+        "--temp",
+        "0",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]
+    r = runner.invoke(app, run + ["-t", "2"])
+    assert r.exit_code == 0, r.output
+    assert "qwythos bench" in json.loads(r.stdout)["draft"]["reason"]
+    r = runner.invoke(app, run + ["-t", "1"])  # another thread count was not measured
+    assert json.loads(r.stdout)["draft"]["reason"] == "no cached costs: measuring"
     r = runner.invoke(app, ["bench", str(rt_trained_gguf), "--max-tokens", "8", "--drafts", "2"])
-    assert r.exit_code == 0 and "plain" in r.output and "tok/s" in r.output
+    assert (
+        r.exit_code == 0
+        and "plain" in r.output
+        and "tok/s" in r.output
+        and "recommended: --draft" in r.output
+    )
+
+
+def test_bench_without_a_head_says_plain_only(rt_trained_trunk_gguf):
+    r = runner.invoke(app, ["bench", str(rt_trained_trunk_gguf), "--max-tokens", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert [x["mode"] for x in rep["rows"]] == ["plain"] and rep["recommended"] is None
+    assert "measured plain decoding only" in rep["note"]
 
 
 def test_chat_streams_and_exits(rt_trained_gguf):
     r = runner.invoke(
-        app, ["chat", str(rt_trained_gguf), "--max-tokens", "12", "--seed", "0"], input="hello\n/exit\n"
+        app,
+        ["chat", str(rt_trained_gguf), "--max-tokens", "12", "--seed", "0", "-t", "1"],
+        input="hello\nagain\n/exit\n",
     )
     assert r.exit_code == 0, r.output
-    assert "generated" in r.output
+    assert r.output.count("generated") == 2
+    assert " new) at" in r.output  # turn 2 reused turn 1's cache and prefilled only the new part
 
 
 def test_run_with_tools_file(rt_trained_gguf, tmp_path):

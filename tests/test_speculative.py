@@ -21,29 +21,46 @@ PROMPTS = [
 ]
 
 
-def test_greedy_mtp_equals_plain_for_draft_1_to_4(rt_trained_model):
-    m = rt_trained_model
+@pytest.fixture(params=["bf16", "f32"])
+def trained(request):
+    """The trained tiny model in BF16 and in F32."""
+    return request.getfixturevalue("rt_trained_model" if request.param == "bf16" else "rt_trained_f32_model")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_cost_cache(tmp_path, monkeypatch):
+    """auto must not start from the developer's own `qwythos bench` measurements."""
+    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(tmp_path / "draft_costs.json"))
+
+
+def test_greedy_mtp_equals_plain_for_draft_1_to_4_and_auto(trained):
+    m = trained
     accepted = 0
+    auto_drafted = 0
     for prompt in PROMPTS:
         toks = m.tokenize(prompt)
-        plain = generate(m, toks, max_tokens=48)
+        plain = generate(m, toks, max_tokens=48, draft=0)
         assert plain.stats.drafted == 0 and plain.stats.target_passes >= len(plain.tokens) - 1
-        for n in (1, 2, 3, 4):
+        for n in (1, 2, 3, 4, "auto"):
             g = generate(m, toks, max_tokens=48, draft=n)
             assert g.tokens == plain.tokens, (prompt, n)
             assert g.text == plain.text
-            assert g.stats.drafted > 0 and len(g.stats.accepted_per_depth) == n
+            if n == "auto":
+                assert g.stats.draft_mode == "auto" and g.stats.auto["steps_per_draft_length"]
+                auto_drafted += g.stats.drafted
+            else:
+                assert g.stats.drafted > 0 and len(g.stats.accepted_per_depth) == n
             accepted += g.stats.accepted
-    assert accepted > 0  # the trained head really drafts: rollback and acceptance paths both ran
+    assert accepted > 0 and auto_drafted > 0  # the trained head really drafts: every path ran
 
 
 def test_greedy_with_repetition_penalty_equals_plain(rt_trained_model):
     m = rt_trained_model
     sp = SamplingParams(temperature=0.0, repeat_penalty=1.3)
     toks = m.tokenize(PROMPTS[0])
-    plain = generate(m, toks, max_tokens=40, sampling=sp)
-    assert plain.tokens != generate(m, toks, max_tokens=40).tokens  # the penalty matters here
-    for n in (1, 3):
+    plain = generate(m, toks, max_tokens=40, sampling=sp, draft=0)
+    assert plain.tokens != generate(m, toks, max_tokens=40, draft=0).tokens  # the penalty matters here
+    for n in (1, 3, "auto"):
         assert generate(m, toks, max_tokens=40, sampling=sp, draft=n).tokens == plain.tokens
 
 
@@ -66,9 +83,10 @@ def test_rollback_exact_with_partly_wrong_drafts(rt_trained_model):
     m = rt_trained_model
     for prompt in PROMPTS[:4]:
         toks = m.tokenize(prompt)
-        plain = generate(m, toks, max_tokens=40)
-        for n in (2, 4):
-            g = generate(m, toks, max_tokens=40, draft=n, drafter=_oracle(toks + plain.tokens, 0.4, n))
+        plain = generate(m, toks, max_tokens=40, draft=0)
+        for n in (2, 4, "auto"):
+            seed = n if isinstance(n, int) else 9
+            g = generate(m, toks, max_tokens=40, draft=n, drafter=_oracle(toks + plain.tokens, 0.4, seed))
             assert g.tokens == plain.tokens
             assert 0 < g.stats.accepted < g.stats.drafted
 
@@ -81,7 +99,7 @@ def _chi2_critical(df: int, z: float = 3.09) -> float:
 
 def _exact_joint(m, toks, sp) -> dict[tuple[int, int], float]:
     """Plain sampling's exact distribution of the first two tokens, from the model's logits."""
-    eng = Engine(m, n_ctx=256)
+    eng = Engine(m, n_ctx=256, draft=0)
     try:
         eng.target.clear()
         eng.target.decode(toks, 0)
@@ -100,9 +118,12 @@ def _exact_joint(m, toks, sp) -> dict[tuple[int, int], float]:
         eng.close()
 
 
-@pytest.mark.parametrize("mode", ["mtp", "oracle"])
-def test_sampled_speculative_follows_plain_distribution(rt_trained_model, mode):
-    m = rt_trained_model
+@pytest.mark.parametrize(
+    ("dtype", "mode"),
+    [("bf16", "mtp"), ("bf16", "oracle"), ("bf16", "auto"), ("f32", "mtp"), ("f32", "auto")],
+)
+def test_sampled_speculative_follows_plain_distribution(request, dtype, mode):
+    m = request.getfixturevalue("rt_trained_model" if dtype == "bf16" else "rt_trained_f32_model")
     toks = m.tokenize("def ")
     sp = SamplingParams(temperature=1.5, top_k=4, top_p=1.0, min_p=0.0, repeat_penalty=1.2)
     joint = _exact_joint(m, toks, sp)
@@ -113,7 +134,7 @@ def test_sampled_speculative_follows_plain_distribution(rt_trained_model, mode):
         drafter = lambda hist, n: [int(rng.choice(sorted({k[1] for k in joint})))] * n  # noqa: E731
     counts: dict[tuple[int, int], int] = {}
     accepted = drafted = 0
-    with Engine(m, n_ctx=128, draft=3, drafter=drafter) as eng:
+    with Engine(m, n_ctx=128, draft="auto" if mode == "auto" else 3, drafter=drafter, costs=None) as eng:
         for seed in range(n_runs):
             g = eng.generate(toks, max_tokens=2, sampling=SamplingParams(**{**sp.to_dict(), "seed": seed}))
             key = (g.tokens[0], g.tokens[1])
@@ -121,7 +142,10 @@ def test_sampled_speculative_follows_plain_distribution(rt_trained_model, mode):
             counts[key] = counts.get(key, 0) + 1
             accepted += g.stats.accepted
             drafted += g.stats.drafted
-    assert drafted == n_runs and 0 < accepted < drafted
+    if mode == "auto":  # lengths vary per step, but it drafts and both paths run
+        assert 0 < accepted < drafted
+    else:
+        assert drafted == n_runs and 0 < accepted < drafted
     keys = [k for k in joint if joint[k] * n_runs >= 5]
     other = 1.0 - sum(joint[k] for k in keys)
     obs = [counts.get(k, 0) for k in keys] + [n_runs - sum(counts.get(k, 0) for k in keys)]
@@ -139,11 +163,12 @@ def test_stats_stop_and_bad_input(rt_trained_model, rt_trained_trunk_gguf):
     toks = m.tokenize(PROMPTS[0])
     g = generate(m, toks, max_tokens=30, draft=2)
     s = g.stats
+    assert s.draft_mode == "fixed" and s.auto is None
     assert s.gen_tokens == len(g.tokens) == 30 and g.finish_reason == "length"
     assert s.prompt_tps > 0 and s.gen_tps > 0 and 1.0 <= s.tokens_per_pass <= 3.0
     assert s.t_verify > 0 and s.t_draft > 0 and s.t_python >= 0
     assert sum(s.accepted_per_depth) == s.accepted
-    full = generate(m, toks, max_tokens=30)
+    full = generate(m, toks, max_tokens=30, draft=0)
     stop = full.text[5:9]
     cut = generate(m, toks, max_tokens=30, draft=3, stop=[stop])
     assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
@@ -157,7 +182,9 @@ def test_stats_stop_and_bad_input(rt_trained_model, rt_trained_trunk_gguf):
         assert not trunk.has_mtp
         with pytest.raises(QwythosError, match="no MTP"):
             generate(trunk, toks, max_tokens=4, draft=2)
-        assert generate(trunk, toks, max_tokens=10).tokens == full.tokens[:10]
+        auto = generate(trunk, toks, max_tokens=10)  # auto without a head: plain, and says so
+        assert auto.tokens == full.tokens[:10] and auto.stats.draft_mode == "plain"
+        assert "no MTP head" in auto.stats.auto["reason"]
     finally:
         trunk.close()
     with pytest.raises(QwythosError, match="no MTP"):
@@ -176,7 +203,7 @@ def test_separate_draft_gguf_drafts_for_an_unchanged_trunk(trained_ggufs):
         assert m.has_mtp and not m.mtp_loaded
         for prompt in PROMPTS[:3]:
             toks = m.tokenize(prompt)
-            plain = generate(m, toks, max_tokens=32)
+            plain = generate(m, toks, max_tokens=32, draft=0)
             g = generate(m, toks, max_tokens=32, draft=3)
             assert g.tokens == plain.tokens
             assert g.stats.accepted > 0
@@ -192,7 +219,7 @@ def test_long_prompt_prefilled_in_chunks(rt_trained_model):
     text = (Path(__file__).resolve().parents[1] / "data" / "calibration.txt").read_text(encoding="utf-8")
     toks = m.tokenize(text)[:1300]
     assert len(toks) == 1300
-    plain = generate(m, toks, max_tokens=32)
+    plain = generate(m, toks, max_tokens=32, draft=0)
     for n in (1, 3):
         g = generate(m, toks, max_tokens=32, draft=n)
         assert g.tokens == plain.tokens
@@ -203,7 +230,7 @@ def test_long_prompt_prefilled_in_chunks(rt_trained_model):
 def test_ctrl_c_returns_what_was_generated_and_the_stats(rt_trained_model, draft):
     m = rt_trained_model
     toks = m.tokenize(PROMPTS[1])
-    full = generate(m, toks, max_tokens=40, draft=draft)
+    full = generate(m, toks, max_tokens=40, draft=0)
     seen: list[str] = []
 
     def stop_after_a_while(piece: str) -> None:
@@ -229,3 +256,91 @@ def test_draft_gguf_from_another_model_is_refused(trained_ggufs, mtp_fixture_ggu
     ).output  # a stand-alone head of the random fixture (hidden 256), not of the trained model (128)
     with pytest.raises(QwythosError, match="does not belong to .*hidden size 256 != 128"):
         load_model(trained_ggufs["trunk"], draft_path=other)
+
+
+# ---- the draft chain's hidden state, max_tokens 0, EOS inside a draft ---------------------------
+def test_every_draft_equals_a_fresh_head_fed_one_row_at_a_time(rt_trained_f32_model):
+    """Depth 1..4: each step's drafts are what a fresh MTP context, fed the same (token, hidden) rows
+    one at a time, drafts - after steps that accepted none, one and all of their drafts. (A batch's
+    multi-row catch-up once read the first row's hidden state for the chain instead of the last.)"""
+    m = rt_trained_f32_model
+    previous_accepts: set[tuple[int, int]] = set()
+    for n in (1, 2, 3, 4):
+        for prompt in PROMPTS[:6]:
+            eng = Engine(m, n_ctx=512, draft=n)
+            rows: dict[int, tuple[int, np.ndarray]] = {}
+            steps: list[tuple[int, list[int]]] = []
+            feed, draft = eng.mtp.decode_rows, eng._draft
+
+            def record_rows(tokens, pos0, hidden, feed=feed, rows=rows):
+                for i, t in enumerate(tokens):
+                    rows[pos0 + i] = (int(t), np.array(hidden[i], copy=True))
+                return feed(tokens, pos0, hidden)
+
+            def record_draft(x, pos, n_draft, history, sp, rng, eng=eng, draft=draft, steps=steps, n=n):
+                previous_accepts.add((n, len(eng._cu_tokens)))  # catch-up rows = last step's accepted
+                out = draft(x, pos, n_draft, history, sp, rng)
+                steps.append((pos, list(out[0])))
+                return out
+
+            eng.mtp.decode_rows, eng._draft = record_rows, record_draft
+            try:
+                eng.generate(m.tokenize(prompt), max_tokens=40)
+            finally:
+                eng.close()
+            ref = m.new_draft(512)
+            try:
+                fed = 0
+                for pos, drafts in steps:
+                    while fed <= pos:
+                        t, h = rows[fed]
+                        ref.decode([t], fed, outputs="last", hidden=h[None, :])
+                        fed += 1
+                    expect = []
+                    for j in range(len(drafts)):
+                        expect.append(int(np.argmax(ref.logits(1)[0])))
+                        if j + 1 < len(drafts):
+                            ref.decode(
+                                [expect[-1]], pos + 1 + j, outputs="last", hidden=ref.last_hidden()[None, :]
+                            )
+                    ref.truncate(pos + 1)
+                    assert drafts == expect, (prompt, n, pos)
+            finally:
+                ref.close()
+    for n in (2, 3, 4):  # the chain after a step with no, one and every draft accepted was checked
+        assert {(n, 0), (n, 1), (n, n)} <= previous_accepts, sorted(previous_accepts)
+
+
+def test_max_tokens_zero_reads_the_prompt_only(rt_trained_model):
+    m = rt_trained_model
+    toks = m.tokenize(PROMPTS[0])
+    for n in (0, 2, "auto"):
+        with Engine(m, n_ctx=256, draft=n) as eng:
+            g = eng.generate(toks, max_tokens=0)
+            assert g.tokens == [] and g.text == "" and g.finish_reason == "length"
+            assert eng.target.n_past == len(toks) and g.stats.prompt_tokens == len(toks)
+    with pytest.raises(QwythosError, match="--max-tokens -1 is out of range"):
+        generate(m, toks, max_tokens=-1)
+
+
+def test_acceptance_stops_counting_at_an_end_of_generation_draft(rt_trained_model, monkeypatch):
+    """A perfect drafter proposes the greedy text straight through an EOS token: drafts past the EOS
+    are never emitted, so they must not be counted as accepted either."""
+    m = rt_trained_model
+    toks = m.tokenize(PROMPTS[2])
+    ref = generate(m, toks, max_tokens=40, draft=0).tokens
+    eos_token = ref[9]  # pretend this token ends generation
+    monkeypatch.setattr(m, "is_eog", lambda t: int(t) == eos_token)
+    cut = ref.index(eos_token)
+    for n in (2, 3, 4):
+        g = generate(m, toks, max_tokens=40, draft=n, drafter=_oracle(toks + ref, 0.0, 0))
+        assert g.tokens == ref[:cut] and g.finish_reason == "eos"
+        s = g.stats
+        # each step emits its own token plus its accepted drafts; the EOS is the one not in tokens
+        assert s.accepted <= s.gen_tokens + 1 - s.target_passes, (
+            n,
+            s.accepted,
+            s.gen_tokens,
+            s.target_passes,
+        )
+        assert s.accepted == sum(s.accepted_per_depth)

@@ -1,0 +1,176 @@
+"""`--draft auto`: the draft length that maximises expected tokens per second, from measurement.
+
+Cost model of one speculative step with N drafts (N = 0 is plain decoding):
+
+    time(N)     = verify(N + 1) + N * head          verify(k): the target's time for a batch of k
+    tokens(N)   = 1 + sum_{k=1..N} a_1 * ... * a_k   a_j: acceptance at depth j, given depth j-1 passed
+    speed(N)    = tokens(N) / time(N)
+
+`best_draft` picks the N with the highest predicted speed, and 0 unless some N beats plain by a
+margin. `DraftPolicy` runs that during generation: it starts from cached costs (`core.draft_costs`,
+written by `qwythos bench`) or, without them, measures as it goes (a few exploration steps at each
+length), keeps a window of the acceptance seen so far, switches length only when the predicted
+gain passes a hysteresis, and now and then drafts one deeper than the current choice (or at all,
+when the choice is 0) so that acceptance it is not measuring can still change its mind. Every
+choice only affects speed: a step of any length is exact.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from qwythos.core.draft_costs import DraftCosts
+
+#: Longest draft `auto` considers (the target keeps this many recurrent snapshots).
+AUTO_MAX_DRAFT = 4
+#: A draft length must beat plain decoding by this much to be chosen over it.
+PLAIN_MARGIN = 0.03
+#: Switch length only when the new one is predicted this much faster than the current one.
+HYSTERESIS = 0.04
+#: Acceptance memory: the last WINDOW drafting steps, weighted 1/2 per HALF_LIFE newer drafting
+#: steps (counted in drafting steps, so that long plain stretches do not erase what probes found).
+WINDOW, HALF_LIFE = 64, 12
+#: Probe interval bounds (steps): doubled after a probe that found nothing, reset after a hit.
+
+PROBE_MIN, PROBE_MAX = 8, 128
+#: Prior acceptance per depth before anything is known (a trained head at depth 1 is usually 0.6+).
+DEFAULT_ACCEPTANCE = 0.5
+PRIOR_WEIGHT = 4.0  # pseudo-drafts behind the prior
+
+
+def expected_tokens(acceptance: list[float], n: int) -> float:
+    """Tokens one step yields on average with n drafts: the target's own token plus the accepted run."""
+    total, run = 1.0, 1.0
+    for j in range(n):
+        a = acceptance[j] if j < len(acceptance) else (acceptance[-1] if acceptance else 0.0)
+        run *= a
+        total += run
+    return total
+
+
+def predicted_tps(costs: DraftCosts, n: int) -> float:
+    t = costs.verify(n + 1) + n * costs.head_s
+    return expected_tokens(costs.acceptance, n) / t if t > 0 else 0.0
+
+
+def best_draft(costs: DraftCosts, max_draft: int = AUTO_MAX_DRAFT, margin: float = PLAIN_MARGIN) -> int:
+    """The draft length with the highest predicted tokens/s; 0 unless it beats plain by `margin`."""
+    plain = predicted_tps(costs, 0)
+    best, speed = 0, plain * (1.0 + margin)
+    for n in range(1, max_draft + 1):
+        s = predicted_tps(costs, n)
+        if s > speed:
+            best, speed = n, s
+    return best
+
+
+class DraftPolicy:
+    """Chooses each step's draft length from costs and acceptance measured during generation."""
+
+    def __init__(self, max_draft: int = AUTO_MAX_DRAFT, start: DraftCosts | None = None) -> None:
+        self.max_draft = max_draft
+        self.start = start
+        self._verify: list[deque[float]] = [deque(maxlen=5) for _ in range(max_draft + 1)]
+        self._head: deque[float] = deque(maxlen=32)
+        self._steps: deque[tuple[int, int]] = deque(maxlen=WINDOW)  # (drafted, accepted) per step
+        if start is not None:
+            for k in range(1, max_draft + 2):
+                self._verify[k - 1].append(start.verify(k))
+            self._head.append(start.head_s)
+        self._explore = [] if start is not None else [max_draft, 0, *range(1, max_draft)]
+        self.current = best_draft(start, max_draft) if start is not None else max_draft
+        self._since_probe = 0
+        self._probe_every = PROBE_MIN
+        self._probing = False
+        self.switches: list[tuple[int, int, int]] = []  # (step, from, to)
+        self.steps = 0
+        self.histogram = [0] * (max_draft + 1)
+
+    # -- measurement -------------------------------------------------------------------------
+    def acceptance(self) -> list[float]:
+        """Windowed acceptance per depth, shrunk towards the prior (cache, else a default)."""
+        drafted = [0.0] * self.max_draft
+        accepted = [0.0] * self.max_draft
+        for age, (n, a) in enumerate(reversed(self._steps)):
+            w = 0.5 ** (age / HALF_LIFE)
+            for j in range(min(n, a + 1)):
+                drafted[j] += w
+                accepted[j] += w if j < a else 0.0
+        out = []
+        for j in range(self.max_draft):
+            if self.start is not None and j < len(self.start.acceptance):
+                prior = self.start.acceptance[j]
+            else:
+                prior = out[-1] if out else DEFAULT_ACCEPTANCE
+            out.append((accepted[j] + PRIOR_WEIGHT * prior) / (drafted[j] + PRIOR_WEIGHT))
+        return out
+
+    def costs(self) -> DraftCosts | None:
+        """The current estimate; None until plain and at least one drafted step were timed."""
+        known = {k: sorted(v)[len(v) // 2] for k, v in enumerate(self._verify, 1) if v}
+        if not self._head or 1 not in known or len(known) < 2:
+            return None
+        ks = sorted(known)
+        slope = max(0.0, (known[ks[-1]] - known[ks[-2]]) / (ks[-1] - ks[-2]))
+
+        def at(k: int) -> float:  # unmeasured sizes: linear between measured ones, beyond: last slope
+            if k in known:
+                return known[k]
+            lo = max(x for x in ks if x < k)
+            hi = min((x for x in ks if x > k), default=None)
+            if hi is None:
+                return known[lo] + slope * (k - lo)
+            return known[lo] + (known[hi] - known[lo]) * (k - lo) / (hi - lo)
+
+        verify = [at(k) for k in range(1, self.max_draft + 2)]
+        return DraftCosts(verify, sorted(self._head)[len(self._head) // 2], self.acceptance())
+
+    def record(self, n_drafts: int, accepted: int, t_verify: float, t_draft: float) -> None:
+        """One step's outcome: drafts made, drafts accepted, seconds in the target and the head."""
+        self.steps += 1
+        self.histogram[n_drafts] += 1
+        self._verify[n_drafts].append(t_verify)
+        if n_drafts:
+            self._head.append(t_draft / n_drafts)
+            self._steps.append((n_drafts, accepted))
+        if self._probing:  # a probe that found the deeper draft accepted comes back soon
+            self._probing = False
+            hit = accepted >= n_drafts
+            self._probe_every = PROBE_MIN if hit else min(PROBE_MAX, self._probe_every * 2)
+
+    # -- decision ----------------------------------------------------------------------------
+    def choose(self, limit: int) -> int:
+        """This step's draft length (at most `limit`, the room left)."""
+        if self._explore:
+            return min(self._explore.pop(0), limit)
+        costs = self.costs()
+        if costs is not None:
+            best = best_draft(costs, self.max_draft)
+            if best != self.current:
+                gain = predicted_tps(costs, best) / max(predicted_tps(costs, self.current), 1e-12)
+                if gain > 1.0 + HYSTERESIS:
+                    self.switches.append((self.steps, self.current, best))
+                    self.current = best
+                    self._probe_every = PROBE_MIN
+        n = self.current
+        self._since_probe += 1
+        if n < self.max_draft and self._since_probe >= self._probe_every:
+            # look one step deeper than the choice: that depth's acceptance is otherwise never seen
+            self._since_probe = 0
+            self._probing = True
+            n += 1
+        return min(n, limit)
+
+    def explain(self) -> dict:
+        c = self.costs()
+        return {
+            "max_draft": self.max_draft,
+            "started_from": "cache" if self.start is not None else "measuring",
+            "final_choice": self.current,
+            "steps_per_draft_length": list(self.histogram),
+            "switches": [{"step": s, "from": a, "to": b} for s, a, b in self.switches],
+            "acceptance_per_depth": self.acceptance(),
+            "verify_ms": [1e3 * v for v in c.verify_s] if c else None,
+            "head_ms": 1e3 * c.head_s if c else None,
+            "predicted_tps": [predicted_tps(c, n) for n in range(self.max_draft + 1)] if c else None,
+        }

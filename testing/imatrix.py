@@ -1,0 +1,52 @@
+"""An importance matrix for a GGUF, written as llama-imatrix writes it (GGUF form or legacy .dat)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from qwythos.core.gguf_file import read_header
+
+
+def write_imatrix(path: Path, src: Path, *, legacy: bool = False, skip_head: bool = True) -> Path:
+    """An importance matrix for `src` as llama-imatrix writes it (GGUF: in_sum2 + counts; or .dat)."""
+    hdr = read_header(src)
+    n_nextn = int(hdr.kv.get("qwen35.nextn_predict_layers", 0))
+    n_layer = int(hdr.kv["qwen35.block_count"]) - n_nextn
+    rng = np.random.default_rng(1)
+    entries = {}
+    for t in hdr.tensors:
+        if len(t.ne) < 2 or t.name in ("token_embd.weight", "output.weight") or "norm" in t.name:
+            continue
+        if skip_head and t.name.startswith(f"blk.{n_layer}."):
+            continue  # llama-imatrix never runs the nextn block
+        entries[t.name] = (rng.random(t.ne[0]).astype(np.float32) + 0.5) * 10
+    if legacy:
+        out = bytearray(struct.pack("<i", len(entries)))
+        for name, v in entries.items():
+            out += (
+                struct.pack("<i", len(name))
+                + name.encode()
+                + struct.pack("<ii", 10, v.size)
+                + (v * 10).tobytes()
+            )
+        out += struct.pack("<i", 10) + struct.pack("<i", 4) + b"text"
+        path.write_bytes(bytes(out))
+        return path
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch="imatrix")
+    w.add_type("imatrix")
+    w.add_array("imatrix.datasets", ["text.txt"])
+    w.add_uint32("imatrix.chunk_count", 10)
+    w.add_uint32("imatrix.chunk_size", 512)
+    for name, v in entries.items():
+        w.add_tensor(name + ".in_sum2", (v * 5120).reshape(1, -1))
+        w.add_tensor(name + ".counts", np.array([[5120.0]], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,0 +1,186 @@
+"""Pure pieces of the speculative loop, without llama.cpp: the acceptance rule, the draft-length
+cost model and policy, the cost cache, and the output collector's UTF-8 handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qwythos.core import draft_costs
+from qwythos.core.draft_costs import DraftCosts
+from qwythos.runtime.draft_policy import DraftPolicy, best_draft, expected_tokens, predicted_tps
+from qwythos.runtime.sampling import GREEDY, Dist, SamplingParams, accept_drafts, distribution
+
+V = 16
+
+
+def _rows(*argmaxes: int, scale: float = 5.0) -> np.ndarray:
+    rows = np.zeros((len(argmaxes), V), dtype=np.float32)
+    for i, t in enumerate(argmaxes):
+        rows[i, t] = scale
+    return rows
+
+
+# ---- the acceptance rule ----------------------------------------------------------------------
+def test_greedy_acceptance_is_the_longest_matching_prefix():
+    rng = np.random.default_rng(0)
+    logits = _rows(3, 5, 7, 9)  # the target's choices after x, d1, d2, d3
+    assert accept_drafts([3, 5, 7], logits, [], GREEDY, rng) == accept_drafts(
+        [3, 5, 7], logits, [1], GREEDY, rng
+    )
+    v = accept_drafts([3, 5, 7], logits, [], GREEDY, rng)
+    assert (v.accepted, v.next_token) == (3, 9)  # all accepted: the bonus token from the last row
+    v = accept_drafts([3, 6, 7], logits, [], GREEDY, rng)
+    assert (v.accepted, v.next_token) == (1, 5)  # d2 wrong: the target's own token replaces it
+    v = accept_drafts([4], logits[:2], [], GREEDY, rng)
+    assert (v.accepted, v.next_token) == (0, 3)
+    v = accept_drafts([], logits[:1], [], GREEDY, rng)
+    assert (v.accepted, v.next_token) == (0, 3)  # no drafts: a plain step
+
+
+def test_greedy_acceptance_sees_the_penalty_window_grow_with_each_draft():
+    sp = SamplingParams(temperature=0.0, repeat_penalty=4.0, repeat_last_n=64)
+    logits = np.zeros((3, V), dtype=np.float32)
+    logits[:, 2] = 4.0  # token 2 leads everywhere ...
+    logits[:, 8] = 3.0  # ... until it has been seen once: 4/4 = 1 < 3
+    rng = np.random.default_rng(0)
+    v = accept_drafts([2, 2], logits, [], sp, rng)
+    assert (v.accepted, v.next_token) == (1, 8)  # row 1 already penalises the accepted d1 = 2
+    v = accept_drafts([8], logits, [2], sp, rng)
+    assert (v.accepted, v.next_token) == (1, 2)  # the history counts too: 2 -> 1.0, then 8 -> 0.75
+
+
+def test_sampled_acceptance_reproduces_the_target_distribution():
+    """Rejection sampling over many draws: the first token's frequencies follow p, not q."""
+    sp = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+    target = np.log(np.array([0.5, 0.3, 0.2] + [1e-9] * (V - 3), dtype=np.float64)).astype(np.float32)
+    draft = np.log(np.array([0.1, 0.1, 0.8] + [1e-9] * (V - 3), dtype=np.float64)).astype(np.float32)
+    logits = np.stack([target, target])
+    q = distribution(draft, [], sp)
+    rng = np.random.default_rng(7)
+    n = 20000
+    counts = np.zeros(V)
+    accepted = 0
+    for _ in range(n):
+        d = q.sample(rng)
+        v = accept_drafts([d], logits, [], sp, rng, [q])
+        counts[d if v.accepted else v.next_token] += 1
+        accepted += v.accepted
+    freq = counts[:3] / n
+    assert np.allclose(freq, [0.5, 0.3, 0.2], atol=0.015), freq
+    assert 0.3 < accepted / n < 0.7  # both paths taken (expected sum min(p, q) = 0.1 + 0.1 + 0.2... = 0.4)
+
+
+def test_point_mass_draft_is_accepted_with_the_targets_probability():
+    sp = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+    target = np.log(np.array([0.25, 0.75] + [1e-12] * (V - 2))).astype(np.float32)
+    logits = np.stack([target, target])
+    rng = np.random.default_rng(3)
+    n = 8000
+    hits = sum(accept_drafts([1], logits, [], sp, rng).accepted for _ in range(n))
+    assert abs(hits / n - 0.75) < 0.02
+    point = Dist(np.array([0], dtype=np.int64), np.ones(1))
+    rejected_next = {accept_drafts([0], logits, [], sp, rng, [point]).next_token for _ in range(200)}
+    assert rejected_next <= {0, 1} and 1 in rejected_next  # a rejection resamples p minus the point
+
+
+# ---- the cost model and the policy ------------------------------------------------------------
+def test_expected_tokens_and_best_draft():
+    assert expected_tokens([0.5, 0.5], 2) == pytest.approx(1.75)
+    assert expected_tokens([1.0], 3) == pytest.approx(4.0)  # deeper depths reuse the last known rate
+    assert expected_tokens([0.9], 0) == 1.0
+    # CPU-like: a verify of k tokens costs much more than one token, drafts are not free
+    cpu = DraftCosts([1.0, 1.6, 2.2, 2.8, 3.4], 0.15, [0.2, 0.2, 0.2, 0.2])
+    assert best_draft(cpu) == 0
+    assert predicted_tps(cpu, 0) == pytest.approx(1.0)
+    # GPU-like: verify nearly flat, cheap head, good acceptance -> long drafts
+    gpu = DraftCosts([1.0, 1.02, 1.04, 1.06, 1.08], 0.05, [0.8, 0.75, 0.7, 0.65])
+    assert best_draft(gpu) >= 3
+    mid = DraftCosts([1.0, 1.3, 1.6, 1.9, 2.2], 0.08, [0.7, 0.6, 0.5, 0.4])
+    n = best_draft(mid)
+    assert 1 <= n <= 2 and predicted_tps(mid, n) == max(predicted_tps(mid, k) for k in range(5))
+
+
+def _drive(policy: DraftPolicy, steps: int, verify, head: float, accept: float, rng) -> list[int]:
+    chosen = []
+    for _ in range(steps):
+        n = policy.choose(8)
+        acc = 0
+        while acc < n and rng.random() < accept:
+            acc += 1
+        policy.record(n, acc, verify(n + 1), head * n)
+        chosen.append(n)
+    return chosen
+
+
+def test_policy_measures_then_settles_and_adapts():
+    rng = np.random.default_rng(0)
+    cpu_verify = lambda k: 1.0 + 0.3 * (k - 1)  # noqa: E731
+    p = DraftPolicy(4)
+    chosen = _drive(p, 200, cpu_verify, 0.05, 0.0, rng)
+    assert sorted(set(chosen[:5])) == [0, 1, 2, 3, 4]  # cold start: every length is timed once
+    late = chosen[50:]
+    assert late.count(0) > 0.9 * len(late)  # nothing is accepted: plain, with rare probes
+    assert p.current == 0 and p.costs().verify(3) == pytest.approx(1.6)
+    # the text changes: the head starts to hit; probes notice and the policy drafts again
+    chosen = _drive(p, 300, cpu_verify, 0.05, 0.9, rng)
+    assert p.current >= 1 and min(chosen[150:]) >= 1  # drafting again within 150 steps
+    assert p.switches and p.explain()["final_choice"] == p.current
+
+
+def test_policy_starts_from_cached_costs_without_exploring():
+    c = DraftCosts([1.0, 1.05, 1.1, 1.15, 1.2], 0.02, [0.9, 0.9, 0.9, 0.9])
+    p = DraftPolicy(4, c)
+    assert p.current == 4 and p.choose(8) == 4 and p.choose(2) == 2
+    assert p.explain()["started_from"] == "cache"
+
+
+def test_hysteresis_keeps_a_near_tie():
+    c = DraftCosts([1.0, 1.5, 2.0, 2.5, 3.0], 0.0, [0.6, 0.0, 0.0, 0.0])
+    p = DraftPolicy(4, c)
+    assert p.current == 1  # 1.6 / 1.5 = 1.067: beats plain by more than the margin
+    p.record(1, 0, 1.5, 0.0)  # one miss: acceptance 0.48, plain only 1.3% ahead: below the hysteresis
+    assert p.choose(8) == 1
+
+
+# ---- the cost cache ---------------------------------------------------------------------------
+def test_cost_cache_round_trip_and_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(tmp_path / "c" / "costs.json"))
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"x" * 10)
+    assert draft_costs.lookup(f, 2) is None and draft_costs.recommended_draft(f, 2) is None
+    c = DraftCosts([0.1, 0.15], 0.01, [0.6])
+    draft_costs.store(f, 2, c, 1)
+    assert draft_costs.recommended_draft(f, 2) == 1
+    assert draft_costs.lookup(f, 2).costs == c
+    assert draft_costs.lookup(f, 4) is None  # another thread count is another measurement
+    f.write_bytes(b"y" * 11)  # the file changed: the old measurement no longer applies
+    assert draft_costs.lookup(f, 2) is None
+    (tmp_path / "c" / "costs.json").write_text("{not json")
+    assert draft_costs.lookup(f, 2) is None  # a damaged cache means measuring again, not a crash
+
+
+# ---- output collection ------------------------------------------------------------------------
+class _FakeModel:
+    pieces = {1: b"ab", 2: "\u20ac".encode()[:2], 3: "\u20ac".encode()[2:], 9: b""}
+
+    def is_eog(self, t: int) -> bool:
+        return t == 9
+
+    def piece(self, t: int) -> bytes:
+        return self.pieces[t]
+
+
+def test_a_character_cut_at_the_end_is_not_dropped():
+    from qwythos.runtime.speculative import _Output
+
+    whole = _Output(_FakeModel(), 10, (), None)
+    for t in (1, 2, 3):
+        whole.emit(t)
+    whole.close()
+    assert whole.text == "ab\u20ac"
+    streamed: list[str] = []
+    cut = _Output(_FakeModel(), 2, (), streamed.append)
+    assert not cut.emit(1) and cut.emit(2)  # max_tokens reached in the middle of the euro sign
+    cut.close()
+    assert cut.text == "ab\ufffd" and "".join(streamed) == cut.text
