@@ -29,10 +29,11 @@ def head_bytes(path: Path) -> tuple[int, int, str]:
     """(bytes of the MTP block, bytes of output.weight, the block's matrix types)."""
     from qwythos.core.ftypes import ggml_type_by_id
     from qwythos.core.gguf_file import read_header
+    from qwythos.core.header import GGUFView
 
     hdr = read_header(path)
-    n_nextn = int(hdr.kv.get("qwen35.nextn_predict_layers", 0) or 0)
-    n_layer = int(hdr.kv["qwen35.block_count"]) - n_nextn
+    view = GGUFView(hdr)
+    n_nextn, n_layer = view.n_nextn, view.n_trunk or 0
     prefix = tuple(f"blk.{n_layer + k}." for k in range(n_nextn))
     head = [t for t in hdr.tensors if t.name.startswith(prefix)]
     out = next((t for t in hdr.tensors if t.name == "output.weight"), None)

@@ -27,10 +27,11 @@ err_console = Console(stderr=True)
 
 
 def report(error: QwythosError) -> None:
-    """Print a user-facing error: one message and the fix, no traceback."""
-    err_console.print(f"[bold red]error:[/] {escape(error.message)}", markup=True, highlight=False)
+    """Print a user-facing error: one message and the fix, no traceback. Not wrapped by rich (the
+    terminal wraps), so a path or a command in it can be copied whole."""
+    err_console.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
     if error.hint:
-        err_console.print(f"[yellow]fix:[/] {escape(error.hint)}", highlight=False)
+        err_console.print(f"[yellow]fix:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
 
 
 class QwythosGroup(TyperGroup):

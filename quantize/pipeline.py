@@ -38,6 +38,7 @@ from qwythos.core.fileio import (
 )
 from qwythos.core.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
 from qwythos.core.gguf_file import read_header
+from qwythos.core.header import GGUFView
 from qwythos.core.llama import load_model
 from qwythos.core.llama_log import llama_log_to
 from qwythos.core.llama_quant import Imatrix, llama_quantize, load_imatrix
@@ -127,10 +128,10 @@ class _Source:
 def check_source_gguf(path: Path, requantize: bool) -> tuple[int, int]:
     """Validate a GGUF before llama.cpp sees it: qwen35, not already quantized. -> (n_layer, n_nextn)."""
     hdr = read_header(path)
-    arch = hdr.kv.get("general.architecture")
-    if arch != qwen35.ARCH:
+    view = GGUFView(hdr)
+    if view.arch not in qwen35.ARCHS:
         raise QwythosError(
-            f"{path} is a GGUF of architecture {arch!r}, not {qwen35.ARCH}",
+            f"{path} is a GGUF of architecture {view.arch or 'unknown'!r}, not {qwen35.ARCH}",
             "qwythos quantizes Qwen3.5 (qwen35) models; pass a Qwythos/Qwen3.5 GGUF",
         )
     quantized = sorted(
@@ -145,8 +146,7 @@ def check_source_gguf(path: Path, requantize: bool) -> tuple[int, int]:
             f"{path} is already quantized ({', '.join(quantized)})",
             "quantize from the BF16 GGUF or the safetensors; --requantize forces it (quality suffers)",
         )
-    n_nextn = int(hdr.kv.get(f"{arch}.nextn_predict_layers", 0) or 0)
-    return int(hdr.kv[f"{arch}.block_count"]) - n_nextn, n_nextn
+    return (view.n_trunk or 0), view.n_nextn
 
 
 def ggml_type_name(type_id: int) -> str:
@@ -293,8 +293,8 @@ def check_imatrix(im: Imatrix, source: Path) -> None:
     """An importance matrix must be for this model: it covers most of the matrices llama.cpp would
     use it for, with the right row lengths (one from another model matches none of them)."""
     hdr = read_header(source)
-    n_nextn = int(hdr.kv.get(f"{qwen35.ARCH}.nextn_predict_layers", 0) or 0)
-    n_layer = int(hdr.kv.get(f"{qwen35.ARCH}.block_count", 0)) - n_nextn
+    view = GGUFView(hdr)
+    n_nextn, n_layer = view.n_nextn, (view.n_trunk or 0)
     wanted = {
         t.name: t.ne[0]
         for t in hdr.tensors
@@ -590,8 +590,8 @@ def check_same_model(base: Path, quants: list[Path]) -> None:
 
     def shape(p: Path) -> tuple[list, dict[str, tuple[int, ...]]]:
         hdr = read_header(p)
-        n_nextn = int(hdr.kv.get(f"{qwen35.ARCH}.nextn_predict_layers", 0) or 0)
-        n_layer = int(hdr.kv.get(f"{qwen35.ARCH}.block_count", 0)) - n_nextn
+        view = GGUFView(hdr)
+        n_nextn, n_layer = view.n_nextn, (view.n_trunk or 0)
         head = tuple(f"blk.{n_layer + k}." for k in range(n_nextn))
         tensors = {t.name: tuple(t.ne) for t in hdr.tensors if not (head and t.name.startswith(head))}
         return list(hdr.kv.get("tokenizer.ggml.tokens") or []), tensors

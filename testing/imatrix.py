@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from qwythos.core.gguf_file import read_header
+from qwythos.core.header import GGUFView
 
 
 def write_imatrix(path: Path, src: Path, *, legacy: bool = False, skip_head: bool = True) -> Path:
     """An importance matrix for `src` as llama-imatrix writes it (GGUF: in_sum2 + counts; or .dat)."""
     hdr = read_header(src)
-    n_nextn = int(hdr.kv.get("qwen35.nextn_predict_layers", 0))
-    n_layer = int(hdr.kv["qwen35.block_count"]) - n_nextn
+    view = GGUFView(hdr)
+    n_layer = view.n_trunk or 0
     rng = np.random.default_rng(1)
     entries = {}
     for t in hdr.tensors:
