@@ -72,6 +72,9 @@ def main() -> None:
     )
     ap.add_argument("--mfu", type=float, default=0.35, help="assumed utilisation on the GPU")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
+    ap.add_argument(
+        "--model", type=Path, default=None, help="an existing 9B-shaped GGUF with a head (skip writing one)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -91,10 +94,10 @@ def main() -> None:
     out: dict = {"config": str(args.config), "threads": args.threads}
     try:
         t = time.perf_counter()
-        src = write_random_gguf(args.config, work / "random-BF16.gguf", mtp=True)
+        src = args.model or write_random_gguf(args.config, work / "random-BF16.gguf", mtp=True)
         out["write_s"] = round(time.perf_counter() - t, 1)
         model = src
-        if args.quant:
+        if args.quant and not args.model:
             from qwythos.quantize.pipeline import quantize
 
             t = time.perf_counter()

@@ -431,8 +431,12 @@ def _load_handle(info: ModelInfo, *, load_mtp: bool, n_gpu_layers: int):
     handle = lc.llama_model_load_from_file(str(info.path).encode(), mp)
     if not handle:  # name the reason when the structural check finds one (core/structure.py)
         issues = check_model(info.path)
-        reason = f": {issues[0]}" + (f" (and {len(issues) - 1} more)" if len(issues) > 1 else "") if issues else ""
-        raise QwythosError(f"llama.cpp failed to load {info.path}{reason}", "check the file with `qwythos inspect`")
+        reason = (
+            f": {issues[0]}" + (f" (and {len(issues) - 1} more)" if len(issues) > 1 else "") if issues else ""
+        )
+        raise QwythosError(
+            f"llama.cpp failed to load {info.path}{reason}", "check the file with `qwythos inspect`"
+        )
     return handle
 
 

@@ -463,6 +463,11 @@ def _apply_permutation(kind: str, a: np.ndarray, cfg: TextConfig) -> np.ndarray:
     if n_k == n_v:
         return a
     r = partial(_reorder_v, n_k=n_k, n_vpk=n_v // n_k)
+    return _reorder_by_kind(kind, a, cfg, r)
+
+
+def _reorder_by_kind(kind: str, a: np.ndarray, cfg: TextConfig, r: Callable[..., np.ndarray]) -> np.ndarray:
+    """Apply the V-head reordering `r` (forward or inverse) to the axis `kind` names."""
     if kind == "v_rows":
         return r(a, 0, hd=cfg.lin_v_dim)
     if kind == "v_rows1":
@@ -470,7 +475,7 @@ def _apply_permutation(kind: str, a: np.ndarray, cfg: TextConfig) -> np.ndarray:
     if kind == "v_cols":
         return r(a, 1, hd=cfg.lin_v_dim)
     if kind in ("v_qkv", "v_conv"):
-        qk = 2 * n_k * cfg.lin_k_dim
+        qk = 2 * cfg.lin_k_heads * cfg.lin_k_dim
         return np.concatenate([a[:qk], r(a[qk:], 0, hd=cfg.lin_v_dim)], axis=0)
     raise ValueError(kind)
 
@@ -704,16 +709,7 @@ def _unapply_permutation(kind: str, a: np.ndarray, cfg: TextConfig, hf_shape: tu
         return a
     # forward groups (n_k, n_vpk) and swaps them; swapping (n_vpk, n_k) back undoes it
     r = partial(_reorder_v, n_k=n_v // n_k, n_vpk=n_k)
-    if kind == "v_rows":
-        return r(a, 0, hd=cfg.lin_v_dim)
-    if kind == "v_rows1":
-        return r(a, 0, hd=1)
-    if kind == "v_cols":
-        return r(a, 1, hd=cfg.lin_v_dim)
-    if kind in ("v_qkv", "v_conv"):
-        qk = 2 * n_k * cfg.lin_k_dim
-        return np.concatenate([a[:qk], r(a[qk:], 0, hd=cfg.lin_v_dim)], axis=0)
-    raise ValueError(kind)
+    return _reorder_by_kind(kind, a, cfg, r)
 
 
 def hf_value(gguf_value: np.ndarray, rule: Rule, cfg: TextConfig) -> np.ndarray:

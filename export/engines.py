@@ -14,6 +14,7 @@ import math
 import os
 import shlex
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,41 @@ def topology_rows(gpus: int, nodes: int, host: str, port: int) -> list[str]:
         role = f"serves HTTP on {host}:{port}" if r == 0 else "worker (no HTTP)"
         rows.append(f"| {'head' if r == 0 else f'node {r}'} | {r} | {gpus} | {role} |")
     return rows
+
+
+def build_export(
+    engine: str,
+    version: str,
+    facts: ModelFacts,
+    out: str | Path | None,
+    *,
+    gpus: int,
+    nodes: int,
+    ctx: int | None,
+    draft: int | None,
+    bench_gguf: str | Path | None,
+    master_addr: str | None,
+    write_config: bool,
+    force: bool,
+    argv_for: Callable[[Path, int, int, int, int, int], list[str]],
+    readme_for: Callable[[EngineExport, ModelFacts], str],
+    no_head_warning: str,
+) -> EngineExport:
+    """What every engine export does: plan the topology and draft length, check the outputs before
+    config.json is touched, write YaRN where needed, one launch per node (argv_for(model_dir, tp,
+    ctx, draft, nodes, rank)), then the scripts and README."""
+    tp, nodes_, ctx_ = plan_topology(facts, gpus, nodes, ctx, master_addr)
+    d, how = choose_draft(draft, Path(bench_gguf) if bench_gguf else None, facts.has_head)
+    out_dir = Path(out) if out else facts.folder.resolve() / f"serve-{engine}"
+    check_outputs(out_dir, nodes_, force)  # before config.json is touched
+    changes = ensure_context(facts, ctx_, write=write_config)
+    model_dir = facts.folder.resolve()
+    launches = [NodeLaunch(r, argv_for(model_dir, tp, ctx_, d, nodes_, r)) for r in range(nodes_)]
+    exp = EngineExport(engine, version, model_dir, out_dir, gpus, nodes_, tp, ctx_, d, how)
+    exp.launches, exp.config_changes = launches, changes
+    if changes and not write_config:
+        exp.warnings.append(f"{changes[0]} is needed but was not written (--no-write-config)")
+    if not facts.has_head:
+        exp.warnings.append(no_head_warning)
+    exp.readme = write_launches(exp.out_dir, launches, readme_for(exp, facts), force)
+    return exp

@@ -16,14 +16,9 @@ from qwythos.core.errors import QwythosError
 from qwythos.export.engines import (
     EngineExport,
     ModelFacts,
-    NodeLaunch,
-    check_outputs,
-    choose_draft,
-    ensure_context,
-    plan_topology,
+    build_export,
     read_model,
     topology_rows,
-    write_launches,
 )
 
 #: The engine release whose argument definitions the generated flags were checked against (see
@@ -93,50 +88,34 @@ def export_sglang(
             f"rewrite the folder with `qwythos mtp restore ... --hf` (it sets 1), then check it with "
             f"`qwythos mtp check {facts.folder}`",
         )
-    tp, nodes_, ctx_ = plan_topology(facts, gpus, nodes, ctx, master_addr)
-    d, how = choose_draft(draft, Path(bench_gguf) if bench_gguf else None, facts.has_head)
-    out_dir = Path(out) if out else facts.folder.resolve() / "serve-sglang"
-    check_outputs(out_dir, nodes_, force)  # before config.json is touched
-    changes = ensure_context(facts, ctx_, write=write_config)
-    model_dir = facts.folder.resolve()
-    addr = f"{master_addr}:{master_port}" if nodes_ > 1 else None
-    launches = [
-        NodeLaunch(
-            r,
-            sglang_argv(
-                model_dir,
-                tp=tp,
-                ctx=ctx_,
-                draft=d,
-                name=name,
-                host=host,
-                port=port,
-                nodes=nodes_,
-                rank=r,
-                dist_init_addr=addr,
-            ),
-        )
-        for r in range(nodes_)
-    ]
-    exp = EngineExport(
+    return build_export(
         "sglang",
         SGLANG_VERSION,
-        model_dir,
-        out_dir,
-        gpus,
-        nodes_,
-        tp,
-        ctx_,
-        d,
-        how,
+        facts,
+        out,
+        gpus=gpus,
+        nodes=nodes,
+        ctx=ctx,
+        draft=draft,
+        bench_gguf=bench_gguf,
+        master_addr=master_addr,
+        write_config=write_config,
+        force=force,
+        argv_for=lambda model_dir, tp, ctx_, d, nodes_, r: sglang_argv(
+            model_dir,
+            tp=tp,
+            ctx=ctx_,
+            draft=d,
+            name=name,
+            host=host,
+            port=port,
+            nodes=nodes_,
+            rank=r,
+            dist_init_addr=f"{master_addr}:{master_port}" if nodes_ > 1 else None,
+        ),
+        readme_for=lambda exp, f: _readme(exp, f, host, port),
+        no_head_warning="the folder has no mtp.* tensors: drafting is off",
     )
-    exp.launches, exp.config_changes = launches, changes
-    if changes and not write_config:
-        exp.warnings.append(f"{changes[0]} is needed but was not written (--no-write-config)")
-    if not facts.has_head:
-        exp.warnings.append("the folder has no mtp.* tensors: drafting is off")
-    exp.readme = write_launches(exp.out_dir, launches, _readme(exp, facts, host, port), force)
-    return exp
 
 
 def _readme(exp: EngineExport, facts: ModelFacts, host: str, port: int) -> str:

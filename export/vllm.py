@@ -15,14 +15,9 @@ from pathlib import Path
 from qwythos.export.engines import (
     EngineExport,
     ModelFacts,
-    NodeLaunch,
-    check_outputs,
-    choose_draft,
-    ensure_context,
-    plan_topology,
+    build_export,
     read_model,
     topology_rows,
-    write_launches,
 )
 
 #: The engine release whose argument parser the generated flags were checked against (see
@@ -89,50 +84,35 @@ def export_vllm(
 ) -> EngineExport:
     """Write node<R>.sh, launch.json and README.md for serving `folder` with vLLM."""
     facts = read_model(folder)
-    tp, nodes_, ctx_ = plan_topology(facts, gpus, nodes, ctx, master_addr)
-    d, how = choose_draft(draft, Path(bench_gguf) if bench_gguf else None, facts.has_head)
-    out_dir = Path(out) if out else facts.folder.resolve() / "serve-vllm"
-    check_outputs(out_dir, nodes_, force)  # before config.json is touched
-    changes = ensure_context(facts, ctx_, write=write_config)
-    model_dir = facts.folder.resolve()
-    launches = [
-        NodeLaunch(
-            r,
-            vllm_argv(
-                model_dir,
-                tp=tp,
-                ctx=ctx_,
-                draft=d,
-                name=name,
-                host=host,
-                port=port,
-                nodes=nodes_,
-                rank=r,
-                master_addr=master_addr,
-                master_port=master_port,
-            ),
-        )
-        for r in range(nodes_)
-    ]
-    exp = EngineExport(
+    return build_export(
         "vllm",
         VLLM_VERSION,
-        model_dir,
-        out_dir,
-        gpus,
-        nodes_,
-        tp,
-        ctx_,
-        d,
-        how,
+        facts,
+        out,
+        gpus=gpus,
+        nodes=nodes,
+        ctx=ctx,
+        draft=draft,
+        bench_gguf=bench_gguf,
+        master_addr=master_addr,
+        write_config=write_config,
+        force=force,
+        argv_for=lambda model_dir, tp, ctx_, d, nodes_, r: vllm_argv(
+            model_dir,
+            tp=tp,
+            ctx=ctx_,
+            draft=d,
+            name=name,
+            host=host,
+            port=port,
+            nodes=nodes_,
+            rank=r,
+            master_addr=master_addr,
+            master_port=master_port,
+        ),
+        readme_for=lambda exp, f: _readme(exp, f, host, port),
+        no_head_warning=_NO_HEAD,
     )
-    exp.launches, exp.config_changes = launches, changes
-    if changes and not write_config:
-        exp.warnings.append(f"{changes[0]} is needed but was not written (--no-write-config)")
-    if not facts.has_head:
-        exp.warnings.append(_NO_HEAD)
-    exp.readme = write_launches(exp.out_dir, launches, _readme(exp, facts, host, port), force)
-    return exp
 
 
 _NO_HEAD = (

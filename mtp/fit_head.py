@@ -132,10 +132,7 @@ class MTPHead(nn.Module):
         self.dims, self.eps, self.rope = dims, eps, rope
         self.names = [n for n in TRAINED if n in tensors]
         self.params = nn.ParameterList(
-            [
-                nn.Parameter(torch.from_numpy(np.array(tensors[n], dtype=np.float32)))
-                for n in self.names
-            ]
+            [nn.Parameter(torch.from_numpy(np.array(tensors[n], dtype=np.float32))) for n in self.names]
         )
         self._index = {n: i for i, n in enumerate(self.names)}
 

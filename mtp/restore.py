@@ -77,7 +77,9 @@ def ggml_quantize(x: np.ndarray, out: GGMLQuantizationType) -> np.ndarray:
     dst = np.empty(type_nbytes(out, x.shape), dtype=np.uint8)
     n = fn(int(out), src.ctypes.data, dst.ctypes.data, 0, src.shape[0], src.shape[1], None)
     if n != dst.nbytes:
-        raise QwythosError(f"llama.cpp's quantizer wrote {n} bytes for a {out.name} tensor, not {dst.nbytes}", None)
+        raise QwythosError(
+            f"llama.cpp's quantizer wrote {n} bytes for a {out.name} tensor, not {dst.nbytes}", None
+        )
     return dst
 
 

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from qwythos.core import draft_costs
+from qwythos.core.acceptance import depth_rates, rate
 from qwythos.core.errors import QwythosError
 from qwythos.core.llama import MAX_DRAFT, Context, Model, default_threads
 from qwythos.runtime.draft_policy import AUTO_MAX_DRAFT, DraftCosts, DraftPolicy
@@ -91,13 +92,11 @@ class GenStats:
 
     @property
     def acceptance(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
+        return rate(self.accepted, self.drafted)
 
     @property
     def acceptance_per_depth(self) -> list[float]:
-        return [
-            a / d if d else 0.0 for a, d in zip(self.accepted_per_depth, self.drafted_per_depth, strict=True)
-        ]
+        return depth_rates(self.accepted_per_depth, self.drafted_per_depth)
 
     @property
     def tokens_per_pass(self) -> float:

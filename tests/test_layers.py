@@ -87,7 +87,9 @@ def test_the_table_knows_every_folder():
     assert folders <= known, f"place these in tests/test_layers.py: {sorted(folders - known)}"
 
 
-@pytest.mark.parametrize("bad", [("quantize", "runtime"), ("core", "mtp"), ("export", "runtime"), ("mtp", "export")])
+@pytest.mark.parametrize(
+    "bad", [("quantize", "runtime"), ("core", "mtp"), ("export", "runtime"), ("mtp", "export")]
+)
 def test_the_rule_refuses_known_bad_edges(bad):
     assert not _allowed(*bad)
 
@@ -101,6 +103,8 @@ def test_packaged_list_is_every_folder():
     found = {"qwythos"} | {
         "qwythos." + ".".join(p.parent.relative_to(ROOT).parts)
         for p in ROOT.rglob("__init__.py")
-        if p.parent != ROOT and p.relative_to(ROOT).parts[0] not in ("tests", "build") and ".git" not in p.parts
+        if p.parent != ROOT
+        and p.relative_to(ROOT).parts[0] not in ("tests", "build")
+        and ".git" not in p.parts
     }
     assert listed == found
