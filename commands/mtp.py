@@ -232,6 +232,7 @@ def mtp_fit(
         transient=False,
     ) as bar:
         tasks: dict[str, int] = {}
+        shown = {"loss": "", "accept": ""}  # the latest of each, kept until the next one comes
 
         def progress(stage: str, p) -> None:
             if stage == "collect":
@@ -242,15 +243,11 @@ def mtp_fit(
             elif stage == "train":
                 if stage not in tasks:
                     tasks[stage] = bar.add_task("train head", total=p.steps, info="")
-                t = bar.tasks[tasks[stage]]
-                info = t.fields.get("info", "")
                 if p.loss is not None:
-                    info = f"loss {p.loss:.3f}" + (
-                        info[info.find("  accept") :] if "  accept" in info else ""
-                    )
+                    shown["loss"] = f"loss {p.loss:.3f}"
                 if p.accept is not None:
-                    info = info.split("  accept")[0] + "  accept " + "/".join(f"{a:.2f}" for a in p.accept)
-                bar.update(tasks[stage], completed=p.step, info=info)
+                    shown["accept"] = "  accept " + "/".join(f"{a:.2f}" for a in p.accept)
+                bar.update(tasks[stage], completed=p.step, info=shown["loss"] + shown["accept"])
 
         r = fit(model, progress=progress, **kw)
     rows = [

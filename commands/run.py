@@ -463,6 +463,7 @@ def bench_cmd(
             x.mode,
             f"{x.gen_tps:.1f}",
             f"{x.speedup:.2f}x",
+            f"{x.predicted_speedup:.2f}x" if x.predicted_speedup is not None else "-",
             f"{x.acceptance:.0%}" if x.draft else "-",
             " ".join(f"{a:.0%}" for a in x.acceptance_per_depth) or "-",
             f"{x.tokens_per_pass:.2f}",
@@ -471,8 +472,6 @@ def bench_cmd(
         ]
         for x in r.rows
     ]
-    for row, x in zip(rows, r.rows, strict=True):
-        row.insert(3, f"{x.predicted_speedup:.2f}x" if x.predicted_speedup is not None else "-")
     cols = [
         "mode",
         "tok/s",

@@ -436,7 +436,7 @@ def convert_mmproj(
     v = vision_config_from(ckpt.config, where=str(ckpt.path / "config.json"))
     plans = plan_mmproj(ckpt, v, mmproj_type)
     pre = read_preprocessor(ckpt.path)
-    base = name or (ckpt.hub_id.split("/")[-1] if ckpt.hub_id else ckpt.path.name)
+    base = name or ckpt.short_name
     out_path = Path(out) if out is not None else default_mmproj_output(base, mmproj_type)
     check_output_path(out_path, force=force)
     kvs = mmproj_metadata(v, pre, mmproj_type, name or ckpt.hub_id or ckpt.path.name)

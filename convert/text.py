@@ -133,7 +133,7 @@ def convert(
             "(`--mmproj FILE` also writes the vision projector)"
         )
 
-    base = name or (ckpt.hub_id.split("/")[-1] if ckpt.hub_id else ckpt.path.name)
+    base = name or ckpt.short_name
     out_path = Path(out) if out is not None else default_output(base, outtype)
     inputs = [*ckpt.files, ckpt.path / "config.json"]
     register_inputs(*inputs)  # no output of this process may replace them (core/fileio.py)

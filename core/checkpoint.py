@@ -67,6 +67,11 @@ class Checkpoint:
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     hub_id: str | None = None
 
+    @property
+    def short_name(self) -> str:
+        """The model's name for default output files: the hub repo's name, else the folder's."""
+        return self.hub_id.split("/")[-1] if self.hub_id else self.path.name
+
     def tensor_names(self) -> list[str]:
         return list(self.tensors)
 

@@ -438,6 +438,14 @@ def read_tensor_bytes(hdr: GGUFHeader, name: str) -> bytes:
     raise KeyError(name)
 
 
+def ggml_type_name(t: int) -> str:
+    """A tensor's GGML type as gguf-py names it ("Q8_0"); "type{t}" for an id gguf-py does not know."""
+    try:
+        return GGMLQuantizationType(t).name
+    except ValueError:
+        return f"type{t}"
+
+
 def file_type_name(value: int) -> str | None:
     """`general.file_type` as llama.cpp names it (15 -> "Q4_K_M"), from gguf-py's table; None if unknown."""
     import gguf

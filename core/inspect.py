@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGMLQuantizationType, Keys
+from gguf import Keys
 
+from qwythos.core.gguf_file import ggml_type_name
 from qwythos.core.header import read_view
 from qwythos.core.structure import check_model
 
@@ -40,13 +41,6 @@ class GGUFSummary:
         return not self.issues
 
 
-def _type_name(t: int) -> str:
-    try:
-        return GGMLQuantizationType(t).name
-    except ValueError:
-        return f"type{t}"
-
-
 def inspect_gguf(path: str | Path) -> GGUFSummary:
     """Summarize a GGUF file (reads only its header) and check its structure. Non-GGUF files get a
     QwythosError; a GGUF llama.cpp would refuse gets its problems in `issues`."""
@@ -76,7 +70,7 @@ def inspect_gguf(path: str | Path) -> GGUFSummary:
     by_type: dict[str, int] = {}
     count: dict[str, int] = {}
     for t in v.tensors:
-        n = _type_name(t.ggml_type)
+        n = ggml_type_name(t.ggml_type)
         by_type[n] = by_type.get(n, 0) + t.nbytes
         count[n] = count.get(n, 0) + 1
     ft = v.file_type

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGMLQuantizationType
-
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import GGUFHeader, file_type_name, read_header
+from qwythos.core.gguf_file import GGUFHeader, file_type_name, ggml_type_name, read_header
+from qwythos.core.header import GGUFView, _as_int
 
 MMPROJ_ARCH = "clip"
 MMPROJ_GLOB = "mmproj*.gguf"
@@ -56,13 +55,6 @@ class MmprojSummary:
         return sum(self.bytes_by_type.values())
 
 
-def _type_name(t: int) -> str:
-    try:
-        return GGMLQuantizationType(t).name
-    except ValueError:
-        return f"type{t}"
-
-
 def is_mmproj(hdr: GGUFHeader) -> bool:
     return hdr.kv.get("general.architecture") == MMPROJ_ARCH
 
@@ -72,13 +64,12 @@ def summarize(hdr: GGUFHeader) -> MmprojSummary:
     kv = hdr.kv
 
     def u(key: str) -> int | None:
-        v = kv.get(key)
-        return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+        return _as_int(kv.get(key))
 
     by_count: dict[str, int] = {}
     by_bytes: dict[str, int] = {}
     for t in hdr.tensors:
-        n = _type_name(t.ggml_type)
+        n = ggml_type_name(t.ggml_type)
         by_count[n] = by_count.get(n, 0) + 1
         by_bytes[n] = by_bytes.get(n, 0) + t.nbytes
     ft = kv.get("general.file_type")
@@ -125,10 +116,7 @@ def read_mmproj_summary(path: str | Path) -> MmprojSummary:
 
 def model_embedding_length(model: str | Path) -> int | None:
     """The text model's embedding width from its GGUF header (None if it does not say)."""
-    kv = read_header(model).kv
-    arch = kv.get("general.architecture")
-    v = kv.get(f"{arch}.embedding_length")
-    return int(v) if isinstance(v, int) else None
+    return GGUFView(read_header(model)).embedding_length
 
 
 def check_pair(model: str | Path, mmproj: MmprojSummary) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TypeVar
 
 import gguf
@@ -32,6 +33,9 @@ LICENSE_TEXT = (
     f"{MODEL_REPO}, a fine-tune of {BASE_MODEL_REPO}.\n"
     "Full text: https://www.apache.org/licenses/LICENSE-2.0\n"
 )
+
+#: The bundled calibration text (code and comments) that validate, eval and fit read by default.
+CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
 
 #: The model card's recommended sampling (greedy or T <= 0.3 falls into repetition loops).
 TEMPERATURE = 0.6

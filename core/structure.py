@@ -282,8 +282,8 @@ def check_structure(path: str | Path, *, trunk: str | Path | None = None) -> Str
         elif any(rec[il:]):
             issues.append(HeadIssue(rec_key, f"marks MTP block {il} as recurrent"))
     trunk_view = read_view(trunk) if trunk is not None else None
-    dims = dims_from_header(trunk_view) if trunk_view is not None else dims_from_header(v)
     own = dims_from_header(v)
+    dims = dims_from_header(trunk_view) if trunk_view is not None else own
     if trunk_view is not None and own != dims:
         issues.append(HeadIssue("metadata", f"sizes {asdict(own)} differ from the trunk's {asdict(dims)}"))
     table = head_table(dims)

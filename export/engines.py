@@ -179,9 +179,8 @@ def check_outputs(out_dir: Path, nodes: int, force: bool) -> None:
         )
 
 
-def write_launches(out_dir: Path, launches: list[NodeLaunch], readme: str, force: bool) -> Path:
-    """node<R>.sh per node (executable), launch.json, README.md; refuses to replace other files."""
-    check_outputs(out_dir, len(launches), force)
+def write_launches(out_dir: Path, launches: list[NodeLaunch], readme: str) -> Path:
+    """node<R>.sh per node (executable), launch.json, README.md (the caller ran `check_outputs`)."""
     ensure_writable_dir(out_dir, "output folder")
     for n in launches:
         path = out_dir / f"node{n.rank}.sh"
@@ -271,5 +270,5 @@ def build_export(
         exp.warnings.append(f"{changes[0]} is needed but was not written (--no-write-config)")
     if not facts.has_head:
         exp.warnings.append(no_head_warning)
-    exp.readme = write_launches(exp.out_dir, launches, readme_for(exp, facts), force)
+    exp.readme = write_launches(exp.out_dir, launches, readme_for(exp, facts))
     return exp

@@ -57,6 +57,17 @@ def read_sums(path: Path) -> dict[str, str]:
     return sums
 
 
+def _checked_digest(g: Path, sums: dict[str, str], sums_path: Path) -> str:
+    """The file's SHA-256, re-checked against SHA256SUMS (never trusted: it is published as proof)."""
+    digest = sha256_file(g)
+    if g.name in sums and sums[g.name] != digest:
+        raise QwythosError(
+            f"{g} does not match its line in {sums_path} (the file changed, or is damaged)",
+            "run `qwythos quantize` into the folder again (it re-verifies and rewrites SHA256SUMS)",
+        )
+    return digest
+
+
 def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: bool = False) -> UploadPlan:
     """Validate the folder's GGUFs and list every file to upload (GGUFs first, card last)."""
     folder = Path(folder)
@@ -75,12 +86,7 @@ def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: b
     items: list[UploadItem] = []
     for g in ggufs:
         s = read_gguf_summary(g)  # refuses anything that is not a qwen35 GGUF
-        digest = sha256_file(g)  # SHA256SUMS is re-checked, never trusted: it is published as proof
-        if g.name in sums and sums[g.name] != digest:
-            raise QwythosError(
-                f"{g} does not match its line in {sums_path} (the file changed, or is damaged)",
-                "run `qwythos quantize` into the folder again (it re-verifies and rewrites SHA256SUMS)",
-            )
+        digest = _checked_digest(g, sums, sums_path)
         rows.append(card.QuantRow(g.name, s.quant, s.size_bytes, digest, s.has_mtp))
         items.append(UploadItem(g.name, s.size_bytes, g))
     if len(projectors) > 1:
@@ -91,12 +97,7 @@ def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: b
     mm_row = None
     for g in projectors:  # the vision projector: listed in the card and SHA256SUMS like a quant
         m = read_mmproj_summary(g)
-        digest = sha256_file(g)
-        if g.name in sums and sums[g.name] != digest:
-            raise QwythosError(
-                f"{g} does not match its line in {sums_path} (the file changed, or is damaged)",
-                "run `qwythos quantize` into the folder again (it re-verifies and rewrites SHA256SUMS)",
-            )
+        digest = _checked_digest(g, sums, sums_path)
         mm_row = card.QuantRow(g.name, m.file_type or "?", m.file_size, digest, False)
         items.append(UploadItem(g.name, m.file_size, g))
     ggufs = ggufs + projectors

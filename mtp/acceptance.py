@@ -19,9 +19,9 @@ import numpy as np
 from qwythos.core.acceptance import depth_rates, expected_accepted
 from qwythos.core.errors import QwythosError
 from qwythos.core.llama import MAX_DRAFT, load_model
+from qwythos.core.release import CALIBRATION_TEXT
 
 DEFAULT_TEXT_TOKENS = 512
-CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
 
 
 @dataclass

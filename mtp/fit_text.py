@@ -14,10 +14,11 @@ from pathlib import Path
 
 from qwythos.core.chat_template import render_chat
 from qwythos.core.errors import QwythosError
+from qwythos.core.release import CALIBRATION_TEXT
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BUNDLED = DATA / "fit-calibration.jsonl"
-EXTRA = DATA / "calibration.txt"
+EXTRA = CALIBRATION_TEXT
 
 
 @dataclass

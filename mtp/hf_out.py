@@ -325,9 +325,12 @@ def restore_hf(
     tmp.mkdir()
     files: list[OutFile] = []
     weight_map: dict[str, str] = {}
+    by_file: dict[Path, dict[str, TensorInfo]] = {}  # open_checkpoint read every shard's header
+    for n, i in ckpt.tensors.items():
+        by_file.setdefault(i.file, {})[n] = i
     try:
         for f in ckpt.files:
-            infos = read_safetensors_header(f)
+            infos = by_file.get(f, {})
             if any(_is_mtp(n) for n in infos):
                 keep = [i for n, i in infos.items() if not _is_mtp(n)]
                 if keep and f.name == MTP_SHARD:
@@ -354,9 +357,7 @@ def restore_hf(
         files.append(OutFile(MTP_SHARD, "written", (tmp / MTP_SHARD).stat().st_size))
         weight_map.update({e.name: MTP_SHARD for e in entries})
 
-        all_infos = {
-            n: i for f in ckpt.files for n, i in read_safetensors_header(f).items() if not _is_mtp(n)
-        }
+        all_infos = {n: i for n, i in ckpt.tensors.items() if not _is_mtp(n)}
         total = sum(i.nbytes for i in all_infos.values()) + head_bytes
         old_index = ckpt.path / INDEX
         index = json.loads(old_index.read_text()) if old_index.is_file() else {}

@@ -11,10 +11,11 @@ from qwythos.core.acceptance import depth_rates, expected_accepted
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import read_text_input
 from qwythos.core.llama import MAX_DRAFT
+from qwythos.core.release import CALIBRATION_TEXT
 from qwythos.core.structure import StructureReport, check_structure
 from qwythos.mtp.acceptance import measure_acceptance
 
-DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
+DEFAULT_TEXT = CALIBRATION_TEXT
 # A head that belongs to its trunk agrees with it far more often than this (0.53 on the trained tiny
 # model, higher on real 9B heads); another model's head scores near chance (0.007 measured).
 DEFAULT_MIN_ACCEPT = 0.1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +19,15 @@ import numpy as np
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output
 from qwythos.core.ftypes import ftype_by_id
-from qwythos.core.gguf_file import read_header
+from qwythos.core.gguf_file import GGUFHeader, read_header
 from qwythos.core.llama import load_model
 from qwythos.core.llama_log import llama_log_to
-
-#: The text `qwythos eval` scores by default: the bundled held-out calibration text.
-DEFAULT_TEXT_NAME = "calibration.txt"
+from qwythos.core.release import CALIBRATION_TEXT
 
 
 def default_text() -> Path:
-    """The bundled calibration text (`data/calibration.txt` of the package)."""
-    return Path(str(resources.files("qwythos.data") / DEFAULT_TEXT_NAME))
+    """The text `qwythos eval` scores by default: the bundled calibration text."""
+    return CALIBRATION_TEXT
 
 
 @dataclass
@@ -81,14 +78,14 @@ class _Scorer:
         self.model.close()
 
 
-def _type_name(path: Path) -> str:
-    ft = ftype_by_id(int(read_header(path).kv.get("general.file_type", -1)))
+def _type_name(hdr: GGUFHeader) -> str:
+    ft = ftype_by_id(int(hdr.kv.get("general.file_type", -1)))
     return ft.name if ft else "?"
 
 
-def bits_per_weight(path: Path) -> float:
+def bits_per_weight(hdr: GGUFHeader) -> float:
     """Tensor bytes * 8 over the number of weights, over every tensor of the file."""
-    tensors = read_header(path).tensors
+    tensors = hdr.tensors
     n = sum(math.prod(t.ne) for t in tensors)
     return 8 * sum(t.nbytes for t in tensors) / n if n else 0.0
 
@@ -142,12 +139,13 @@ def evaluate(
                     same += (b.argmax(axis=1) == lq.argmax(axis=1)).sum()
             finally:
                 qs.close()
+            hdr = read_header(q)  # one header read for the type and the bits per weight
             report.rows.append(
                 EvalRow(
                     file=str(q),
-                    type=_type_name(q),
+                    type=_type_name(hdr),
                     gib=round(q.stat().st_size / 2**30, 4),
-                    bpw=round(bits_per_weight(q), 4),
+                    bpw=round(bits_per_weight(hdr), 4),
                     ppl=float(np.exp(nll / n_scored)),
                     mean_kld=float(kld / n_scored),
                     top1_agreement=float(same / n_scored),

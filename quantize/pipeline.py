@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -427,7 +428,7 @@ def quantize(
 
     for job in jobs:
         ft, choices, path = job.ft, job.choices, job.path
-        n_params = sum(_numel(c.ne) for c in choices)
+        n_params = sum(math.prod(c.ne) for c in choices)
         t0 = time.perf_counter()
         prior = entries.get(path.name) or {}
         verified: dict[str, Any] = {}
@@ -576,13 +577,6 @@ def _hint_for(error: str) -> str:
     if "invalid data" in error:
         return "the source holds NaN/Inf values in that tensor: convert it again from an intact checkpoint"
     return "check the source GGUF (qwythos inspect)"
-
-
-def _numel(ne: tuple[int, ...]) -> int:
-    n = 1
-    for d in ne:
-        n *= d
-    return n
 
 
 def check_same_model(base: Path, quants: list[Path]) -> None:

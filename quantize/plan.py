@@ -15,6 +15,7 @@ f32, per sequence). Compute buffers are not included.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -323,7 +324,7 @@ def plan(
             trunk_size = size if not n_nextn else None
             if trunk_view is not None:
                 trunk_size = dry_run(trunk_view.gguf, ft, output_tensor_type=ott, token_embedding_type=tet)[1]
-            n_params = sum(_numel(c.ne) for c in choices if not c.name.startswith(mtp_prefix or ("\0",)))
+            n_params = sum(math.prod(c.ne) for c in choices if not c.name.startswith(mtp_prefix or ("\0",)))
             result.n_params = n_params
             head = [c for c in choices if c.name.startswith(mtp_prefix)] if mtp_prefix else []
             trunk_w = sum(c.nbytes() for c in choices if c not in head)
@@ -370,10 +371,3 @@ def plan(
         if view.cleanup:
             view.gguf.unlink(missing_ok=True)
             os.rmdir(view.gguf.parent)
-
-
-def _numel(ne: tuple[int, ...]) -> int:
-    n = 1
-    for d in ne:
-        n *= d
-    return n

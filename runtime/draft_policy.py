@@ -31,7 +31,6 @@ HYSTERESIS = 0.04
 #: steps (counted in drafting steps, so that long plain stretches do not erase what probes found).
 WINDOW, HALF_LIFE = 64, 12
 #: Probe interval bounds (steps): doubled after a probe that found nothing, reset after a hit.
-
 PROBE_MIN, PROBE_MAX = 8, 128
 #: Prior acceptance per depth before anything is known (a trained head at depth 1 is usually 0.6+).
 DEFAULT_ACCEPTANCE = 0.5
@@ -62,6 +61,24 @@ def best_draft(costs: DraftCosts, max_draft: int = AUTO_MAX_DRAFT, margin: float
         if s > speed:
             best, speed = n, s
     return best
+
+
+def fill_verify(known: dict[int, float], n: int) -> list[float]:
+    """Target seconds for batches of 1..n tokens from the measured sizes in `known` (at least two,
+    1 among them): linear between measured sizes, beyond the largest the last slope (never negative)."""
+    ks = sorted(known)
+    slope = max(0.0, (known[ks[-1]] - known[ks[-2]]) / (ks[-1] - ks[-2]))
+
+    def at(k: int) -> float:
+        if k in known:
+            return known[k]
+        lo = max(x for x in ks if x < k)
+        hi = min((x for x in ks if x > k), default=None)
+        if hi is None:
+            return known[lo] + slope * (k - lo)
+        return known[lo] + (known[hi] - known[lo]) * (k - lo) / (hi - lo)
+
+    return [at(k) for k in range(1, n + 1)]
 
 
 class DraftPolicy:
@@ -110,19 +127,7 @@ class DraftPolicy:
         known = {k: sorted(v)[len(v) // 2] for k, v in enumerate(self._verify, 1) if v}
         if not self._head or 1 not in known or len(known) < 2:
             return None
-        ks = sorted(known)
-        slope = max(0.0, (known[ks[-1]] - known[ks[-2]]) / (ks[-1] - ks[-2]))
-
-        def at(k: int) -> float:  # unmeasured sizes: linear between measured ones, beyond: last slope
-            if k in known:
-                return known[k]
-            lo = max(x for x in ks if x < k)
-            hi = min((x for x in ks if x > k), default=None)
-            if hi is None:
-                return known[lo] + slope * (k - lo)
-            return known[lo] + (known[hi] - known[lo]) * (k - lo) / (hi - lo)
-
-        verify = [at(k) for k in range(1, self.max_draft + 2)]
+        verify = fill_verify(known, self.max_draft + 1)
         return DraftCosts(verify, sorted(self._head)[len(self._head) // 2], self.acceptance())
 
     def record(self, n_drafts: int, accepted: int, t_verify: float, t_draft: float) -> None:

@@ -17,7 +17,7 @@ from qwythos.core.acceptance import depth_rates, rate, sum_counts
 from qwythos.core.draft_costs import DraftCosts
 from qwythos.core.errors import QwythosError
 from qwythos.core.llama import Model, default_threads, load_model
-from qwythos.runtime.draft_policy import best_draft, predicted_tps
+from qwythos.runtime.draft_policy import best_draft, fill_verify, predicted_tps
 from qwythos.runtime.sampling import GREEDY, SamplingParams
 from qwythos.runtime.speculative import AUTO, Engine, Generation
 
@@ -121,15 +121,7 @@ def costs_from_rows(rows: list[BenchRow]) -> DraftCosts | None:
     if 0 not in fixed or not drafted:
         return None
     known = {r.draft + 1: r.t_verify / max(1, sum(r.steps_per_draft)) for r in fixed.values()}
-    ks = sorted(known)
-    verify = []
-    for k in range(1, ks[-1] + 1):
-        if k in known:
-            verify.append(known[k])
-        else:  # a length not benched: linear between its neighbours
-            lo = max(x for x in ks if x < k)
-            hi = min(x for x in ks if x > k)
-            verify.append(known[lo] + (known[hi] - known[lo]) * (k - lo) / (hi - lo))
+    verify = fill_verify(known, max(known))  # a length not benched: linear between its neighbours
     n_drafts = sum(sum(k * c for k, c in enumerate(r.steps_per_draft)) for r in drafted)
     head = sum(r.t_draft for r in drafted) / max(1, n_drafts)
     deepest = max(drafted, key=lambda r: r.draft)

@@ -7,18 +7,18 @@ import json
 import shutil
 from pathlib import Path
 
-import gguf  # noqa: F401
+import gguf
 import pytest
 from huggingface_hub.utils import filter_repo_objects
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.core import header, hub  # noqa: F401
+from qwythos.core import hub
 from qwythos.core import release as release_facts
 from qwythos.core.errors import QwythosError
 from qwythos.export import upload
 from qwythos.export.modelfile import parse_modelfile, to_request
-from qwythos.testing import stubs  # noqa: F401
+from qwythos.testing import stubs
 
 
 class FakeHub:
