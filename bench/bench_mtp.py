@@ -80,8 +80,18 @@ _CPP_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds")
 _CPP_COUNT = re.compile(r"n_(drafted|accept)\s*=\s*(\d+)")
 
 
-def run_cpp(binary: Path, gguf: Path, prompts, draft: int, max_tokens: int, threads: int, n_ctx: int) -> dict:
-    """llama.cpp's C++ draft-mtp loop (llama-speculative-simple) over `prompts`: tokens/s, acceptance."""
+def run_cpp(
+    binary: Path,
+    gguf: Path,
+    prompts,
+    draft: int,
+    max_tokens: int,
+    threads: int,
+    n_ctx: int,
+    repack: bool = True,
+) -> dict:
+    """llama.cpp's C++ draft-mtp loop (llama-speculative-simple) over `prompts`: tokens/s, acceptance.
+    repack=False: `--no-repack`, as our loader does for a file whose repacked batched logits fail."""
     from qwythos.core.errors import QwythosError
 
     tokens = drafted = accepted = 0
@@ -92,7 +102,7 @@ def run_cpp(binary: Path, gguf: Path, prompts, draft: int, max_tokens: int, thre
             str(binary), "-m", str(gguf), "-p", prompt, "-n", str(max_tokens), "-c", str(n_ctx),
             "--spec-type", "draft-mtp", "--spec-draft-n-max", str(draft), "--spec-draft-n-min", "0",
             "--temp", "0", "--seed", "1", "-t", t, "-tb", t, "-td", t, "-tbd", t,
-        ]  # fmt: skip
+        ] + ([] if repack else ["--no-repack"])  # fmt: skip
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=3600)
         except OSError as e:

@@ -105,6 +105,7 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
     out = {"model": str(path), "threads": threads, "max_tokens": max_tokens, "reps": reps, "rows": []}
     with load_model(path) as m:
         toks = m.tokenize(prompt)
+        repacked = m.repacked
         t = time.time()
         plain = [_one(m, toks, None, 0, 0.0, max_tokens, threads, None, r) for r in range(reps)]
         reference = toks + plain[0]["tokens"]
@@ -160,9 +161,10 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
     if cpp is not None:
         from bench_mtp import run_cpp
 
-        print(f"\nllama.cpp C++ loop ({cpp.name}, its own head), same file/prompt/threads, median of {reps}")
+        print(f"\nllama.cpp C++ loop ({cpp.name}, its own head), same file/prompt/threads/repacking "
+              f"({'on' if repacked else 'off: --no-repack'}), median of {reps}")  # fmt: skip
         for n in drafts:
-            runs = [run_cpp(cpp, path, [prompt], n, max_tokens, threads, len(toks) + max_tokens + 16)
+            runs = [run_cpp(cpp, path, [prompt], n, max_tokens, threads, len(toks) + max_tokens + 16, repacked)
                     for _ in range(reps)]  # fmt: skip
             tps = [r["gen_tps"] for r in runs]
             med = statistics.median(tps)

@@ -1,21 +1,19 @@
-"""llama.cpp RPC over the loopback: the trained tiny model split between local and rpc-server layers.
+"""llama.cpp RPC over the loopback: a model split between local layers and a `qwythos rpc-server`.
 
-Needs llama-cpp-python built with the RPC backend (`QWYTHOS_RPC=1 bash install.sh`; a plain build
-prints how to get one and exits 2). One worker is started in a child process with
-`ggml_backend_rpc_start_server`, reached as llama.cpp itself does it: `ggml_backend_reg_by_name("RPC")`
-then `ggml_backend_reg_get_proc_address`. The client checks the port, registers the worker with
-`ggml_backend_rpc_add_server` before the model loads, and loads the model with --layers of its blocks
-on the worker. Greedy output is compared with a local run, MTP drafting off and on; the difference
-in seconds per generated token is the RPC overhead.
+Starts one worker (`qwythos rpc-server`, a child process) on 127.0.0.1, runs the model all-local,
+then with --layers of its blocks on the worker (core/llama.load_model(rpc=..., n_gpu_layers=...)),
+MTP drafting off and on; prints whether greedy output is identical and the RPC overhead per
+generated token (median of --reps runs each).
 
-    nice -n 10 python bench/bench_rpc.py [--layers 2] [--tokens 96] [--port 50052]
+    nice -n 10 python bench/bench_rpc.py [--model X.gguf] [--layers 2] [--tokens 96] [--port 50052]
+
+Without --model it converts the bundled trained tiny model (data/tiny-trained) to BF16.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -24,119 +22,88 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "data" / "tiny-trained"
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
-CPU_DEVICE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
 
 
-def ggml() -> ctypes.CDLL:
-    """libggml of the installed llama-cpp-python (the copy libllama already loaded)."""
-    import llama_cpp
-
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml.so"), mode=ctypes.RTLD_GLOBAL)
-    lib.ggml_backend_reg_by_name.restype = ctypes.c_void_p
-    lib.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
-    lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-    lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.ggml_backend_register.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    return lib
-
-
-def rpc_proc(lib: ctypes.CDLL, name: str, proto: type) -> object:
-    reg = lib.ggml_backend_reg_by_name(b"RPC")
-    if not reg:
-        print(
-            "this llama-cpp-python build has no RPC backend; rebuild it: QWYTHOS_RPC=1 bash install.sh",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
-    addr = lib.ggml_backend_reg_get_proc_address(reg, name.encode())
-    if not addr:
-        raise SystemExit(f"the RPC backend has no {name}")
-    return proto(addr)
-
-
-START_SERVER = ctypes.CFUNCTYPE(
-    None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)
-)
-ADD_SERVER = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
-
-
-def serve(endpoint: str, threads: int) -> None:
-    """The worker: blocks serving the CPU backend on `endpoint` (child process)."""
-    lib = ggml()
-    start = rpc_proc(lib, "ggml_backend_rpc_start_server", START_SERVER)
-    devs = (ctypes.c_void_p * 1)(lib.ggml_backend_dev_by_type(CPU_DEVICE))
-    start(endpoint.encode(), None, threads, 1, devs)
-
-
-def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
-    t0 = time.time()
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            if time.time() - t0 > timeout:
-                raise SystemExit(f"no rpc-server answered on {host}:{port}") from None
-            time.sleep(0.2)
-
-
-def run(model_path: Path, layers: int, tokens: int, threads: int) -> dict[str, tuple[list[int], float]]:
+def run(
+    model_path: Path, tokens: int, threads: int, reps: int, **where
+) -> dict[str, tuple[list[int], float, float]]:
+    """{mode: (tokens, median s/token, spread s/token)} for plain and draft 2."""
     from qwythos.core.llama import load_model
     from qwythos.runtime.speculative import generate
 
     out = {}
-    model = load_model(model_path, n_gpu_layers=layers)
-    try:
+    with load_model(model_path, **where) as model:
         prompt = model.tokenize(PROMPT)
         for draft in (0, 2):
             generate(model, prompt, max_tokens=8, draft=draft, threads=threads, costs=None)  # warm
-            t0 = time.perf_counter()
-            g = generate(model, prompt, max_tokens=tokens, draft=draft, threads=threads, costs=None)
-            out[f"draft {draft}"] = (g.tokens, (time.perf_counter() - t0) / max(1, len(g.tokens)))
-    finally:
-        model.close()
+            per, toks = [], None
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                g = generate(model, prompt, max_tokens=tokens, draft=draft, threads=threads, costs=None)
+                per.append((time.perf_counter() - t0) / max(1, len(g.tokens)))
+                toks = g.tokens
+            out[f"draft {draft}"] = (toks, statistics.median(per), max(per) - min(per))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, help="a qwen35 GGUF (default: the bundled tiny model, BF16)")
     ap.add_argument("--layers", type=int, default=2, help="blocks offloaded to the worker")
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--port", type=int, default=50052)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    if args.serve:
-        serve(args.serve, args.threads)
-        return
-    lib = ggml()
-    add = rpc_proc(lib, "ggml_backend_rpc_add_server", ADD_SERVER)
-    from qwythos.convert.text import convert
+    from qwythos.core import rpc
 
-    work = Path("/tmp/qwythos-bench-rpc")
-    work.mkdir(exist_ok=True)
-    gguf = work / "tiny-trained-BF16.gguf"
-    if not gguf.is_file():
-        convert(MODEL_DIR, gguf)
-    local = run(gguf, 0, args.tokens, args.threads)  # before any RPC device exists
-    endpoint = f"127.0.0.1:{args.port}"
-    worker = subprocess.Popen([sys.executable, __file__, "--serve", endpoint, "--threads", str(args.threads)])
+    if not rpc.rpc_available():
+        print(f"this llama-cpp-python has no RPC backend: {rpc.REBUILD_HINT}", file=sys.stderr)
+        raise SystemExit(2)
+    gguf = args.model
+    if gguf is None:
+        from qwythos.convert.text import convert
+
+        work = Path("/tmp/qwythos-bench-rpc")
+        work.mkdir(exist_ok=True)
+        gguf = work / "tiny-trained-BF16.gguf"
+        if not gguf.is_file():
+            convert(MODEL_DIR, gguf)
+    local = run(gguf, args.tokens, args.threads, args.reps)
+    ep = rpc.Endpoint("127.0.0.1", args.port)
+    cmd = [
+        sys.executable,
+        "-m",
+        "qwythos.cli",
+        "rpc-server",
+        "--port",
+        str(args.port),
+        "-t",
+        str(args.threads),
+    ]
+    worker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port("127.0.0.1", args.port)
-        lib.ggml_backend_register(add(endpoint.encode()))
-        print(f"devices after adding {endpoint}: {lib.ggml_backend_dev_count()}")
-        remote = run(gguf, args.layers, args.tokens, args.threads)
+        deadline = time.time() + 60
+        while True:
+            try:
+                info = rpc.query_worker(ep)
+                break
+            except rpc.QwythosError:
+                if worker.poll() is not None or time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        print(f"worker {ep}: protocol {info.version}, {info.devices} device(s)")
+        remote = run(gguf, args.tokens, args.threads, args.reps, rpc=[ep], n_gpu_layers=args.layers)
     finally:
         worker.terminate()
-        worker.wait(timeout=10)
+        worker.wait(timeout=20)
+    print(f"{gguf.name}, {args.threads} thread(s) each side, {args.tokens} tokens, median of {args.reps}")
     for mode in local:
-        (lt, ls), (rt, rs) = local[mode], remote[mode]
+        (lt, ls, lsp), (rt, rs, rsp) = local[mode], remote[mode]
         print(
-            f"{mode}: identical={lt == rt} ({len(lt)} tokens); local {1000 * ls:.2f} ms/token, "
-            f"{args.layers} layer(s) over RPC {1000 * rs:.2f} ms/token, overhead {1000 * (rs - ls):+.2f} ms/token"
+            f"{mode}: identical={lt == rt} ({len(lt)} tokens); local {1000 * ls:.2f} ms/token "
+            f"(spread {1000 * lsp:.2f}), {args.layers} layer(s) over RPC {1000 * rs:.2f} ms/token "
+            f"(spread {1000 * rsp:.2f}), overhead {1000 * (rs - ls):+.2f} ms/token"
         )
 
 

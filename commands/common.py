@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ def report(error: QwythosError) -> None:
         err_console.print(f"[yellow]fix:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """A library warning (a slower fallback, say) as one line, not Python's file:line form."""
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 class QwythosGroup(TyperGroup):
     """The one error mapping (as huggingface_hub's `hf` does it): every command of every sub-group
     runs inside this `invoke`, so a `QwythosError` becomes one message and exit 1, Ctrl-C exit 130."""
@@ -43,6 +49,7 @@ class QwythosGroup(TyperGroup):
 
         interrupt.install()  # SIGTERM = Ctrl-C; both stop llama.cpp mid-computation
         fileio.clear_inputs()
+        warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
         except QwythosError as e:

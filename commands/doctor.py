@@ -20,11 +20,19 @@ def doctor(
     fresh: bool = typer.Option(False, "--fresh", help="Probe again instead of using the cached verdict."),
 ) -> None:
     """Check that the installed llama.cpp build runs quantized models on this CPU (AMX crash probe)."""
-    from qwythos.core import probe
+    from qwythos.core import probe, rpc
 
     result = probe.probe_build(use_cache=not fresh)
+    has_rpc = rpc.rpc_available()
     if json_out:
-        print_json({**to_jsonable(result), "verdict": result.verdict, "model_kwargs": result.model_kwargs()})
+        print_json(
+            {
+                **to_jsonable(result),
+                "verdict": result.verdict,
+                "model_kwargs": result.model_kwargs(),
+                "rpc_backend": has_rpc,
+            }
+        )
     else:
         rows = [
             ["llama.cpp library", result.library],
@@ -36,6 +44,7 @@ def doctor(
             state = "ok" if run.ok else f"crashed ({run.signal or run.returncode}) {run.detail}".strip()
             rows.append([f"probe: Q8_0 batch decode, {label}", state])
         rows.append(["verdict", result.verdict])
+        rows.append(["RPC backend (--rpc, rpc-server)", "yes" if has_rpc else f"no: {rpc.REBUILD_HINT}"])
         console.print(simple_table("qwythos doctor", ["check", "result"], rows))
         if not result.default_ok:
             console.print(f"[yellow]fix:[/] rebuild llama-cpp-python without AMX:\n  {probe.REBUILD_COMMAND}")

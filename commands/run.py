@@ -105,9 +105,12 @@ def _open_engine(
     draft_model: Path | None,
     threads: int | None = None,
     projector=None,
+    rpc: str | None = None,
+    gpu_layers: int | None = None,
 ):
     """Load the model and its engine; `--draft auto` by default (plain, with a warning, without a head).
-    projector: a core/mmproj_header.ProjectorChoice to load for images (engine.vision)."""
+    projector: a core/mmproj_header.ProjectorChoice to load for images (engine.vision).
+    rpc / gpu_layers: where the layers run (core/llama.load_model)."""
     from qwythos.core.llama import load_model
     from qwythos.runtime.speculative import AUTO, Engine
 
@@ -120,8 +123,14 @@ def _open_engine(
         raise QwythosError(f"--threads {threads} must be at least 1", "e.g. -t 4 (default: all CPUs)")
     insist = isinstance(d, int) and d > 0
     model = load_model(
-        model_path, mtp=False if no_mtp else (True if insist else None), draft_path=draft_model
+        model_path,
+        mtp=False if no_mtp else (True if insist else None),
+        draft_path=draft_model,
+        rpc=rpc,
+        n_gpu_layers=gpu_layers,
     )
+    if model.workers:
+        err_console.print(f"[dim]{_placement_line(model)}[/]")
     n = 0 if no_mtp else (d if d is not None else AUTO)
     if n != 0 and not model.has_mtp:  # auto on a file without a head: plain (the engine says why)
         err_console.print(f"[yellow]warning:[/] {model_path} has no MTP layer; decoding without drafts")
@@ -134,6 +143,11 @@ def _open_engine(
             vision.close()
         model.close()
         raise
+
+
+def _placement_line(model) -> str:
+    ws = ", ".join(f"{w.endpoint} ({w.devices} device{'s' if w.devices > 1 else ''})" for w in model.workers)
+    return f"{min(model.gpu_layers, model.info.n_layer + model.info.n_nextn)} layer(s) offloaded to rpc-server {ws}"
 
 
 def _draft_choice(eng, gen) -> dict:
@@ -169,6 +183,11 @@ _DRAFT_HELP = (
     "does not pay), or a number to force it."
 )
 _THREADS_HELP = "CPU threads (default: all; QWYTHOS_THREADS)."
+_RPC_HELP = (
+    "llama.cpp rpc-server workers HOST:PORT[,HOST:PORT] that hold layers (start them with "
+    "`qwythos rpc-server`); each is checked before loading."
+)
+_NGL_HELP = "Layers offloaded to GPUs or --rpc workers (default: 0; all of them with --rpc)."
 
 
 @app.command("run")
@@ -200,6 +219,8 @@ def run_cmd(
     images: list[Path] | None = typer.Option(
         None, "--image", help="A picture (PNG, JPEG, ...) placed before the message; repeat for more."
     ),
+    rpc: str | None = typer.Option(None, "--rpc", help=_RPC_HELP),
+    gpu_layers: int | None = typer.Option(None, "-ngl", "--gpu-layers", help=_NGL_HELP),
     json_out: bool = JsonOption,
 ) -> None:
     """Generate one reply (with exact MTP speculative decoding when the GGUF has a head)."""
@@ -225,7 +246,7 @@ def run_cmd(
             )
     projector = _choose_projector(model_path, mmproj, images) if images or mmproj else None
     model, eng = _open_engine(
-        model_path, draft, no_mtp, ctx, draft_model, threads, projector if images else None
+        model_path, draft, no_mtp, ctx, draft_model, threads, projector if images else None, rpc, gpu_layers
     )
     layout = None
     try:
@@ -260,6 +281,10 @@ def run_cmd(
                     for s in (layout.images if layout is not None else [])
                 ],
                 "mmproj": str(projector.path) if projector is not None else None,
+                "placement": {
+                    "gpu_layers": model.gpu_layers,
+                    "rpc": [w.to_dict() for w in model.workers],
+                },
             }
         )
         if gen.finish_reason == "interrupted":
@@ -321,6 +346,8 @@ def chat_cmd(
     tools_file: Path | None = typer.Option(
         None, "--tools", help="JSON file of tool definitions (OpenAI style) the model may call."
     ),
+    rpc: str | None = typer.Option(None, "--rpc", help=_RPC_HELP),
+    gpu_layers: int | None = typer.Option(None, "-ngl", "--gpu-layers", help=_NGL_HELP),
 ) -> None:
     """Interactive chat with streaming output. /image PATH attaches a picture to the next message;
     /exit (or Ctrl-D) quits; Ctrl-C stops a reply."""
@@ -340,7 +367,9 @@ def chat_cmd(
     tools = load_tools(tools_file) if tools_file is not None else None
     sp = _sampling_from(temp, top_k, top_p, min_p, repeat_penalty, seed)
     projector = _choose_projector(model_path, mmproj)
-    model, eng = _open_engine(model_path, draft, no_mtp, ctx, draft_model, threads, projector)
+    model, eng = _open_engine(
+        model_path, draft, no_mtp, ctx, draft_model, threads, projector, rpc, gpu_layers
+    )
     from qwythos.runtime.session import ChatSession
 
     session = ChatSession(eng)  # each turn prefills only what is new since the last prompt
@@ -436,6 +465,8 @@ def bench_cmd(
     drafts: str = typer.Option("1,2,3,4", "--drafts", help="Draft lengths to compare with plain."),
     threads: int | None = typer.Option(None, "-t", "--threads", help=_THREADS_HELP),
     no_auto: bool = typer.Option(False, "--no-auto", help="Skip the auto row (and keep the cache as it is)."),
+    rpc: str | None = typer.Option(None, "--rpc", help=_RPC_HELP),
+    gpu_layers: int | None = typer.Option(None, "-ngl", "--gpu-layers", help=_NGL_HELP),
     json_out: bool = JsonOption,
 ) -> None:
     """Plain decoding against MTP drafts (greedy) on a fixed prompt set: tok/s, acceptance, speed-up."""
@@ -453,7 +484,14 @@ def bench_cmd(
     if any(not 1 <= d <= MAX_DRAFT for d in ds):
         raise QwythosError(f"--drafts {drafts} is out of range", f"use draft lengths 1..{MAX_DRAFT}")
     r = run_bench(
-        model_path, drafts=ds, max_tokens=max_tokens, threads=threads, auto=not no_auto, store=not no_auto
+        model_path,
+        drafts=ds,
+        max_tokens=max_tokens,
+        threads=threads,
+        auto=not no_auto,
+        store=not no_auto,
+        rpc=rpc,
+        gpu_layers=gpu_layers,
     )
     if json_out:
         print_json(r)
@@ -485,7 +523,9 @@ def bench_cmd(
     ]
     console.print(
         simple_table(
-            f"qwythos bench {model_path.name} ({r.prompts} prompts x {r.max_tokens} tokens, greedy)",
+            f"qwythos bench {model_path.name} ({r.prompts} prompts x {r.max_tokens} tokens, greedy"
+            + (f"; {r.placement}" if r.placement else "")
+            + ")",
             cols,
             rows,
         )

@@ -84,11 +84,12 @@ def _build() -> str:
         return "none"
 
 
-def cost_key(gguf: str | Path, threads: int) -> dict:
-    """What the measurement depends on: the file (path, size, mtime), machine, threads, build."""
+def cost_key(gguf: str | Path, threads: int, placement: str = "") -> dict:
+    """What the measurement depends on: the file (path, size, mtime), machine, threads, build, and
+    where the layers run when not all on this CPU (`Model.placement`: offload, RPC workers)."""
     p = Path(gguf).resolve()
     st = p.stat()
-    return {
+    key = {
         "file": str(p),
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
@@ -96,6 +97,9 @@ def cost_key(gguf: str | Path, threads: int) -> dict:
         "threads": int(threads),
         "llama_cpp": _build(),
     }
+    if placement:
+        key["placement"] = placement
+    return key
 
 
 def _key_str(key: dict) -> str:
@@ -110,9 +114,9 @@ def _read_all(path: Path) -> dict:
         return {}  # a missing or damaged cache only means measuring again
 
 
-def lookup(gguf: str | Path, threads: int) -> CostRecord | None:
+def lookup(gguf: str | Path, threads: int, placement: str = "") -> CostRecord | None:
     """The cached measurement for this file on this machine at this thread count, if any."""
-    key = cost_key(gguf, threads)
+    key = cost_key(gguf, threads, placement)
     entry = _read_all(cache_file()).get(_key_str(key))
     if not isinstance(entry, dict):
         return None
@@ -128,9 +132,11 @@ def lookup(gguf: str | Path, threads: int) -> CostRecord | None:
         return None
 
 
-def store(gguf: str | Path, threads: int, costs: DraftCosts, recommended: int) -> CostRecord:
+def store(
+    gguf: str | Path, threads: int, costs: DraftCosts, recommended: int, placement: str = ""
+) -> CostRecord:
     """Add or replace this file's entry (the rest of the cache is kept)."""
-    key = cost_key(gguf, threads)
+    key = cost_key(gguf, threads, placement)
     rec = CostRecord(costs, int(recommended), time.time(), key)
     path = cache_file()
     data = _read_all(path)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from qwythos.core import interrupt
+from qwythos.core import rpc as _rpc
 from qwythos.core.errors import QwythosError
 from qwythos.core.header import read_view
 from qwythos.core.llama_log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
@@ -34,6 +35,8 @@ from qwythos.core.structure import check_model
 SUPPORTED_ARCHS: tuple[str, ...] = ARCHS  # the one allow-list (core/qwen35.py)
 #: Largest draft length the runtime accepts (also the number of recurrent snapshots kept).
 MAX_DRAFT = 8
+#: n_gpu_layers meaning "every layer" (llama.cpp clamps it to the model's layers + output).
+ALL_LAYERS = 999
 
 
 _BACKEND_READY = False
@@ -307,6 +310,17 @@ class Model:
         self._eog_set = set(int(t) for t in self.eog)
         self._contexts: list[Context] = []
         self._closed = False
+        self.workers: list = []  # core/rpc.WorkerInfo of the rpc-servers holding layers
+        self.repacked = True  # llama.cpp's repacked CPU weights in use (see check_batched_logits)
+        self.gpu_layers = 0  # layers offloaded (to GPUs or the workers)
+
+    @property
+    def placement(self) -> str:
+        """Where the layers run: "" on this machine alone, else the offload and the workers (part of
+        the measured-costs key: drafting pays differently over a network)."""
+        if not self.workers and not self.gpu_layers:
+            return ""
+        return f"ngl={self.gpu_layers}" + "".join(f"|rpc={w.endpoint}" for w in self.workers)
 
     @property
     def has_mtp(self) -> bool:
@@ -420,14 +434,26 @@ class Model:
         self.close()
 
 
-def _load_handle(info: ModelInfo, *, load_mtp: bool, n_gpu_layers: int):
+def _load_handle(
+    info: ModelInfo,
+    *,
+    load_mtp: bool,
+    n_gpu_layers: int,
+    workers: list[int] | None = None,
+    repacked: bool = True,
+):
     lc = _llama()
     _init_backend()
     mp = lc.llama_model_default_params()
     for k, v in safe_model_kwargs().items():
         setattr(mp, k, v)
+    if not repacked:
+        mp.use_extra_bufts = False
     mp.n_gpu_layers = n_gpu_layers
     mp.load_mtp = load_mtp
+    devices = _rpc.model_devices(workers)  # kept alive until the load returns
+    if devices is not None:
+        mp.devices = ctypes.addressof(devices)
     handle = lc.llama_model_load_from_file(str(info.path).encode(), mp)
     if not handle:  # name the reason when the structural check finds one (core/structure.py)
         issues = check_model(info.path)
@@ -445,25 +471,128 @@ def load_model(
     *,
     mtp: bool | None = None,
     draft_path: str | Path | None = None,
-    n_gpu_layers: int = 0,
+    n_gpu_layers: int | None = None,
+    rpc: str | list[_rpc.Endpoint] | None = None,
 ) -> Model:
-    """Load a qwen35 GGUF. mtp=None: load the MTP layer when the file has one; True: insist."""
+    """Load a qwen35 GGUF. mtp=None: load the MTP layer when the file has one; True: insist.
+
+    n_gpu_layers: layers offloaded to GPUs or RPC workers (default: none; all of them with rpc).
+    rpc: llama.cpp rpc-server workers, "HOST:PORT[,HOST:PORT]" or parsed endpoints; each is
+    checked over the protocol before llama.cpp sees it (core/rpc.py)."""
     info = read_model_info(path)
-    draft = None
+    ngl = n_gpu_layers if n_gpu_layers is not None else (ALL_LAYERS if rpc else 0)
+    if ngl < 0:
+        raise QwythosError(
+            f"--gpu-layers {ngl} is out of range", "use 0 or more (0: every layer on this CPU)"
+        )
+    workers, devices = [], None
+    if rpc:
+        workers, devices = _rpc.connect_workers(
+            _rpc.parse_endpoints(rpc) if isinstance(rpc, str) else list(rpc)
+        )
+    dinfo = None
     if draft_path is not None and mtp is not False:
         dinfo = read_model_info(draft_path)
         check_draft_compatible(info, dinfo)
-        draft = Model(dinfo, _load_handle(dinfo, load_mtp=True, n_gpu_layers=n_gpu_layers), True)
-    if mtp and not info.has_mtp and draft is None:
+    if mtp and not info.has_mtp and dinfo is None:
         raise QwythosError(
             f"{info.path} has no MTP (nextn) layer, so it cannot draft tokens",
             "restore the head (`qwythos mtp restore`), pass --draft-model FILE, or run with --no-mtp",
         )
-    load_mtp = info.has_mtp and mtp is not False and draft is None
-    try:
-        handle = _load_handle(info, load_mtp=load_mtp, n_gpu_layers=n_gpu_layers)
-    except BaseException:
-        if draft is not None:
-            draft.close()
-        raise
-    return Model(info, handle, load_mtp, draft)
+    load_mtp = info.has_mtp and mtp is not False and dinfo is None
+
+    def load(repacked: bool) -> Model:
+        draft = None
+        if dinfo is not None:
+            h = _load_handle(dinfo, load_mtp=True, n_gpu_layers=ngl, workers=devices, repacked=repacked)
+            draft = Model(dinfo, h, True)
+        try:
+            handle = _load_handle(
+                info, load_mtp=load_mtp, n_gpu_layers=ngl, workers=devices, repacked=repacked
+            )
+        except BaseException:
+            if draft is not None:
+                draft.close()
+            raise
+        model = Model(info, handle, load_mtp, draft)
+        model.workers, model.gpu_layers, model.repacked = workers, ngl, repacked
+        return model
+
+    verdict = _repacked_verdict(info.path)
+    model = load(repacked=verdict is not False)
+    if verdict is None and not _repacked_logits_ok(model):  # llama.cpp's repacked kernels fail here
+        model.close()
+        model = load(repacked=False)
+    return model
+
+
+#: The check's prefix: real text, as a run sees it (the fault depends on what the cache holds).
+_CHECK_TEXT = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) +"
+
+
+def check_batched_logits(model: Model, threads: int | None = None) -> bool:
+    """Decode BATCH_CHECK_ROWS tokens after a real-text prefix in one batch with every logit row,
+    as a draft verify does (a context with recurrent snapshots), and the same tokens one at a time:
+    do the rows agree (core/probe.py explains the fault)?"""
+    from qwythos.core.probe import BATCH_CHECK_ROWS, logits_agree
+
+    n = BATCH_CHECK_ROWS
+    toks = model.tokenize(_CHECK_TEXT)[:24] or [0]
+    pre, nxt = toks[:-n] or toks[:1], toks[-n:]
+    rows = []
+    for batched in (True, False):
+        ctx = model.new_target(64, n_draft=n - 1, n_batch=32, threads=threads)
+        try:
+            ctx.decode(pre, 0, outputs="last")
+            if batched:
+                ctx.decode(nxt, len(pre), outputs="all")
+                rows.append(ctx.logits(len(nxt)).copy())
+            else:
+                one = []
+                for i, t in enumerate(nxt):
+                    ctx.decode([t], len(pre) + i, outputs="all")
+                    one.append(ctx.logits(1)[0].copy())
+                rows.append(np.array(one))
+        finally:
+            ctx.close()
+    return logits_agree(rows[0], rows[1])
+
+
+def _repacked_warning(path: Path) -> None:
+    import warnings
+
+    warnings.warn(
+        f"llama.cpp's repacked CPU kernels return wrong logits for batches of {path.name} on this "
+        "CPU; loading it without them (use_extra_bufts=False: correct, somewhat slower)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _check_applies() -> bool:
+    return (
+        os.environ.get("QWYTHOS_SKIP_PROBE") != "1"
+        and safe_model_kwargs().get("use_extra_bufts") is not False
+    )
+
+
+def _repacked_verdict(path: Path) -> bool | None:
+    """The cached batched-logits verdict for this file and build (None: not checked yet, or the
+    check does not apply); warns when it says the repacked weights fail."""
+    from qwythos.core import probe
+
+    ok = probe.batched_verdict(path) if _check_applies() else True
+    if ok is False:
+        _repacked_warning(path)
+    return ok
+
+
+def _repacked_logits_ok(model: Model) -> bool:
+    """Run the batched-logits check on a freshly loaded file and cache the verdict."""
+    from qwythos.core import probe
+
+    ok = check_batched_logits(model)
+    probe.record_batched_verdict(model.path, ok)
+    if not ok:
+        _repacked_warning(model.path)
+    return ok

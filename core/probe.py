@@ -233,6 +233,68 @@ def probe_build(timeout: float = 120.0, python: str | None = None, use_cache: bo
     return result
 
 
+# --- batched logits on the real file ------------------------------------------------------------
+# Found at the 9B shapes on an AMD EPYC (llama-cpp-python 0.3.36, Q4_K_M): with llama.cpp's repacked
+# CPU weights (`use_extra_bufts`, the default) a batch that asks for 4 or more logit rows after the
+# first position returns all-zero logits; one row at a time is right, and so is every batch with
+# use_extra_bufts=False. Tiny models do not show it, so it is checked on the file itself, once per
+# (file, machine, build): `load_model` compares a 4-row batch with one-row decodes and reloads
+# without repacked weights when they disagree. QWYTHOS_SKIP_PROBE=1 skips it.
+
+#: Rows of the checked batch, and how far a batched row may sit from its one-row twin (relative
+#: to the logits' scale: quantized kernels round differently batched and one-by-one, ~2% at 9B).
+BATCH_CHECK_ROWS = 4
+BATCH_CHECK_TOLERANCE = 0.25
+
+
+def logits_agree(batched: np.ndarray, single: np.ndarray, tol: float = BATCH_CHECK_TOLERANCE) -> bool:
+    """Whether a batch's logit rows match the same rows decoded one at a time."""
+    if batched.shape != single.shape or not np.isfinite(batched).all():
+        return False
+    if (np.abs(batched).max(axis=1) == 0).any():  # the fault's signature: whole rows of zeros
+        return False
+    scale = max(float(np.abs(single).max()), 1e-6)
+    return float(np.abs(batched - single).max()) <= tol * scale
+
+
+def _batch_cache() -> Path:
+    return _cache_file().with_name("batch_check.json")
+
+
+def _batch_key(gguf: Path) -> str:
+    p = Path(gguf).resolve()
+    st = p.stat()
+    lib = _library_path()
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}|{_build_key(lib)}|{os.uname().machine}"
+
+
+def batched_verdict(gguf: Path) -> bool | None:
+    """The cached verdict for this file and build (None: not checked yet)."""
+    try:
+        v = json.loads(_batch_cache().read_text()).get(_batch_key(gguf))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return v if isinstance(v, bool) else None
+
+
+def record_batched_verdict(gguf: Path, ok: bool) -> None:
+    path = _batch_cache()
+    try:
+        data = json.loads(path.read_text())
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    data = {k: v for k, v in data.items() if Path(k.split("|", 1)[0]).exists()}  # files gone: dropped
+    data[_batch_key(gguf)] = ok
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only means checking again next time
+
+
 _SAFE_KWARGS: dict | None = None
 
 

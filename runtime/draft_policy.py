@@ -11,7 +11,9 @@ margin. `DraftPolicy` runs that during generation: it starts from cached costs (
 written by `qwythos bench`) or, without them, measures as it goes (a few exploration steps at each
 length), keeps a window of the acceptance seen so far, switches length only when the predicted
 gain passes a hysteresis, and now and then drafts one deeper than the current choice (or at all,
-when the choice is 0) so that acceptance it is not measuring can still change its mind. Every
+when the choice is 0) so that acceptance it is not measuring can still change its mind: soon
+after a probe that hit, twice as late after one that found nothing, never where not even perfect
+acceptance at that depth could beat the choice on the measured costs (`could_pay`). Every
 choice only affects speed: a step of any length is exact.
 """
 
@@ -63,6 +65,17 @@ def best_draft(costs: DraftCosts, max_draft: int = AUTO_MAX_DRAFT, margin: float
     return best
 
 
+def could_pay(costs: DraftCosts, current: int, max_draft: int = AUTO_MAX_DRAFT) -> bool:
+    """Whether drafting deeper than `current` could beat it by the hysteresis if every draft
+    from depth current+1 on were accepted (the optimistic bound; the costs are measured)."""
+    acc = list(costs.acceptance) + [costs.acceptance[-1] if costs.acceptance else 0.0] * max_draft
+    optimistic = DraftCosts(costs.verify_s, costs.head_s, acc[:current] + [1.0] * (max_draft - current))
+    now = predicted_tps(costs, current)
+    return any(
+        predicted_tps(optimistic, n) > now * (1.0 + HYSTERESIS) for n in range(current + 1, max_draft + 1)
+    )
+
+
 def fill_verify(known: dict[int, float], n: int) -> list[float]:
     """Target seconds for batches of 1..n tokens from the measured sizes in `known` (at least two,
     1 among them): linear between measured sizes, beyond the largest the last slope (never negative)."""
@@ -99,6 +112,7 @@ class DraftPolicy:
         self._since_probe = 0
         self._probe_every = PROBE_MIN
         self._probing = False
+        self._judge_probe = ""
         self.switches: list[tuple[int, int, int]] = []  # (step, from, to)
         self.steps = 0
         self.histogram = [0] * (max_draft + 1)
@@ -138,10 +152,9 @@ class DraftPolicy:
         if n_drafts:
             self._head.append(t_draft / n_drafts)
             self._steps.append((n_drafts, accepted))
-        if self._probing:  # a probe that found the deeper draft accepted comes back soon
+        if self._probing:  # judged at the next choice: did what it measured change the decision?
             self._probing = False
-            hit = accepted >= n_drafts
-            self._probe_every = PROBE_MIN if hit else min(PROBE_MAX, self._probe_every * 2)
+            self._judge_probe = "hit" if accepted >= n_drafts else "miss"
 
     # -- decision ----------------------------------------------------------------------------
     def choose(self, limit: int) -> int:
@@ -149,6 +162,7 @@ class DraftPolicy:
         if self._explore:
             return min(self._explore.pop(0), limit)
         costs = self.costs()
+        switched = False
         if costs is not None:
             best = best_draft(costs, self.max_draft)
             if best != self.current:
@@ -156,14 +170,22 @@ class DraftPolicy:
                 if gain > 1.0 + HYSTERESIS:
                     self.switches.append((self.steps, self.current, best))
                     self.current = best
-                    self._probe_every = PROBE_MIN
+                    switched = True
+        if switched or self._judge_probe == "hit":  # the head hits (again): look again soon
+            self._probe_every = PROBE_MIN
+        elif self._judge_probe == "miss":  # a probe that found nothing: wait twice as long
+            self._probe_every = min(PROBE_MAX, self._probe_every * 2)
+        self._judge_probe = ""
         n = self.current
         self._since_probe += 1
         if n < self.max_draft and self._since_probe >= self._probe_every:
-            # look one step deeper than the choice: that depth's acceptance is otherwise never seen
             self._since_probe = 0
-            self._probing = True
-            n += 1
+            if costs is None or could_pay(costs, n, self.max_draft):
+                # look one step deeper than the choice: that depth's acceptance is otherwise never seen
+                self._probing = True
+                n += 1
+            else:  # not even perfect acceptance there would beat the choice: skip, back off
+                self._probe_every = min(PROBE_MAX, self._probe_every * 2)
         return min(n, limit)
 
     def explain(self) -> dict:

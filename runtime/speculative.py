@@ -36,6 +36,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -273,7 +274,7 @@ class Engine:
         if self.mode == "auto":
             start = costs if isinstance(costs, DraftCosts) else None
             if costs == "cache" and drafter is None:
-                rec = draft_costs.lookup(model.path, self.threads)
+                rec = draft_costs.lookup(model.path, self.threads, model.placement)
                 if rec is not None:
                     start = rec.costs
                     self.auto_reason = f"costs measured by `qwythos bench` ({time.ctime(rec.measured_at)})"
@@ -537,7 +538,10 @@ class Engine:
         """The target's logits and hidden states for [x, drafts...] at positions n.. (views)."""
         self.target.decode([x, *drafts], n, outputs="all")
         rows = len(drafts) + 1
-        return self.target.logits(rows), self.target.hidden(rows)
+        logits = self.target.logits(rows)
+        if rows > 1 and self.model.repacked and not logits.any(axis=1).all():
+            _empty_rows(self.model.path, rows)
+        return logits, self.target.hidden(rows)
 
     def _rollback(self, n: int, accepted: int, n_drafts: int) -> None:
         """Drop the target's positions after the accepted prefix (the MTP context already dropped
@@ -597,6 +601,19 @@ class Engine:
                 if out.emit(d):
                     return
             x = v.next_token
+
+
+def _empty_rows(path: Path, rows: int) -> None:
+    """A verify batch came back with all-zero logit rows: llama.cpp's repacked CPU kernels failing
+    on this file (core/probe.py). Never emit from it: remember the file, so the next load avoids them."""
+    from qwythos.core import probe
+
+    probe.record_batched_verdict(path, False)
+    raise QwythosError(
+        f"llama.cpp returned empty logits for a batch of {rows} rows of {path}: its repacked CPU "
+        "kernels fail on this file on this CPU",
+        "run the command again: the file now loads without them (use_extra_bufts=False), or pass --draft 2",
+    )
 
 
 def _layout_text(layout: Layout, vision: Vision | None) -> list[int]:

@@ -64,6 +64,7 @@ class BenchReport:
     recommended: int | None = None  # the draft length the measured costs predict fastest
     costs: dict | None = None
     cache_file: str | None = None  # where the costs were stored
+    placement: str = ""  # where the layers ran (Model.placement; "" = all on this CPU)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,7 +144,9 @@ def bench_model(
     """Run plain, each draft length and auto over the prompts: tokens/s, acceptance, speed-up,
     where the time goes; the recommended draft length; store=True writes the costs to the cache."""
     toks = [model.tokenize(p) for p in prompts]
-    report = BenchReport(str(model.path), len(toks), max_tokens, threads, has_mtp=model.has_mtp)
+    report = BenchReport(
+        str(model.path), len(toks), max_tokens, threads, has_mtp=model.has_mtp, placement=model.placement
+    )
     if any(d > 0 for d in drafts) and not model.has_mtp:
         raise QwythosError(f"{model.path} has no MTP layer to benchmark", "bench a GGUF with the head")
     if not model.has_mtp:
@@ -176,7 +179,7 @@ def bench_model(
             report.rows.append(row)
         if store:
             t = threads or default_threads()
-            draft_costs.store(model.path, t, costs, report.recommended)
+            draft_costs.store(model.path, t, costs, report.recommended, model.placement)
             report.cache_file = str(draft_costs.cache_file())
     return report
 
@@ -190,9 +193,12 @@ def run_bench(
     n_ctx: int = 1024,
     auto: bool = True,
     store: bool = True,
+    rpc: str | None = None,
+    gpu_layers: int | None = None,
 ) -> BenchReport:
-    """`qwythos bench`: bench_model on a file, storing the measured costs for `run` (store=True)."""
-    model = load_model(model_path)
+    """`qwythos bench`: bench_model on a file, storing the measured costs for `run` (store=True).
+    rpc / gpu_layers: where the layers run (core/llama.load_model)."""
+    model = load_model(model_path, rpc=rpc, n_gpu_layers=gpu_layers)
     try:
         if not model.has_mtp:
             drafts = ()

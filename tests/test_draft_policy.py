@@ -184,3 +184,22 @@ def test_a_character_cut_at_the_end_is_not_dropped():
     assert not cut.emit(1) and cut.emit(2)  # max_tokens reached in the middle of the euro sign
     cut.close()
     assert cut.text == "ab\ufffd" and "".join(streamed) == cut.text
+
+
+def test_policy_skips_probes_that_could_not_pay():
+    """Where a verify of 2 costs more than twice one decode, not even perfect acceptance pays:
+    the policy stays plain without probing; where a verify is cheap it keeps probing."""
+    from qwythos.runtime.draft_policy import could_pay
+
+    slow = DraftCosts([1.0, 2.3, 3.6, 4.9, 6.2], 0.3, [0.9, 0.9, 0.9, 0.9])
+    cheap = DraftCosts([1.0, 1.1, 1.2, 1.3, 1.4], 0.02, [0.0, 0.0, 0.0, 0.0])
+    assert not could_pay(slow, 0) and could_pay(cheap, 0)
+    for costs, probes in ((slow, False), (cheap, True)):
+        p = DraftPolicy(4, costs)
+        assert p.current == 0
+        chosen = []
+        for _ in range(100):
+            n = p.choose(8)
+            p.record(n, 0, costs.verify(n + 1), costs.head_s * n)
+            chosen.append(n)
+        assert (max(chosen) > 0) == probes

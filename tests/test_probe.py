@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qwythos.core import probe
@@ -68,3 +69,68 @@ def test_doctor_cli_json(tmp_path):
     )
     data = json.loads(out.stdout)
     assert data["verdict"] == "ok" and data["model_kwargs"] == {}
+
+
+# ---- batched logits on the real file (the repacked-kernel fault seen at the 9B shapes) ---------
+def test_logits_agree():
+    from qwythos.core.probe import logits_agree
+
+    rng = np.random.default_rng(0)
+    single = rng.standard_normal((4, 1000)).astype(np.float32) * 5
+    assert logits_agree(single + 0.05, single)  # kernel rounding
+    zero = single.copy()
+    zero[2] = 0
+    assert not logits_agree(zero, single)  # the fault's signature
+    assert not logits_agree(single + np.nan, single)
+    assert not logits_agree(single[::-1].copy(), single)  # other rows entirely
+
+
+def test_batched_check_passes_on_the_tiny_model(rt_trained_model):
+    from qwythos.core.llama import check_batched_logits
+
+    assert check_batched_logits(rt_trained_model, threads=1)
+
+
+def test_failed_batched_check_reloads_without_repacked_weights(rt_trained_gguf, tmp_path, monkeypatch):
+    """A file whose batched logits disagree loads again with use_extra_bufts=False, says so once per
+    load, and later loads take the cached verdict without checking again."""
+    import qwythos.core.llama as L
+    from qwythos.core import probe
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("QWYTHOS_SKIP_PROBE", raising=False)
+    calls = []
+    monkeypatch.setattr(L, "check_batched_logits", lambda m, threads=None: calls.append(m.repacked) or False)
+    with pytest.warns(RuntimeWarning, match="repacked CPU kernels return wrong logits"):
+        m = L.load_model(rt_trained_gguf)
+    assert calls == [True] and m.repacked is False
+    assert m.tokenize("def") and m.has_mtp
+    m.close()
+    assert probe.batched_verdict(rt_trained_gguf) is False
+    with pytest.warns(RuntimeWarning):
+        m = L.load_model(rt_trained_gguf)
+    assert calls == [True] and m.repacked is False  # cached: no second check, no double load
+    m.close()
+
+
+def test_empty_verify_rows_stop_with_a_message(rt_trained_gguf, tmp_path, monkeypatch):
+    """Zero logit rows in a verify batch never become tokens: one message, and the file is marked
+    so that the next load avoids the repacked weights."""
+    import qwythos.core.llama as L
+    from qwythos.core import probe
+    from qwythos.core.errors import QwythosError
+    from qwythos.runtime.speculative import generate
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real = L.Context.logits
+
+    def broken(self, n_rows):
+        out = real(self, n_rows)
+        return np.zeros_like(out) if self.kind == "target" and n_rows >= 2 else out
+
+    with L.load_model(rt_trained_gguf) as m:
+        assert m.repacked
+        monkeypatch.setattr(L.Context, "logits", broken)
+        with pytest.raises(QwythosError, match="empty logits for a batch of 3 rows"):
+            generate(m, m.tokenize("def main():"), max_tokens=16, draft=2, threads=1, costs=None)
+    assert probe.batched_verdict(rt_trained_gguf) is False
