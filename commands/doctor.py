@@ -24,6 +24,7 @@ def doctor(
 
     result = probe.probe_build(use_cache=not fresh)
     has_rpc = rpc.rpc_available()
+    unrepacked = probe.batched_failures()
     if json_out:
         print_json(
             {
@@ -31,6 +32,7 @@ def doctor(
                 "verdict": result.verdict,
                 "model_kwargs": result.model_kwargs(),
                 "rpc_backend": has_rpc,
+                "loaded_without_repacked_weights": unrepacked,
             }
         )
     else:
@@ -45,6 +47,12 @@ def doctor(
             rows.append([f"probe: Q8_0 batch decode, {label}", state])
         rows.append(["verdict", result.verdict])
         rows.append(["RPC backend (--rpc, rpc-server)", "yes" if has_rpc else f"no: {rpc.REBUILD_HINT}"])
+        rows.append(
+            [
+                "files whose repacked batched logits failed (loaded without repacking)",
+                "\n".join(unrepacked) if unrepacked else "none",
+            ]
+        )
         console.print(simple_table("qwythos doctor", ["check", "result"], rows))
         if not result.default_ok:
             console.print(f"[yellow]fix:[/] rebuild llama-cpp-python without AMX:\n  {probe.REBUILD_COMMAND}")

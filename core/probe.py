@@ -277,6 +277,20 @@ def batched_verdict(gguf: Path) -> bool | None:
     return v if isinstance(v, bool) else None
 
 
+def batched_failures() -> list[str]:
+    """Files whose repacked batched logits failed here (this build), for `qwythos doctor`."""
+    try:
+        data = json.loads(_batch_cache().read_text())
+    except (OSError, ValueError):
+        return []
+    key = _build_key(_library_path())
+    return sorted(
+        k.split("|", 1)[0]
+        for k, v in data.items()
+        if v is False and f"|{key}|" in k and Path(k.split("|", 1)[0]).exists()
+    )
+
+
 def record_batched_verdict(gguf: Path, ok: bool) -> None:
     path = _batch_cache()
     try:

@@ -42,14 +42,17 @@ class ChatSession:
     ) -> None:
         self.engine = engine
         self.max_checkpoints = max(1, max_checkpoints)
-        self.turn_start = engine.model.token_id(turn_start)
+        # one special token in Qwen's vocabulary; the tokens of its spelling in a vocabulary without it
+        self.turn_start = engine.model.tokenize(turn_start) or None
         self._saved: list[_Saved] = []
 
     def checkpoint_position(self, prompt: list) -> int:
-        """Where this prompt's checkpoint goes: before its last turn-start token (else its last token)."""
-        if self.turn_start is not None:
-            for i in range(len(prompt) - 1, 0, -1):
-                if prompt[i] == self.turn_start:
+        """Where this prompt's checkpoint goes: before its last turn start (else its last token)."""
+        mark = self.turn_start
+        if mark:
+            k = len(mark)
+            for i in range(len(prompt) - k, 0, -1):
+                if prompt[i] == mark[0] and prompt[i : i + k] == mark:
                     return i
         return len(prompt) - 1
 

@@ -107,6 +107,7 @@ def test_failed_batched_check_reloads_without_repacked_weights(rt_trained_gguf, 
     assert m.tokenize("def") and m.has_mtp
     m.close()
     assert probe.batched_verdict(rt_trained_gguf) is False
+    assert probe.batched_failures() == [str(rt_trained_gguf.resolve())]  # what `doctor` lists
     with pytest.warns(RuntimeWarning):
         m = L.load_model(rt_trained_gguf)
     assert calls == [True] and m.repacked is False  # cached: no second check, no double load
