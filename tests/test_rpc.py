@@ -72,14 +72,20 @@ class _Peer:
         self.sock.close()
 
 
+def _recv(conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:  # the client hung up
+            raise ConnectionError
+        buf += chunk
+    return buf
+
+
 def _read_request(peer: _Peer, conn: socket.socket) -> tuple[int, bytes]:
-    head = b""
-    while len(head) < 9:
-        head += conn.recv(9 - len(head))
+    head = _recv(conn, 9)
     cmd, size = struct.unpack("<BQ", head)
-    body = b""
-    while len(body) < size:
-        body += conn.recv(size - len(body))
+    body = _recv(conn, size)
     peer.got += head + body
     return cmd, body
 
