@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,27 +70,8 @@ def main() -> None:
             convert(MODEL_DIR, gguf)
     local = run(gguf, args.tokens, args.threads, args.reps)
     ep = rpc.Endpoint("127.0.0.1", args.port)
-    cmd = [
-        sys.executable,
-        "-m",
-        "qwythos.cli",
-        "rpc-server",
-        "--port",
-        str(args.port),
-        "-t",
-        str(args.threads),
-    ]
-    worker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker, info = rpc.spawn_worker(args.port, args.threads)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                info = rpc.query_worker(ep)
-                break
-            except rpc.QwythosError:
-                if worker.poll() is not None or time.time() > deadline:
-                    raise
-                time.sleep(0.2)
         print(f"worker {ep}: protocol {info.version}, {info.devices} device(s)")
         remote = run(gguf, args.tokens, args.threads, args.reps, rpc=[ep], n_gpu_layers=args.layers)
     finally:

@@ -268,45 +268,42 @@ def _batch_key(gguf: Path) -> str:
     return f"{p}|{st.st_size}|{st.st_mtime_ns}|{_build_key(lib)}|{os.uname().machine}"
 
 
+def _read_batch_cache() -> dict:
+    try:
+        data = json.loads(_batch_cache().read_text())
+    except (OSError, ValueError):
+        return {}  # a missing or damaged cache only means checking again
+    return data if isinstance(data, dict) else {}
+
+
 def batched_verdict(gguf: Path) -> bool | None:
     """The cached verdict for this file and build (None: not checked yet)."""
-    try:
-        v = json.loads(_batch_cache().read_text()).get(_batch_key(gguf))
-    except (OSError, ValueError, AttributeError):
-        return None
+    v = _read_batch_cache().get(_batch_key(gguf))
     return v if isinstance(v, bool) else None
 
 
 def batched_failures() -> list[str]:
     """Files whose repacked batched logits failed here (this build), for `qwythos doctor`."""
-    try:
-        data = json.loads(_batch_cache().read_text())
-    except (OSError, ValueError):
-        return []
-    key = _build_key(_library_path())
+    build = f"|{_build_key(_library_path())}|"
     return sorted(
         k.split("|", 1)[0]
-        for k, v in data.items()
-        if v is False and f"|{key}|" in k and Path(k.split("|", 1)[0]).exists()
+        for k, v in _read_batch_cache().items()
+        if v is False and build in k and Path(k.split("|", 1)[0]).exists()
     )
 
 
 def record_batched_verdict(gguf: Path, ok: bool) -> None:
+    """Store a verdict (entries of files that no longer exist are dropped)."""
+    from qwythos.core.fileio import write_text_atomic
+
+    data = {k: v for k, v in _read_batch_cache().items() if Path(k.split("|", 1)[0]).exists()}
+    data[_batch_key(gguf)] = ok
     path = _batch_cache()
     try:
-        data = json.loads(path.read_text())
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        data = {}
-    data = {k: v for k, v in data.items() if Path(k.split("|", 1)[0]).exists()}  # files gone: dropped
-    data[_batch_key(gguf)] = ok
-    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # an unwritable cache only means checking again next time
+        write_text_atomic(path, json.dumps(data, indent=1), lock_wait=2.0)
+    except (OSError, QwythosError):
+        pass  # an unwritable or busy cache only means checking again next time
 
 
 _SAFE_KWARGS: dict | None = None

@@ -22,7 +22,10 @@ import ipaddress
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +182,23 @@ def query_worker(ep: Endpoint, timeout: float = 5.0) -> WorkerInfo:
     if count == 0:
         raise QwythosError(f"{where} has no devices", "start it with at least one device")
     return WorkerInfo(str(ep), version, count, [(f, t) for f, t in memory])
+
+
+def spawn_worker(port: int, threads: int = 1, timeout: float = 60.0) -> tuple[subprocess.Popen, WorkerInfo]:
+    """Start `qwythos rpc-server` on 127.0.0.1:port in a child process (output discarded) and wait
+    until it answers the handshake; the caller terminates it. For tests and benchmarks."""
+    cmd = [sys.executable, "-m", "qwythos.cli", "rpc-server", "--port", str(port), "-t", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ep, deadline = Endpoint("127.0.0.1", port), time.monotonic() + timeout
+    while True:
+        try:
+            return proc, query_worker(ep)
+        except QwythosError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise
+            time.sleep(0.2)
 
 
 # --- the ggml side ---------------------------------------------------------------------------

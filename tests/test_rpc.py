@@ -8,7 +8,6 @@ worker that goes away takes its client down with it, so the pytest process never
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -186,22 +185,10 @@ def worker():
     if not rpc.rpc_available():
         pytest.skip(f"llama-cpp-python has no RPC backend: {rpc.REBUILD_HINT}")
     port = _free_port()
-    log = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the worker
-    proc = subprocess.Popen([*QWYTHOS, "rpc-server", "--port", str(port), "-t", "1"], stdout=log, stderr=log)
-    ep = rpc.Endpoint("127.0.0.1", port)
-    deadline = time.time() + 60
-    while True:
-        try:
-            info = rpc.query_worker(ep, timeout=5)
-            break
-        except QwythosError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise
-            time.sleep(0.2)
-    yield ep, info, proc
+    proc, info = rpc.spawn_worker(port, threads=1)
+    yield rpc.Endpoint("127.0.0.1", port), info, proc
     proc.terminate()
     proc.wait(timeout=20)
-    log.close()
 
 
 def _run_json(gguf: Path, *extra: str) -> dict:
