@@ -9,6 +9,9 @@ greedy output and acceptance per depth is ~a (conditional on the previous depth)
 For a in --rates and N in 0 (plain), --drafts, auto (starting from costs measured at this a, as
 after `qwythos bench`) and auto-cold (no cached costs): generated tok/s as the median of --reps
 runs, with the spread (max-min)/median, the speed-up over plain, acceptance and auto's choice.
+The modes take turns within each rep, and the paired columns compare runs of the same rep (this
+machine's speed drifts by 10-30% over minutes): "paired" is the median of per-rep ratios to plain,
+"vs best" (auto rows) the median of per-rep ratios to the best fixed N.
 With --real the trained tiny model also runs with its own head (a = what the head earns); with
 --cpp BIN llama.cpp's C++ loop (llama-speculative-simple --spec-type draft-mtp) runs each fixed N
 on the same file (its own head, no control of a), median of --reps.
@@ -111,22 +114,39 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
         reference = toks + plain[0]["tokens"]
         base = statistics.median(x["tps"] for x in plain)
         print(f"\n{path.name}: {len(toks)} prompt tokens, {max_tokens} generated, {threads} threads, "
-              f"median of {reps} (plain: {time.time() - t:.0f} s)", flush=True)  # fmt: skip
+              f"median of {reps}, modes interleaved per rep (plain: {time.time() - t:.0f} s)", flush=True)  # fmt: skip
         print(
-            f"{'a':>4} {'mode':>9} {'tok/s':>8} {'spread':>6} {'x plain':>7} {'accept/depth':>24} {'auto N':>6}"
+            f"{'a':>4} {'mode':>9} {'tok/s':>8} {'spread':>6} {'x plain':>7} {'paired':>7} {'vs best':>7} "
+            f"{'accept/depth':>24} auto N, steps at 0/1/.."
         )
 
-        def show(rate, mode, runs):
+        def show(rate, mode, runs, plain_runs=None, best_runs=None):
+            """One row. With plain_runs (the same rate's plain runs, rep by rep) also the paired
+            speed-up: the median over reps of this rep's tok/s over the same rep's plain tok/s,
+            which the machine's drift between reps does not move; with best_runs (the best fixed
+            N's runs) the paired ratio to them."""
             tps = [x["tps"] for x in runs]
             med = statistics.median(tps)
             spread = (max(tps) - min(tps)) / med if med else 0.0
+
+            def paired(other):
+                return statistics.median(a / b["tps"] for a, b in zip(tps, other, strict=True) if b["tps"])
+
+            pair = paired(plain_runs) if plain_runs is not None else None
+            vs_best = paired(best_runs) if best_runs is not None else None
             acc = " ".join(f"{a:.2f}" for a in runs[0]["acceptance"]) or "-"
             fin = runs[0]["final"] if runs[0]["final"] is not None else "-"
+            if runs[0]["final"] is not None:  # auto: what it chose, and steps per length over all reps
+                steps = np.sum([x["steps_per_draft"] for x in runs], axis=0)
+                fin = f"{fin} {'/'.join(str(int(k)) for k in steps)}"
             same = all(x["tokens"] == plain[0]["tokens"] for x in runs)
-            print(f"{rate:4} {mode:>9} {med:8.2f} {spread:6.1%} {med / base:6.2f}x {acc:>24} {fin!s:>6}"
+            pcol = f"{pair:6.2f}x" if pair is not None else " " * 7
+            bcol = f"{vs_best:6.2f}x" if vs_best is not None else " " * 7
+            print(f"{rate:4} {mode:>9} {med:8.2f} {spread:6.1%} {med / base:6.2f}x {pcol} {bcol} {acc:>24} {fin!s:>6}"
                   + ("" if same else "  OUTPUT DIFFERS"), flush=True)  # fmt: skip
             out["rows"].append({"a": rate, "mode": str(mode), "tps": tps, "median": med, "spread": spread,
-                                "speedup": med / base, "acceptance": runs[0]["acceptance"],
+                                "speedup": med / base, "paired_speedup": pair, "paired_vs_best_fixed": vs_best,
+                                "acceptance": runs[0]["acceptance"],
                                 "auto_final": runs[0]["final"], "same_output": same})  # fmt: skip
 
         show("-", 0, plain)
@@ -141,23 +161,23 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
                     ],
                 )
         for rate in rates:
-            fixed = {0: plain}
-            for n in drafts:
-                fixed[n] = [
-                    _one(m, toks, reference, n, rate, max_tokens, threads, None, r) for r in range(reps)
-                ]
-                show(rate, n, fixed[n])
-            costs = _costs(fixed, max(drafts))
-            show(
-                rate,
-                "auto",
-                [_one(m, toks, reference, "auto", rate, max_tokens, threads, costs, r) for r in range(reps)],
-            )
-            show(
-                rate,
-                "auto-cold",
-                [_one(m, toks, reference, "auto", rate, max_tokens, threads, None, r) for r in range(reps)],
-            )
+            # Modes interleaved within each rep (plain, each N, auto, auto-cold, then again), so
+            # that drift in the machine's speed over minutes falls on every mode alike; the
+            # speed-up is against the plain runs of the same rate. Auto starts from the costs of
+            # this rate's first fixed runs, as it would after `qwythos bench`.
+            modes = [0, *drafts, "auto", "auto-cold"]
+            runs: dict = {m: [] for m in modes}
+            costs = None
+            for r in range(reps):
+                for mode in modes:
+                    if mode == "auto" and costs is None:
+                        costs = _costs({n: runs[n] for n in [0, *drafts]}, max(drafts))
+                    c = costs if mode == "auto" else None
+                    runs[mode].append(_one(m, toks, reference, mode, rate, max_tokens, threads, c, r))
+            base = statistics.median(x["tps"] for x in runs[0])
+            best = max([0, *drafts], key=lambda n: statistics.median(x["tps"] for x in runs[n]))
+            for mode in modes:
+                show(rate, mode, runs[mode], runs[0], runs[best] if str(mode).startswith("auto") else None)
     if cpp is not None:
         from bench_mtp import run_cpp
 

@@ -3,7 +3,9 @@
 `qwythos bench` measures what a target batch of 1..N+1 tokens costs, what one MTP draft costs
 and how often drafts are accepted per depth, and stores them here with the draft length it
 recommends; `run`/`chat` start `--draft auto` from them instead of measuring again, and exports can
-read the recommendation. The cache is one JSON file in the user's cache folder
+read the recommendation. A `run` that found no entry keeps what its own first steps measured (source
+"run"), so that only the first run on a machine pays for measuring; `bench` replaces such an entry,
+a run never replaces bench's. The cache is one JSON file in the user's cache folder
 ($XDG_CACHE_HOME/qwythos/draft_costs.json, or QWYTHOS_DRAFT_COSTS to put it elsewhere).
 """
 
@@ -17,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qwythos.core.fileio import atomic_output
+
+LOCK_WAIT_S = 5.0  # two processes storing at once: the second waits for the first
 
 
 @dataclass
@@ -37,14 +41,21 @@ class DraftCosts:
         return v[-1] + (k - len(v)) * slope
 
 
+#: Who measured an entry: `qwythos bench` (every length over whole runs), or a `run` that
+#: started without cached costs and kept what its first steps measured.
+SOURCES = ("bench", "run")
+
+
 @dataclass
 class CostRecord:
-    """One cache entry: the costs, the draft length bench recommends, and when it was measured."""
+    """One cache entry: the costs, the draft length recommended on them, when and by what they
+    were measured."""
 
     costs: DraftCosts
     recommended: int
     measured_at: float
     key: dict
+    source: str = "bench"
 
     def to_dict(self) -> dict:
         return {
@@ -52,6 +63,7 @@ class CostRecord:
             "recommended": self.recommended,
             "measured_at": self.measured_at,
             "key": self.key,
+            "source": self.source,
         }
 
 
@@ -125,29 +137,41 @@ def lookup(gguf: str | Path, threads: int, placement: str = "") -> CostRecord | 
         costs = DraftCosts(
             [float(x) for x in c["verify_s"]], float(c["head_s"]), [float(x) for x in c["acceptance"]]
         )
-        if len(costs.verify_s) < 1 or costs.head_s < 0:
+        source = entry.get("source", "bench")
+        if len(costs.verify_s) < 1 or costs.head_s < 0 or source not in SOURCES:
             return None
-        return CostRecord(costs, int(entry["recommended"]), float(entry["measured_at"]), key)
+        return CostRecord(costs, int(entry["recommended"]), float(entry["measured_at"]), key, source)
     except (KeyError, TypeError, ValueError):
         return None
 
 
 def store(
-    gguf: str | Path, threads: int, costs: DraftCosts, recommended: int, placement: str = ""
-) -> CostRecord:
-    """Add or replace this file's entry (the rest of the cache is kept)."""
+    gguf: str | Path,
+    threads: int,
+    costs: DraftCosts,
+    recommended: int,
+    placement: str = "",
+    source: str = "bench",
+) -> CostRecord | None:
+    """Add or replace this file's entry (the rest of the cache is kept; read and written under the
+    cache's lock). An entry from a `run` never replaces one from `bench`: None then."""
     key = cost_key(gguf, threads, placement)
-    rec = CostRecord(costs, int(recommended), time.time(), key)
+    rec = CostRecord(costs, int(recommended), time.time(), key, source)
     path = cache_file()
-    data = _read_all(path)
-    data[_key_str(key)] = rec.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
+    kept = False
+    with atomic_output(path, lock_wait=LOCK_WAIT_S) as tmp:
+        data = _read_all(path)
+        old = data.get(_key_str(key))
+        kept = source == "run" and isinstance(old, dict) and old.get("source", "bench") == "bench"
+        if not kept:
+            data[_key_str(key)] = rec.to_dict()
         Path(tmp).write_text(json.dumps(data, indent=1), encoding="utf-8")
-    return rec
+    return None if kept else rec
 
 
 def recommended_draft(gguf: str | Path, threads: int) -> int | None:
-    """The draft length bench recommended for this file here, or None when it was not benched."""
+    """The draft length bench recommended for this file here, or None when it was not benched
+    (what a run kept from its first steps is not a recommendation)."""
     rec = lookup(gguf, threads)
-    return rec.recommended if rec else None
+    return rec.recommended if rec and rec.source == "bench" else None

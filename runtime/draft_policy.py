@@ -8,17 +8,19 @@ Cost model of one speculative step with N drafts (N = 0 is plain decoding):
 
 `best_draft` picks the N with the highest predicted speed, and 0 unless some N beats plain by a
 margin. `DraftPolicy` runs that during generation: it starts from cached costs (`core.draft_costs`,
-written by `qwythos bench`) or, without them, measures as it goes (a few exploration steps at each
+written by `qwythos bench` or kept by an earlier run) or, without them, measures as it goes (a few exploration steps at each
 length), keeps a window of the acceptance seen so far, switches length only when the predicted
 gain passes a hysteresis, and now and then drafts one deeper than the current choice (or at all,
 when the choice is 0) so that acceptance it is not measuring can still change its mind: soon
 after a probe that hit, twice as late after one that found nothing, never where not even perfect
-acceptance at that depth could beat the choice on the measured costs (`could_pay`). Every
+acceptance at that depth could beat the choice on the measured costs (`could_pay`), and never so
+often that probes cost more than a few percent of the time (`probe_floor`). Every
 choice only affects speed: a step of any length is exact.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from qwythos.core.draft_costs import DraftCosts
@@ -34,6 +36,10 @@ HYSTERESIS = 0.04
 WINDOW, HALF_LIFE = 64, 12
 #: Probe interval bounds (steps): doubled after a probe that found nothing, reset after a hit.
 PROBE_MIN, PROBE_MAX = 8, 128
+#: The shortest interval also keeps a probe's worst-case cost (one draft deeper, all rejected)
+#: under this share of the time: on a CPU, where a verify of 2 tokens costs ~1.6 decodes, probes
+#: from plain decoding come every ~24 steps; on a GPU, where it costs ~1, every PROBE_MIN.
+PROBE_BUDGET = 0.03
 #: Prior acceptance per depth before anything is known (a trained head at depth 1 is usually 0.6+).
 DEFAULT_ACCEPTANCE = 0.5
 PRIOR_WEIGHT = 4.0  # pseudo-drafts behind the prior
@@ -76,6 +82,18 @@ def could_pay(costs: DraftCosts, current: int, max_draft: int = AUTO_MAX_DRAFT) 
     )
 
 
+def probe_floor(costs: DraftCosts | None, current: int) -> int:
+    """The shortest probe interval (steps) at which a probe one draft deeper than `current`, all of
+    it rejected, costs at most PROBE_BUDGET of the time; PROBE_MIN..PROBE_MAX."""
+    if costs is None:
+        return PROBE_MIN
+    step = costs.verify(current + 1) + current * costs.head_s
+    extra = costs.verify(current + 2) - costs.verify(current + 1) + costs.head_s
+    if step <= 0:
+        return PROBE_MIN
+    return int(min(PROBE_MAX, max(PROBE_MIN, math.ceil(extra / (PROBE_BUDGET * step)))))
+
+
 def fill_verify(known: dict[int, float], n: int) -> list[float]:
     """Target seconds for batches of 1..n tokens from the measured sizes in `known` (at least two,
     1 among them): linear between measured sizes, beyond the largest the last slope (never negative)."""
@@ -110,7 +128,7 @@ class DraftPolicy:
         self._explore = [] if start is not None else [max_draft, 0, *range(1, max_draft)]
         self.current = best_draft(start, max_draft) if start is not None else max_draft
         self._since_probe = 0
-        self._probe_every = PROBE_MIN
+        self._probe_every = probe_floor(start, self.current) if start is not None else PROBE_MIN
         self._probing = False
         self._judge_probe = ""
         self.switches: list[tuple[int, int, int]] = []  # (step, from, to)
@@ -144,6 +162,14 @@ class DraftPolicy:
         verify = fill_verify(known, self.max_draft + 1)
         return DraftCosts(verify, sorted(self._head)[len(self._head) // 2], self.acceptance())
 
+    def learned(self) -> DraftCosts | None:
+        """What a policy that started without costs has measured, once its exploration steps are
+        done (worth keeping for the next run; lengths it could not time, a step cut short by the
+        room left, are interpolated as in `costs`); None before that, or when it started from costs."""
+        if self.start is not None or self._explore:
+            return None
+        return self.costs()
+
     def record(self, n_drafts: int, accepted: int, t_verify: float, t_draft: float) -> None:
         """One step's outcome: drafts made, drafts accepted, seconds in the target and the head."""
         self.steps += 1
@@ -171,10 +197,12 @@ class DraftPolicy:
                     self.switches.append((self.steps, self.current, best))
                     self.current = best
                     switched = True
+        floor = probe_floor(costs, self.current)
         if switched or self._judge_probe == "hit":  # the head hits (again): look again soon
-            self._probe_every = PROBE_MIN
+            self._probe_every = floor
         elif self._judge_probe == "miss":  # a probe that found nothing: wait twice as long
             self._probe_every = min(PROBE_MAX, self._probe_every * 2)
+        self._probe_every = max(self._probe_every, floor)
         self._judge_probe = ""
         n = self.current
         self._since_probe += 1

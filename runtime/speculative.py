@@ -44,7 +44,7 @@ from qwythos.core import draft_costs
 from qwythos.core.acceptance import depth_rates, rate
 from qwythos.core.errors import QwythosError
 from qwythos.core.llama import MAX_DRAFT, Context, Model, default_threads
-from qwythos.runtime.draft_policy import AUTO_MAX_DRAFT, DraftCosts, DraftPolicy
+from qwythos.runtime.draft_policy import AUTO_MAX_DRAFT, DraftCosts, DraftPolicy, best_draft
 from qwythos.runtime.sampling import (
     GREEDY,
     Dist,
@@ -271,13 +271,17 @@ class Engine:
         if self.max_draft > 0 and drafter is None:
             self.mtp = model.new_draft(n_ctx, n_batch=self.target.n_batch, threads=threads)
         self.policy: DraftPolicy | None = None
+        self._keep_learned = False  # auto without cached costs: store what the first steps measure
         if self.mode == "auto":
             start = costs if isinstance(costs, DraftCosts) else None
-            if costs == "cache" and drafter is None:
+            self._keep_learned = costs == "cache" and drafter is None
+            if self._keep_learned:
                 rec = draft_costs.lookup(model.path, self.threads, model.placement)
                 if rec is not None:
                     start = rec.costs
-                    self.auto_reason = f"costs measured by `qwythos bench` ({time.ctime(rec.measured_at)})"
+                    self._keep_learned = False
+                    by = "`qwythos bench`" if rec.source == "bench" else "an earlier run's first steps"
+                    self.auto_reason = f"costs measured by {by} ({time.ctime(rec.measured_at)})"
             if not self.auto_reason:
                 self.auto_reason = (
                     "costs given by the caller" if start is not None else "no cached costs: measuring"
@@ -460,9 +464,30 @@ class Engine:
         stats.t_python = max(0.0, stats.gen_seconds - stats.t_draft - stats.t_verify - stats.t_rollback)
         if self.policy is not None:
             stats.auto = {"reason": self.auto_reason, **self.policy.explain()}
+            self._store_learned()
         elif self.auto_reason:
             stats.auto = {"reason": self.auto_reason}
         return Generation(out.tokens, out.text, out.finish or "length", stats)
+
+    def _store_learned(self) -> None:
+        """Keep what a run without cached costs measured, so that the next run starts from it
+        (once per engine; a bench entry is never replaced; a cache that cannot be written only
+        means measuring again next time)."""
+        learned = self.policy.learned() if self._keep_learned and self.policy is not None else None
+        if learned is None:
+            return
+        self._keep_learned = False
+        try:
+            draft_costs.store(
+                self.model.path,
+                self.threads,
+                learned,
+                best_draft(learned, self.max_draft),
+                self.model.placement,
+                source="run",
+            )
+        except (QwythosError, OSError):
+            pass
 
     def _room(self) -> int:
         """KV cells left in the target (an image fills more cells than positions)."""

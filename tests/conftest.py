@@ -18,6 +18,20 @@ def pytest_runtest_makereport(item, call):
         rep.longrepr = f"skipped under QWYTHOS_NO_SKIPS=1: {rep.longrepr}"
 
 
+def pytest_configure(config):
+    """The suite never writes the developer's draft-cost cache (session fixtures included)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="qwythos-test-costs-")
+    os.environ["QWYTHOS_DRAFT_COSTS"] = os.path.join(folder, "draft_costs.json")
+
+
+@pytest.fixture(autouse=True)
+def _own_draft_cost_cache(tmp_path, monkeypatch):
+    """Each test starts without cached draft costs: what one test's runs keep is not another's."""
+    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(tmp_path / "draft_costs.json"))
+
+
 # ---- fixtures: base
 @pytest.fixture(scope="session")
 def tiny_mtp_dir(tmp_path_factory):

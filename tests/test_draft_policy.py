@@ -124,7 +124,9 @@ def test_policy_measures_then_settles_and_adapts():
     assert p.current == 0 and p.costs().verify(3) == pytest.approx(1.6)
     # the text changes: the head starts to hit; probes notice and the policy drafts again
     chosen = _drive(p, 300, cpu_verify, 0.05, 0.9, rng)
-    assert p.current >= 1 and min(chosen[150:]) >= 1  # drafting again within 150 steps
+    # within 200 steps: the next probe comes at most PROBE_MAX steps on, then every ~12 (a probe
+    # here costs 0.35 of a step: at most 3% of the time) until the hits outweigh the old misses
+    assert p.current >= 1 and min(chosen[200:]) >= 1
     assert p.switches and p.explain()["final_choice"] == p.current
 
 
@@ -203,3 +205,41 @@ def test_policy_skips_probes_that_could_not_pay():
             p.record(n, 0, costs.verify(n + 1), costs.head_s * n)
             chosen.append(n)
         assert (max(chosen) > 0) == probes
+
+
+def test_a_run_keeps_what_it_measured_but_never_replaces_bench(tmp_path):
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"x" * 10)
+    learned = DraftCosts([0.1, 0.2], 0.01, [0.3])
+    rec = draft_costs.store(f, 2, learned, 0, source="run")
+    assert rec is not None and draft_costs.lookup(f, 2).source == "run"
+    assert draft_costs.recommended_draft(f, 2) is None  # a run's first steps are not a recommendation
+    benched = DraftCosts([0.1, 0.12], 0.01, [0.8])
+    draft_costs.store(f, 2, benched, 1)  # bench replaces a run's entry
+    assert draft_costs.lookup(f, 2).costs == benched and draft_costs.recommended_draft(f, 2) == 1
+    assert draft_costs.store(f, 2, learned, 0, source="run") is None  # a run never replaces bench's
+    assert draft_costs.lookup(f, 2).costs == benched and draft_costs.lookup(f, 2).source == "bench"
+
+
+def test_policy_learned_only_after_timing_every_length():
+    p = DraftPolicy(2)  # explores 2, 0, 1
+    assert p.learned() is None
+    for limit in (1, 8, 8):  # the first step has room for one draft only
+        assert p.learned() is None
+        n = p.choose(limit)
+        p.record(n, min(n, 1), 0.1 + 0.05 * n, 0.01 * n)
+    c = p.learned()  # a batch of 3 was never timed: the last slope
+    assert c is not None and c.verify_s == pytest.approx([0.1, 0.15, 0.2]) and c.head_s == pytest.approx(0.01)
+    assert DraftPolicy(2, c).learned() is None  # started from costs: nothing new to keep
+
+
+def test_probe_interval_keeps_probes_cheap():
+    from qwythos.runtime.draft_policy import PROBE_MIN, probe_floor
+
+    cpu = DraftCosts([0.40, 0.64, 0.88, 1.12, 1.36], 0.045, [0.0] * 4)  # the 9B shapes on 2 cores
+    assert probe_floor(cpu, 0) == 24  # (0.24 + 0.045) / (0.03 * 0.40) = 23.75
+    gpu = DraftCosts([0.020, 0.0202, 0.0204, 0.0206, 0.0208], 0.0003, [0.0] * 4)
+    assert probe_floor(gpu, 0) == PROBE_MIN and probe_floor(None, 0) == PROBE_MIN
+    p = DraftPolicy(4, cpu)
+    chosen = [p.choose(8) for _ in range(40)]
+    assert chosen.index(1) == 23 and chosen.count(1) == 1  # the first probe after 24 steps, not 8

@@ -11,11 +11,6 @@ from qwythos.runtime.speculative import Engine, generate
 USER_TURNS = ["def add(a, b):", "import os", "class Point:", "for i in range(3):", "print("]
 
 
-@pytest.fixture(autouse=True)
-def _no_user_cost_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(tmp_path / "draft_costs.json"))
-
-
 @pytest.mark.parametrize("draft", [0, 2, "auto"])
 def test_turns_prefill_only_the_new_part_and_match_fresh_runs(rt_trained_f32_model, draft):
     m = rt_trained_f32_model

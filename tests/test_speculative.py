@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from qwythos.core.errors import QwythosError
+from qwythos.runtime.draft_policy import DraftPolicy
 from qwythos.runtime.sampling import GREEDY, SamplingParams, distribution
 from qwythos.runtime.speculative import Engine, generate
 
@@ -25,12 +26,6 @@ PROMPTS = [
 def trained(request):
     """The trained tiny model in BF16 and in F32."""
     return request.getfixturevalue("rt_trained_model" if request.param == "bf16" else "rt_trained_f32_model")
-
-
-@pytest.fixture(autouse=True)
-def _no_user_cost_cache(tmp_path, monkeypatch):
-    """auto must not start from the developer's own `qwythos bench` measurements."""
-    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(tmp_path / "draft_costs.json"))
 
 
 def test_greedy_mtp_equals_plain_for_draft_1_to_4_and_auto(trained):
@@ -136,6 +131,10 @@ def test_sampled_speculative_follows_plain_distribution(request, dtype, mode):
     accepted = drafted = 0
     with Engine(m, n_ctx=128, draft="auto" if mode == "auto" else 3, drafter=drafter, costs=None) as eng:
         for seed in range(n_runs):
+            if mode == "auto" and seed % 5 == 0:
+                # a fresh policy every 5 runs: its exploration steps take the lengths 4, 0, 1, 2, 3
+                # whatever this machine's timings (which decide what it does after exploring)
+                eng.policy = DraftPolicy(eng.max_draft, None)
             g = eng.generate(toks, max_tokens=2, sampling=SamplingParams(**{**sp.to_dict(), "seed": seed}))
             key = (g.tokens[0], g.tokens[1])
             assert key in joint, key
@@ -344,3 +343,23 @@ def test_acceptance_stops_counting_at_an_end_of_generation_draft(rt_trained_mode
             s.target_passes,
         )
         assert s.accepted == sum(s.accepted_per_depth)
+
+
+def test_auto_keeps_what_a_cold_run_measured_for_the_next_run(rt_trained_model):
+    from qwythos.core import draft_costs
+
+    m = rt_trained_model
+    toks = m.tokenize(PROMPTS[0])
+    with Engine(m, n_ctx=256, threads=1) as eng:  # auto, no cached costs
+        assert eng.auto_reason == "no cached costs: measuring"
+        short = eng.generate(toks, max_tokens=2)  # stopped before every length was timed
+        assert draft_costs.lookup(m.path, 1, m.placement) is None
+        g = eng.generate(toks, max_tokens=48)
+    rec = draft_costs.lookup(m.path, 1, m.placement)
+    assert rec is not None and rec.source == "run" and len(rec.costs.verify_s) == eng.max_draft + 1
+    assert draft_costs.recommended_draft(m.path, 1) is None and short.tokens == g.tokens[:2]
+    with Engine(m, n_ctx=256, threads=1) as again:
+        assert "earlier run" in again.auto_reason and again.policy.start == rec.costs
+        h = again.generate(toks, max_tokens=48)
+    assert h.tokens == g.tokens and h.stats.auto["started_from"] == "cache"
+    assert draft_costs.lookup(m.path, 1, m.placement).measured_at == rec.measured_at  # kept, not redone

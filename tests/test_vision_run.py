@@ -46,11 +46,6 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return {k: write_png(root / f"{k}.png", picture(w, h, seed=w * h)) for k, (w, h) in SIZES.items()}
 
 
-@pytest.fixture(autouse=True)
-def _no_user_cost_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(tmp_path / "draft_costs.json"))
-
-
 @pytest.fixture(params=["bf16", "f32"])
 def vmodel(request, projector):
     """(model, Vision) for the trained tiny model in BF16 and in F32."""
