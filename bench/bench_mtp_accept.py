@@ -178,19 +178,29 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
             best = max([0, *drafts], key=lambda n: statistics.median(x["tps"] for x in runs[n]))
             for mode in modes:
                 show(rate, mode, runs[mode], runs[0], runs[best] if str(mode).startswith("auto") else None)
-    if cpp is not None:
-        from bench_mtp import run_cpp
+        if cpp is not None:
+            from bench_mtp import run_cpp
 
-        print(f"\nllama.cpp C++ loop ({cpp.name}, its own head), same file/prompt/threads/repacking "
-              f"({'on' if repacked else 'off: --no-repack'}), median of {reps}")  # fmt: skip
-        for n in drafts:
-            runs = [run_cpp(cpp, path, [prompt], n, max_tokens, threads, len(toks) + max_tokens + 16, repacked)
-                    for _ in range(reps)]  # fmt: skip
-            tps = [r["gen_tps"] for r in runs]
-            med = statistics.median(tps)
-            print(f"C++ draft {n}: {med:.2f} tok/s (spread {(max(tps) - min(tps)) / med:.1%}), "
-                  f"acceptance {runs[0]['acceptance']:.2f}", flush=True)  # fmt: skip
-            out["rows"].append({"a": "cpp", "mode": str(n), "tps": tps, "median": med})
+            # Rep by rep, llama.cpp's loop and ours take turns at each N, both with the file's own
+            # head; on random weights (no --real) it accepts nothing, so ours runs at a = 0 (the
+            # real head's cost, every draft wrong).
+            print(f"\nllama.cpp C++ loop ({cpp.name}, its own head) against ours at a = 0, same file/prompt/"
+                  f"threads/repacking ({'on' if repacked else 'off: --no-repack'}), taking turns, median of {reps}")  # fmt: skip
+            n_ctx = len(toks) + max_tokens + 16
+            for n in drafts:
+                theirs, ours = [], []
+                for r in range(reps):
+                    theirs.append(run_cpp(cpp, path, [prompt], n, max_tokens, threads, n_ctx, repacked))
+                    ours.append(_one(m, toks, reference, n, 0.0, max_tokens, threads, None, r, real=real))
+                tc = [x["gen_tps"] for x in theirs]
+                to = [x["tps"] for x in ours]
+                med = statistics.median(tc)
+                ratio = statistics.median(o / c for o, c in zip(to, tc, strict=True) if c)
+                print(f"draft {n}: C++ {med:.2f} tok/s (spread {(max(tc) - min(tc)) / med:.1%}, acceptance "
+                      f"{theirs[0]['acceptance']:.2f}), ours {statistics.median(to):.2f} tok/s, "
+                      f"ours/C++ paired {ratio:.2f}x", flush=True)  # fmt: skip
+                out["rows"].append({"a": "cpp", "mode": str(n), "tps": tc, "median": med,
+                                    "ours_tps": to, "ours_over_cpp_paired": ratio})  # fmt: skip
     return out
 
 
@@ -211,7 +221,7 @@ def main() -> None:
     ap.add_argument("--cpp", type=Path, help="llama-speculative-simple (bash bench/build_llama_cpp_tools.sh)")
     ap.add_argument("--json", type=Path, help="also write every number here")
     a = ap.parse_args()
-    rates = [float(x) for x in a.rates.split(",")]
+    rates = [float(x) for x in a.rates.split(",") if x.strip()]  # --rates "" : only --real / --cpp rows
     drafts = [int(x) for x in a.drafts.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="qwythos-accept-") as tmp:
