@@ -166,7 +166,7 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
             # speed-up is against the plain runs of the same rate. Auto starts from the costs of
             # this rate's first fixed runs, as it would after `qwythos bench`.
             modes = [0, *drafts, "auto", "auto-cold"]
-            runs: dict = {m: [] for m in modes}
+            runs: dict = {mode: [] for mode in modes}
             costs = None
             for r in range(reps):
                 for mode in modes:

@@ -159,7 +159,6 @@ def store(
     rec = CostRecord(costs, int(recommended), time.time(), key, source)
     path = cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    kept = False
     with atomic_output(path, lock_wait=LOCK_WAIT_S) as tmp:
         data = _read_all(path)
         old = data.get(_key_str(key))

@@ -271,15 +271,14 @@ class Engine:
         if self.max_draft > 0 and drafter is None:
             self.mtp = model.new_draft(n_ctx, n_batch=self.target.n_batch, threads=threads)
         self.policy: DraftPolicy | None = None
-        self._keep_learned = False  # auto without cached costs: store what the first steps measure
+        self._keep_learned = False  # auto on the cache: keep what a policy that started cold measures (once)
         if self.mode == "auto":
             start = costs if isinstance(costs, DraftCosts) else None
             self._keep_learned = costs == "cache" and drafter is None
             if self._keep_learned:
                 rec = draft_costs.lookup(model.path, self.threads, model.placement)
                 if rec is not None:
-                    start = rec.costs
-                    self._keep_learned = False
+                    start = rec.costs  # the policy then has nothing of its own to keep
                     by = "`qwythos bench`" if rec.source == "bench" else "an earlier run's first steps"
                     self.auto_reason = f"costs measured by {by} ({time.ctime(rec.measured_at)})"
             if not self.auto_reason:
@@ -473,7 +472,7 @@ class Engine:
         """Keep what a run without cached costs measured, so that the next run starts from it
         (once per engine; a bench entry is never replaced; a cache that cannot be written only
         means measuring again next time)."""
-        learned = self.policy.learned() if self._keep_learned and self.policy is not None else None
+        learned = self.policy.learned() if self._keep_learned else None
         if learned is None:
             return
         self._keep_learned = False

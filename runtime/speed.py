@@ -28,6 +28,17 @@ BENCH_PROMPTS: tuple[str, ...] = (
     "import numpy as np\n\ndef normalize(",
     "Q: What is the capital of France?\nA:",
 )
+#: Other code prompts: the speculative tests' exactness prompts, and a second set for acceptance.
+CODE_PROMPTS: tuple[str, ...] = (
+    "def main():\n",
+    "import os\nimport sys\n",
+    "class Foo:\n    def __init__(self",
+    "for i in range(10):\n    print(",
+    "# Copyright",
+    "return self.",
+    "x = [1, 2, 3]\n",
+    "if __name__ == '__main__':",
+)
 
 
 @dataclass

@@ -20,16 +20,21 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_configure(config):
     """The suite never writes the developer's draft-cost cache (session fixtures included)."""
+    import shutil
     import tempfile
 
     folder = tempfile.mkdtemp(prefix="qwythos-test-costs-")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
     os.environ["QWYTHOS_DRAFT_COSTS"] = os.path.join(folder, "draft_costs.json")
 
 
 @pytest.fixture(autouse=True)
-def _own_draft_cost_cache(tmp_path, monkeypatch):
-    """Each test starts without cached draft costs: what one test's runs keep is not another's."""
-    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(tmp_path / "draft_costs.json"))
+def draft_cost_cache(tmp_path, monkeypatch):
+    """Each test starts without cached draft costs: what one test's runs keep is not another's.
+    The path of this test's cache."""
+    path = tmp_path / "draft_costs.json"
+    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(path))
+    return path
 
 
 # ---- fixtures: base

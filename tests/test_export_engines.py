@@ -222,7 +222,7 @@ def test_sglang_commands_parse_with_the_pinned_definitions(served_copy, tmp_path
     assert "Exactly one MTP layer" in readme and "#35797" in readme
 
 
-def test_drafting_off_and_from_bench(served_copy, tmp_path, monkeypatch):
+def test_drafting_off_and_from_bench(served_copy, tmp_path):
     r = export_vllm(served_copy, tmp_path / "off", draft=0)
     assert "--speculative-config" not in r.launches[0].argv and r.draft_source == "off"
     assert (
@@ -231,7 +231,6 @@ def test_drafting_off_and_from_bench(served_copy, tmp_path, monkeypatch):
     )
     from qwythos.core import draft_costs
 
-    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(tmp_path / "costs.json"))
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
     with pytest.raises(QwythosError, match="qwythos bench"):

@@ -207,11 +207,10 @@ def test_worker_answers_our_handshake(worker):
 
 
 @pytest.mark.parametrize("draft", ["0", "2"])
-def test_layers_on_a_worker_give_the_local_output(worker, rt_trained_gguf, tmp_path, monkeypatch, draft):
+def test_layers_on_a_worker_give_the_local_output(worker, rt_trained_gguf, draft):
     """The tiny model split: 2 of its layers (and the output) on the worker, the rest here; greedy
     output identical to an all-local run, MTP drafting off and on."""
     ep, _, proc = worker
-    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(tmp_path / "costs.json"))
     local = _run_json(rt_trained_gguf, "--draft", draft)
     split = _run_json(rt_trained_gguf, "--draft", draft, "--rpc", str(ep), "--gpu-layers", "2")
     assert split["placement"]["gpu_layers"] == 2 and split["placement"]["rpc"][0]["endpoint"] == str(ep)

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _cost_cache(tmp_path, monkeypatch):
-    """Each test has its own draft-cost cache (never the developer's)."""
-    path = tmp_path / "draft_costs.json"
-    monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(path))
-    return path
 
 
 def test_run_json_mtp_equals_plain(rt_trained_gguf):
@@ -79,7 +70,7 @@ def test_run_chat_template_and_bad_input(rt_trained_gguf, rt_trained_trunk_gguf)
     assert r.exit_code == 1 and "context holds 64" in r.output
 
 
-def test_bench_json_and_table(rt_trained_gguf, _cost_cache):
+def test_bench_json_and_table(rt_trained_gguf, draft_cost_cache):
     r = runner.invoke(
         app, ["bench", str(rt_trained_gguf), "--max-tokens", "16", "--drafts", "1,2", "--json", "-t", "2"]
     )
@@ -94,7 +85,8 @@ def test_bench_json_and_table(rt_trained_gguf, _cost_cache):
     from qwythos.core.draft_costs import recommended_draft
 
     assert (
-        rep["cache_file"] == str(_cost_cache) and recommended_draft(rt_trained_gguf, 2) == rep["recommended"]
+        rep["cache_file"] == str(draft_cost_cache)
+        and recommended_draft(rt_trained_gguf, 2) == rep["recommended"]
     )
     run = [
         "run",

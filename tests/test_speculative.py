@@ -9,17 +9,9 @@ from qwythos.core.errors import QwythosError
 from qwythos.runtime.draft_policy import DraftPolicy
 from qwythos.runtime.sampling import GREEDY, SamplingParams, distribution
 from qwythos.runtime.speculative import Engine, generate
+from qwythos.runtime.speed import CODE_PROMPTS
 
-PROMPTS = [
-    "def main():\n",
-    "import os\nimport sys\n",
-    "class Foo:\n    def __init__(self",
-    "for i in range(10):\n    print(",
-    "# Copyright",
-    "return self.",
-    "x = [1, 2, 3]\n",
-    "if __name__ == '__main__':",
-]
+PROMPTS = list(CODE_PROMPTS)
 
 
 @pytest.fixture(params=["bf16", "f32"])
