@@ -226,8 +226,8 @@ def eval_cmd(
             f"--ctx {ctx} / --max-windows {max_windows} too small", "e.g. --ctx 256 --max-windows 8"
         )
     if plot is not None:  # checked before the work, not after it
-        require_plotting()
         check_output_path(plot, force=True, inputs=[base, *quants, text])
+        require_plotting()
     check_same_model(base, list(quants))
     report = evaluate(
         base, list(quants), text_str, n_ctx=ctx, max_windows=max_windows, threads=threads, text_name=text.name

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from qwythos.commands.common import app, err_console
+from qwythos.core import fileio
 
 
 @app.command("rpc-server")
@@ -17,7 +18,7 @@ def rpc_server_cmd(
     port: int = typer.Option(50052, "--port", help="TCP port."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads (default: all)."),
     cache: bool = typer.Option(
-        False, "--cache", help="Keep received tensors in ~/.cache/qwythos/rpc: a reload sends hashes only."
+        False, "--cache", help="Keep received tensors in qwythos's cache folder (~/.cache/qwythos/rpc): a reload sends hashes only."
     ),
 ) -> None:
     """Serve this machine's CPU to `qwythos run/chat/bench --rpc HOST:PORT` (or llama.cpp's --rpc).
@@ -34,6 +35,6 @@ def rpc_server_cmd(
     if not ep.is_loopback:
         err_console.print(f"[bold yellow]warning:[/] listening on {ep}: {rpc.OPEN_NETWORK_WARNING}")
     rpc.check_can_serve(ep)
-    cache_dir = Path.home() / ".cache" / "qwythos" / "rpc" if cache else None
+    cache_dir = fileio.cache_dir("rpc") if cache else None
     err_console.print(f"[dim]clients: qwythos run MODEL.gguf --rpc {ep} ...; Ctrl-C stops the worker[/]")
     rpc.serve(ep, threads or default_threads(), cache_dir)

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qwythos.core.fileio import atomic_output
+from qwythos.core.fileio import atomic_output, cache_dir
 
 LOCK_WAIT_S = 5.0  # two processes storing at once: the second waits for the first
 
@@ -71,8 +71,7 @@ def cache_file() -> Path:
     env = os.environ.get("QWYTHOS_DRAFT_COSTS")
     if env:
         return Path(env)
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwythos"
-    return root / "draft_costs.json"
+    return cache_dir("draft_costs.json")
 
 
 def _machine() -> str:

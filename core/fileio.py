@@ -84,6 +84,20 @@ def check_not_input(path: str | Path, inputs: Iterable[str | Path | None] = ()) 
 # ---------------------------------------------------------------- checks before the work
 
 
+def cache_dir(*parts: str) -> Path:
+    """qwythos's cache folder (or a folder inside it): QWYTHOS_CACHE, else $XDG_CACHE_HOME/qwythos,
+    else ~/.cache/qwythos. An empty variable counts as unset (the XDG rule), so `XDG_CACHE_HOME=""`
+    never puts the cache into the current folder. Every cache the code writes lives here; the tests
+    point QWYTHOS_CACHE at a temporary folder."""
+    own = os.environ.get("QWYTHOS_CACHE")
+    if own:
+        root = Path(own)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "qwythos"
+    return root.joinpath(*parts)
+
+
 def check_output_path(path: Path, force: bool = False, inputs: Iterable[str | Path | None] = ()) -> None:
     """Refuse a folder, an input, or (unless forced) an existing file; make sure the folder is writable."""
     path = Path(path)

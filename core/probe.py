@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import cache_dir
 from qwythos.core.llama_log import quiet_llama_logs
 
 # The flags install.sh passes when it builds llama-cpp-python; printed by the doctor as the fix.
@@ -113,8 +114,7 @@ def _build_key(lib: Path) -> str:
 
 
 def _cache_file() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwythos"
-    return root / "probe.json"
+    return cache_dir("probe.json")
 
 
 def write_probe_model(path: Path, n_embd: int = 256, n_ff: int = 512, n_vocab: int = 512) -> Path:

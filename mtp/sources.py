@@ -27,6 +27,7 @@ from gguf import GGMLQuantizationType, Keys
 from qwythos.core import hub, qwen35
 from qwythos.core.checkpoint import Checkpoint, read_safetensors_header
 from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import cache_dir
 from qwythos.core.gguf_file import RawSource
 from qwythos.core.header import read_view
 from qwythos.core.qwen35 import ARCH, ARCHS
@@ -84,9 +85,8 @@ def _hf_folder(src: str) -> tuple[Path, str | None]:
 
 
 def head_cache_dir(repo_id: str) -> Path:
-    """Where a Hub repo's MTP shards are kept: QWYTHOS_CACHE (default ~/.cache/qwythos)/heads/."""
-    root = Path(os.environ.get("QWYTHOS_CACHE") or Path.home() / ".cache" / "qwythos")
-    return root / "heads" / repo_id.replace("/", "--")
+    """Where a Hub repo's MTP shards are kept: heads/ in qwythos's cache folder (fileio.cache_dir)."""
+    return cache_dir("heads", repo_id.replace("/", "--"))
 
 
 def _download_head_shards(repo_id: str) -> Path:

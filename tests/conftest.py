@@ -19,12 +19,15 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_configure(config):
-    """The suite never writes the developer's draft-cost cache (session fixtures included)."""
+    """The suite never writes the user's caches (session fixtures included): every cache the code
+    keeps (probe and batched-logits verdicts, draft costs, Hub heads, RPC tensors) lives under
+    QWYTHOS_CACHE (core/fileio.cache_dir), pointed here at a folder removed at the end."""
     import shutil
     import tempfile
 
-    folder = tempfile.mkdtemp(prefix="qwythos-test-costs-")
+    folder = tempfile.mkdtemp(prefix="qwythos-test-cache-")
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    os.environ["QWYTHOS_CACHE"] = folder
     os.environ["QWYTHOS_DRAFT_COSTS"] = os.path.join(folder, "draft_costs.json")
 
 

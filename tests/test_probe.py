@@ -17,7 +17,7 @@ from qwythos.core import probe
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "cache"))
 
 
 def test_installed_build_survives_a_quantized_batch():
@@ -59,7 +59,7 @@ def test_verdict_is_cached_per_build(tmp_path):
 
 
 def test_doctor_cli_json(tmp_path):
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "c")}
+    env = {**os.environ, "QWYTHOS_CACHE": str(tmp_path / "c")}
     out = subprocess.run(
         [sys.executable, "-m", "qwythos.cli", "doctor", "--json", "--fresh"],
         capture_output=True,
@@ -97,7 +97,7 @@ def test_failed_batched_check_reloads_without_repacked_weights(rt_trained_gguf, 
     import qwythos.core.llama as L
     from qwythos.core import probe
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("QWYTHOS_SKIP_PROBE", raising=False)
     calls = []
     monkeypatch.setattr(L, "check_batched_logits", lambda m, threads=None: calls.append(m.repacked) or False)
@@ -122,7 +122,7 @@ def test_empty_verify_rows_stop_with_a_message(rt_trained_gguf, tmp_path, monkey
     from qwythos.core.errors import QwythosError
     from qwythos.runtime.speculative import generate
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "cache"))
     real = L.Context.logits
 
     def broken(self, n_rows):
