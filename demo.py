@@ -83,7 +83,7 @@ def run_demo(
     """Run convert -> quantize -> mtp restore -> validate -> generate (plain and MTP) in work_dir."""
     from qwythos.convert.text import convert
     from qwythos.core.fileio import ensure_writable_dir
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.mtp.restore import restore
     from qwythos.mtp.validate import validate
     from qwythos.quantize.pipeline import quantize

@@ -62,7 +62,7 @@ if [ "${QWYTHOS_EDITABLE:-1}" = 1 ]; then
 else  # a built wheel, as a user's `pip install` gets it (CI checks that nothing is missing from it)
   "$PY" -m pip install -q "$HERE${EXTRAS:+[$EXTRAS]}"
 fi
-"$PY" -m qwythos.core.probe --quiet || {
+"$PY" -m qwythos.core.llamacpp.probe --quiet || {
   echo "warning: the llama.cpp build failed its crash probe; run 'qwythos doctor'" >&2
 }
 echo "== done: try 'qwythos doctor' and 'qwythos demo'"

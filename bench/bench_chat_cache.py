@@ -56,7 +56,7 @@ def conversation(
 
 
 def main() -> None:
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.speculative import Engine
 
     ap = argparse.ArgumentParser()

@@ -99,7 +99,7 @@ def scaled(config: dict, scale: float) -> dict:
 
 def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """HF names and shapes of a Qwen3.5 text checkpoint (+ MTP head), from the qwen35 table."""
-    from qwythos.core import qwen35
+    from qwythos.core.model import qwen35
 
     cfg = qwen35.text_config_from(config)
     full = {k for k in qwen35.LAYER_RULES if not k.startswith("linear_attn.")}

@@ -146,7 +146,7 @@ def print_cpp(r, cpp_rows: list[dict]) -> None:
 
 def main() -> None:
     from qwythos.convert.text import convert
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.speed import BENCH_PROMPTS, bench_model
 
     ap = argparse.ArgumentParser()

@@ -84,7 +84,7 @@ def _one(model, toks, reference, mode, rate, max_tokens, threads, costs, seed, r
 
 def _costs(rows: dict, model_max: int):
     """Costs as `qwythos bench` derives them, from the fixed-N runs at one rate."""
-    from qwythos.core.draft_costs import DraftCosts
+    from qwythos.core.drafting.costs import DraftCosts
 
     verify = {}
     head_t = head_n = 0.0
@@ -103,7 +103,7 @@ def _costs(rows: dict, model_max: int):
 
 
 def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, real: bool, cpp: Path | None):
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
 
     out = {"model": str(path), "threads": threads, "max_tokens": max_tokens, "reps": reps, "rows": []}
     with load_model(path) as m:

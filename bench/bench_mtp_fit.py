@@ -42,7 +42,7 @@ def head_params(d) -> int:
 
 def trunk_flops_per_token(hdr) -> float:
     """2 x the trunk's matrix parameters (embedding lookups excluded, output matrix included)."""
-    from qwythos.core.structure import n_trunk_layers, split_block_name
+    from qwythos.core.model.structure import n_trunk_layers, split_block_name
 
     il = n_trunk_layers(hdr)
     n = 0
@@ -80,8 +80,8 @@ def main() -> None:
     import torch
     from bench_quantize_9b import write_random_gguf
 
-    from qwythos.core.gguf_file import read_header
-    from qwythos.core.structure import dims_from_header
+    from qwythos.core.gguf.file import read_header
+    from qwythos.core.model.structure import dims_from_header
     from qwythos.mtp.fit import build_head
     from qwythos.mtp.fit_data import collect
     from qwythos.mtp.fit_head import TRAINED

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from qwythos.mtp.check import check_hf
+from qwythos.mtp.hf_check import check_hf
 from qwythos.mtp.hf_out import restore_hf
 from qwythos.testing.tiny import (
     build_checkpoint_from_config,

@@ -44,7 +44,7 @@ def measure(model, draft: int, split: bool, max_tokens: int, threads: int) -> tu
 
 
 def main() -> None:
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path)

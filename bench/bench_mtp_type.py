@@ -27,9 +27,9 @@ SECTION = "## MTP head type (bench/bench_mtp_type.py)"
 
 def head_bytes(path: Path) -> tuple[int, int, str]:
     """(bytes of the MTP block, bytes of output.weight, the block's matrix types)."""
-    from qwythos.core.ftypes import ggml_type_by_id
-    from qwythos.core.gguf_file import read_header
-    from qwythos.core.header import GGUFView
+    from qwythos.core.gguf.file import read_header
+    from qwythos.core.gguf.ftypes import ggml_type_by_id
+    from qwythos.core.gguf.view import GGUFView
 
     hdr = read_header(path)
     view = GGUFView(hdr)
@@ -56,7 +56,7 @@ def held_out_stdlib(max_chars: int) -> str:
 
 def main() -> None:
     from qwythos.convert.text import convert
-    from qwythos.core.llama_log import llama_log_to
+    from qwythos.core.llamacpp.log import llama_log_to
     from qwythos.mtp.acceptance import measure_acceptance
     from qwythos.quantize.pipeline import quantize
 

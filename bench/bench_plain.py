@@ -2,7 +2,7 @@
 
 Used to compare builds (run it with each venv's python: with and without the RPC backend) and
 llama.cpp's repacked CPU weights against none (`--repack on|off`; `auto` is what `load_model`
-decides, see core/probe.py on the batched-logits check).
+decides, see core/llamacpp/probe.py on the batched-logits check).
 
     python bench/bench_plain.py MODEL.gguf [--tokens 24] [--reps 3] [--threads 2] [--repack auto|on|off]
 """
@@ -24,8 +24,8 @@ def main() -> None:
     args = ap.parse_args()
     import llama_cpp
 
-    from qwythos.core import probe, rpc
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp import probe, rpc
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.speculative import generate
 
     if args.repack != "auto":  # the cached verdict decides how load_model loads the file

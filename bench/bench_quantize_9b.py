@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.core import qwen35
+from qwythos.core.model import qwen35
 from qwythos.quantize.pipeline import quantize
 from qwythos.quantize.plan import _config_checkpoint, plan
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 def write_random_gguf(config_path: Path, out: Path, mtp: bool) -> Path:
     from gguf import GGMLQuantizationType, GGUFValueType
 
-    from qwythos.core.gguf_file import KV, write_gguf
+    from qwythos.core.gguf.file import KV, write_gguf
 
     sys.path.insert(0, str(REPO / "tests"))
     from test_quantize import _byte_tokens

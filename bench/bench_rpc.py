@@ -1,7 +1,7 @@
 """llama.cpp RPC over the loopback: a model split between local layers and a `qwythos rpc-server`.
 
 Starts one worker (`qwythos rpc-server`, a child process) on 127.0.0.1, runs the model all-local,
-then with --layers of its blocks on the worker (core/llama.load_model(rpc=..., n_gpu_layers=...)),
+then with --layers of its blocks on the worker (core/llamacpp/handles.load_model(rpc=..., n_gpu_layers=...)),
 MTP drafting off and on; prints whether greedy output is identical and the RPC overhead per
 generated token (median of --reps runs each).
 
@@ -27,7 +27,7 @@ def run(
     model_path: Path, tokens: int, threads: int, reps: int, **where
 ) -> dict[str, tuple[list[int], float, float]]:
     """{mode: (tokens, median s/token, spread s/token)} for plain and draft 2."""
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.speculative import generate
 
     out = {}
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    from qwythos.core import rpc
+    from qwythos.core.llamacpp import rpc
 
     if not rpc.rpc_available():
         print(f"this llama-cpp-python has no RPC backend: {rpc.REBUILD_HINT}", file=sys.stderr)

@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     from qwythos.convert.text import convert
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.speed import BENCH_PROMPTS, CODE_PROMPTS, bench_model
 
     drafts = [int(x) for x in a.drafts.split(",")]

@@ -29,7 +29,7 @@ def _png(path: Path, w: int, h: int, seed: int) -> Path:
 
 
 def encode_times(trunk: Path, mmproj: Path, images: list[Path], threads: int, reps: int) -> list[tuple]:
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.vision import Vision
 
     out = []

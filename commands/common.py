@@ -45,7 +45,8 @@ class QwythosGroup(TyperGroup):
     runs inside this `invoke`, so a `QwythosError` becomes one message and exit 1, Ctrl-C exit 130."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
-        from qwythos.core import fileio, interrupt
+        from qwythos.core import fileio
+        from qwythos.core.llamacpp import interrupt
 
         interrupt.install()  # SIGTERM = Ctrl-C; both stop llama.cpp mid-computation
         fileio.clear_inputs()

@@ -1,4 +1,4 @@
-"""qwythos convert and inspect."""
+"""qwythos convert: HF safetensors (folder or Hub id) -> GGUF, and the vision projector."""
 
 from __future__ import annotations
 
@@ -135,76 +135,3 @@ def _convert_mmproj(src: str, out: Path, mmproj_type: str, force: bool, quiet: b
                 task, completed=done, total=total, description=name
             ),
         )
-
-
-@app.command()
-def inspect(
-    file: Path = typer.Argument(..., help="A .gguf file."),
-    json_out: bool = JsonOption,
-) -> None:
-    """Architecture, context, layer layout, MTP head, tensors and bytes by type of a GGUF file."""
-    from qwythos.core.gguf_file import read_header
-    from qwythos.core.inspect import inspect_gguf
-    from qwythos.core.mmproj_header import is_mmproj, read_mmproj_summary
-
-    if is_mmproj(read_header(file)):
-        _inspect_mmproj(read_mmproj_summary(file), json_out)
-        return
-    s = inspect_gguf(file)
-    if json_out:
-        print_json(s)
-        _fail_on_issues(s)
-        return
-    rows = [
-        ["file", f"{s.path} ({gib(s.file_size)})"],
-        ["architecture", s.arch],
-        ["name", s.name],
-        ["file type", s.file_type],
-        ["context length", s.context_length],
-        ["layers", f"{s.trunk_layers}: {s.layer_layout}"],
-        ["MTP", s.mtp_note],
-        ["vocabulary", f"{s.vocab_size} tokens" + (", chat template" if s.chat_template else "")],
-        ["tensors", s.n_tensors],
-    ]
-    rows += [[f"  {t}", f"{s.tensors_by_type[t]} tensors, {gib(b)}"] for t, b in s.bytes_by_type.items()]
-    rows.append(["structure", "ok" if s.ok else f"{len(s.issues)} problem(s)"])
-    rows += [["", issue] for issue in s.issues[:10]]
-    console.print(simple_table("qwythos inspect", ["", ""], rows))
-    _fail_on_issues(s)
-
-
-def _fail_on_issues(s) -> None:
-    """A file llama.cpp would refuse: one message naming the first problem, exit 1."""
-    if s.issues:
-        from qwythos.core.errors import QwythosError
-
-        more = f" (and {len(s.issues) - 1} more)" if len(s.issues) > 1 else ""
-        raise QwythosError(
-            f"{s.path} is not a loadable {s.arch} GGUF: {s.issues[0]}{more}",
-            "convert or download the file again; `qwythos inspect FILE --json` lists every problem",
-        )
-
-
-def _inspect_mmproj(m, json_out: bool) -> None:
-    """`inspect` of a vision projector (arch clip)."""
-    if json_out:
-        print_json(m)
-        return
-    grid = m.image_size // m.patch_size if m.image_size and m.patch_size else None
-    rows = [
-        ["file", f"{m.path} ({gib(m.file_size)})"],
-        ["architecture", "clip (vision projector, mmproj)"],
-        ["name", m.name],
-        ["file type", m.file_type],
-        ["encoder", m.encoder],
-        [
-            "projector",
-            f"{m.projector_type}: {m.spatial_merge_size}x{m.spatial_merge_size} patches -> width {m.projection_dim}",
-        ],
-        ["image size", f"{m.image_size} px (position grid {grid}x{grid})" if grid else m.image_size],
-        ["patch size", m.patch_size],
-        ["image mean / std", f"{m.image_mean} / {m.image_std}"],
-        ["tensors", m.n_tensors],
-    ]
-    rows += [[f"  {t}", f"{m.tensors_by_type[t]} tensors, {gib(b)}"] for t, b in m.bytes_by_type.items()]
-    console.print(simple_table("qwythos inspect", ["", ""], rows))

@@ -20,7 +20,7 @@ def doctor(
     fresh: bool = typer.Option(False, "--fresh", help="Probe again instead of using the cached verdict."),
 ) -> None:
     """Check that the installed llama.cpp build runs quantized models on this CPU (AMX crash probe)."""
-    from qwythos.core import probe, rpc
+    from qwythos.core.llamacpp import probe, rpc
 
     result = probe.probe_build(use_cache=not fresh)
     has_rpc = rpc.rpc_available()

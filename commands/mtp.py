@@ -143,7 +143,7 @@ def mtp_check(
     json_out: bool = JsonOption,
 ) -> None:
     """Check a HF folder's MTP head for vLLM / SGLang: names, shapes, index, norms (headers only)."""
-    from qwythos.mtp.check import check_hf
+    from qwythos.mtp.hf_check import check_hf
 
     rep = check_hf(folder)
     if json_out:

@@ -19,7 +19,7 @@ from qwythos.commands.common import (
     to_jsonable,
 )
 from qwythos.core.errors import QwythosError
-from qwythos.core.release import START_CONTEXT
+from qwythos.core.model.release import START_CONTEXT
 from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES
 
 Q_DEFAULT_TYPES = ",".join(DEFAULT_TYPES)

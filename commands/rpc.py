@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from qwythos.commands.common import app, err_console
@@ -18,14 +16,16 @@ def rpc_server_cmd(
     port: int = typer.Option(50052, "--port", help="TCP port."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads (default: all)."),
     cache: bool = typer.Option(
-        False, "--cache", help="Keep received tensors in qwythos's cache folder (~/.cache/qwythos/rpc): a reload sends hashes only."
+        False,
+        "--cache",
+        help="Keep received tensors in qwythos's cache folder (~/.cache/qwythos/rpc): a reload sends hashes only.",
     ),
 ) -> None:
     """Serve this machine's CPU to `qwythos run/chat/bench --rpc HOST:PORT` (or llama.cpp's --rpc).
     Never expose it to an open network: it has no authentication."""
-    from qwythos.core import rpc
     from qwythos.core.errors import QwythosError
-    from qwythos.core.llama import default_threads
+    from qwythos.core.llamacpp import rpc
+    from qwythos.core.llamacpp.handles import default_threads
 
     if not 1 <= port <= 65535:
         raise QwythosError(f"--port {port} is out of range", f"use 1..65535, e.g. --port {rpc.DEFAULT_PORT}")

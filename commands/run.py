@@ -18,7 +18,7 @@ from qwythos.commands.common import (
 )
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import check_utf8_arg
-from qwythos.core.release import START_CONTEXT
+from qwythos.core.model.release import START_CONTEXT
 
 
 def _sampling_from(temp, top_k, top_p, min_p, repeat_penalty, seed):
@@ -47,7 +47,7 @@ def _sampling_from(temp, top_k, top_p, min_p, repeat_penalty, seed):
 
 def _parse_draft(draft: str | None) -> int | str | None:
     """--draft: auto or a number (None: not given)."""
-    from qwythos.core.llama import MAX_DRAFT
+    from qwythos.core.drafting.lengths import MAX_DRAFT
 
     if draft is None or draft.strip().lower() == "auto":
         return None if draft is None else "auto"
@@ -60,7 +60,7 @@ def _parse_draft(draft: str | None) -> int | str | None:
 def _choose_projector(model_path: Path, mmproj: Path | None, images: list[Path] | None = None):
     """--mmproj, else the mmproj*.gguf beside the model (said on stderr); None when there is none.
     Images without any projector: one message."""
-    from qwythos.core.mmproj_header import choose_mmproj
+    from qwythos.core.gguf.mmproj import choose_mmproj
 
     choice = choose_mmproj(model_path, mmproj)
     if choice is None and images:
@@ -109,9 +109,9 @@ def _open_engine(
     gpu_layers: int | None = None,
 ):
     """Load the model and its engine; `--draft auto` by default (plain, with a warning, without a head).
-    projector: a core/mmproj_header.ProjectorChoice to load for images (engine.vision).
-    rpc / gpu_layers: where the layers run (core/llama.load_model)."""
-    from qwythos.core.llama import load_model
+    projector: a core/gguf/mmproj.ProjectorChoice to load for images (engine.vision).
+    rpc / gpu_layers: where the layers run (core/llamacpp/handles.load_model)."""
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.speculative import AUTO, Engine
 
     d = _parse_draft(draft)
@@ -479,7 +479,7 @@ def bench_cmd(
         return
     if max_tokens < 1:
         raise QwythosError(f"--max-tokens {max_tokens} must be at least 1", "e.g. --max-tokens 64")
-    from qwythos.core.llama import MAX_DRAFT
+    from qwythos.core.drafting.lengths import MAX_DRAFT
 
     if any(not 1 <= d <= MAX_DRAFT for d in ds):
         raise QwythosError(f"--drafts {drafts} is out of range", f"use draft lengths 1..{MAX_DRAFT}")

@@ -14,7 +14,7 @@ The file is the one llama.cpp's `convert_hf_to_gguf.py --mmproj` writes for
   multiple of 32 (the 9B tower's FFN width 4304 is one);
 - metadata: the tower's shape, the merge size, the image mean/std of `preprocessor_config.json`,
   the text model's width (`clip.vision.projection_dim`) and its RMS-norm epsilon.
-Tensors are written one at a time through core/gguf_file.write_gguf (bounded memory, atomic).
+Tensors are written one at a time through core/gguf/file.write_gguf (bounded memory, atomic).
 """
 
 from __future__ import annotations
@@ -31,11 +31,9 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 from gguf.quants import quantize as gguf_quantize
 
-from qwythos.core import qwen35
-from qwythos.core.checkpoint import Checkpoint, TensorInfo, open_checkpoint, to_f32
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import check_free_space, check_output_path
-from qwythos.core.gguf_file import (
+from qwythos.core.gguf.file import (
     KV,
     TensorPlan,
     encode_header,
@@ -45,6 +43,8 @@ from qwythos.core.gguf_file import (
     type_nbytes,
     write_gguf,
 )
+from qwythos.core.model import qwen35
+from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint, to_f32
 
 ARCH = "clip"
 PROJECTOR_TYPE = "qwen3vl_merger"
@@ -500,7 +500,7 @@ class ProjectorSize:
 def planned_projector(src: str | Path, mmproj_type: str = DEFAULT_MMPROJ_TYPE) -> ProjectorSize | None:
     """The vision projector's file size for `plan`: from a config / HF folder's vision_config, or the
     mmproj*.gguf found beside a GGUF. None when there is no tower (or no projector beside the GGUF)."""
-    from qwythos.core.mmproj_header import find_mmproj
+    from qwythos.core.gguf.mmproj import find_mmproj
 
     p = Path(src)
     if p.suffix == ".gguf":
@@ -547,7 +547,7 @@ def place_projector(
     import shutil
 
     from qwythos.core.fileio import atomic_output
-    from qwythos.core.mmproj_header import find_mmproj, read_mmproj_summary
+    from qwythos.core.gguf.mmproj import find_mmproj, read_mmproj_summary
 
     out_dir = Path(out_dir)
     p = Path(src)

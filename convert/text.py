@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFValueType, Keys
 
-from qwythos.core import qwen35
-from qwythos.core.checkpoint import TensorInfo, open_checkpoint
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import check_free_space, check_output_path, register_inputs
-from qwythos.core.gguf_file import KV, TensorPlan, encode_header, normalize_kv, write_gguf
+from qwythos.core.gguf.file import KV, TensorPlan, encode_header, normalize_kv, write_gguf
+from qwythos.core.model import qwen35
+from qwythos.core.model.arch import ARCH
+from qwythos.core.model.checkpoint import TensorInfo, open_checkpoint
 
 RESTORE_HINT = "`qwythos mtp restore` can give the head back"
 #: Metadata key listing what convert warned about (NaN/Inf weights, no chat template), one string
@@ -147,7 +148,7 @@ def convert(
             kvs + [KV(WARNINGS_KEY, GGUFValueType.ARRAY, warnings, GGUFValueType.STRING)] if warnings else kvs
         )
 
-    header_len = len(encode_header(normalize_kv(qwen35.ARCH, with_warnings()), plans)) + 1024  # + a NaN note
+    header_len = len(encode_header(normalize_kv(ARCH, with_warnings()), plans)) + 1024  # + a NaN note
     check_free_space(out_path.parent, header_len + sum(p.nbytes + 32 for p in plans), what=str(out_path))
 
     def scan(plan: TensorPlan) -> None:  # each tensor's source, right after it was copied (hot cache)
@@ -157,17 +158,17 @@ def convert(
             raise _Rewrite
 
     try:
-        size = write_gguf(out_path, qwen35.ARCH, with_warnings(), plans, progress=progress, after_tensor=scan)
+        size = write_gguf(out_path, ARCH, with_warnings(), plans, progress=progress, after_tensor=scan)
     except _Rewrite:  # NaN/Inf found: the header (written first) must say so; write once more
         warnings.append(_nonfinite_warning(nonfinite))
-        size = write_gguf(out_path, qwen35.ARCH, with_warnings(), plans, progress=progress)
+        size = write_gguf(out_path, ARCH, with_warnings(), plans, progress=progress)
     notes += warnings
     return ConvertResult(
         output=out_path,
         source=ckpt.path,
         hub_id=ckpt.hub_id,
         outtype=outtype,
-        arch=qwen35.ARCH,
+        arch=ARCH,
         n_layer=cfg.n_layer,
         block_count=cfg.n_layer + n_nextn,
         nextn_layers=n_nextn,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qwythos.core.release import (
+from qwythos.core.model.release import (
     BASE_MODEL_REPO,
     GGUF_REPO,
     LICENSE,

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwythos.core import qwen35
-from qwythos.core.checkpoint import open_checkpoint
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import ensure_writable_dir, write_text_atomic
+from qwythos.core.model import qwen35
+from qwythos.core.model.checkpoint import open_checkpoint
 
 DEFAULT_CTX = 32768
 DEFAULT_DRAFT = 2  # draft lengths of 4+ are often slower than 2-3
@@ -127,7 +127,7 @@ def choose_draft(draft: int | None, bench_gguf: Path | None, has_head: bool) -> 
             )
         return draft, "--draft" if draft else "off"
     if bench_gguf is not None:
-        from qwythos.core.draft_costs import recommended_draft
+        from qwythos.core.drafting.costs import recommended_draft
 
         for threads in range(1, (os.cpu_count() or 1) + 1):
             rec = recommended_draft(bench_gguf, threads)

@@ -34,9 +34,10 @@ from pathlib import Path
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output, ensure_writable_dir
-from qwythos.core.header import read_gguf_summary, read_view
-from qwythos.core.mmproj_header import choose_mmproj
-from qwythos.core.release import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P
+from qwythos.core.gguf.mmproj import choose_mmproj
+from qwythos.core.gguf.view import read_view
+from qwythos.core.model.release import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P
+from qwythos.core.model.summary import read_gguf_summary
 
 #: The KoboldCpp release whose arguments the config is written for.
 KOBOLD_VERSION = "1.117"

@@ -39,9 +39,8 @@ from pathlib import Path
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output, ensure_writable_dir
-from qwythos.core.header import read_gguf_summary
-from qwythos.core.mmproj_header import choose_mmproj
-from qwythos.core.release import (
+from qwythos.core.gguf.mmproj import choose_mmproj
+from qwythos.core.model.release import (
     MIN_P,
     MODEL_CONTEXT,
     REPEAT_PENALTY,
@@ -51,6 +50,7 @@ from qwythos.core.release import (
     TOP_P,
     split_quant_suffix,
 )
+from qwythos.core.model.summary import read_gguf_summary
 from qwythos.export.place import MODES, Placement, place_file
 
 DEFAULT_PUBLISHER = "empero-ai"

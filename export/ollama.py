@@ -37,15 +37,15 @@ from pathlib import Path
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import ensure_writable_dir, write_text_atomic
-from qwythos.core.header import read_gguf_summary
-from qwythos.core.mmproj_header import choose_mmproj
-from qwythos.core.release import (
+from qwythos.core.gguf.mmproj import choose_mmproj
+from qwythos.core.model.release import (
     DEFAULT_QUANT_ORDER,
     FLAGSHIP_FILE,
     LICENSE_TEXT,
     MODEL_CONTEXT,
     TURN_END_TOKENS,
 )
+from qwythos.core.model.summary import read_gguf_summary
 from qwythos.export import card
 from qwythos.export.modelfile import Command, parse_modelfile, render_modelfile, to_request
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import sha256_file
-from qwythos.core.gguf_file import read_header
-from qwythos.core.header import read_gguf_summary
+from qwythos.core.gguf.file import read_header
+from qwythos.core.gguf.mmproj import is_mmproj, read_mmproj_summary
 from qwythos.core.hub import SUMS_NAME, HfClient, HubClient, Progress, hub_error
-from qwythos.core.mmproj_header import is_mmproj, read_mmproj_summary
-from qwythos.core.release import pick_default
+from qwythos.core.model.release import pick_default
+from qwythos.core.model.summary import read_gguf_summary
 from qwythos.export import card
 from qwythos.export.modelfile import parse_modelfile, to_request
 from qwythos.export.ollama import ModelfileSpec, render

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.core.acceptance import depth_rates, expected_accepted
+from qwythos.core.drafting.lengths import MAX_DRAFT
+from qwythos.core.drafting.rates import depth_rates, expected_accepted
 from qwythos.core.errors import QwythosError
-from qwythos.core.llama import MAX_DRAFT, load_model
-from qwythos.core.release import CALIBRATION_TEXT
+from qwythos.core.llamacpp.handles import load_model
+from qwythos.core.model.release import CALIBRATION_TEXT
 
 DEFAULT_TEXT_TOKENS = 512
 

@@ -21,8 +21,9 @@ from gguf import GGMLQuantizationType
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import check_output_path
-from qwythos.core.gguf_file import read_header
-from qwythos.core.structure import ARCH, HEAD_MATRICES, dims_from_header, has_trunk
+from qwythos.core.gguf.file import read_header
+from qwythos.core.model.arch import ARCH
+from qwythos.core.model.structure import HEAD_MATRICES, dims_from_header, has_trunk
 
 INSTALL_HINT = "pip install 'qwythos[fit]' (CPU-only machines: pip install torch==2.13.0)"
 

@@ -183,7 +183,7 @@ def collect(
 ) -> ChunkStore:
     """Run the trunk over `docs` (or the (n_seq, seq) `token_ids`) and store hidden states + top-k
     logits in `work` (resumable)."""
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
 
     model_path = Path(model_path)
     work = Path(work)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qwythos.core.structure import HeadDims
+from qwythos.core.model.structure import HeadDims
 
 MATRICES = (
     "nextn.eh_proj.weight",

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwythos.core.chat_template import render_chat
 from qwythos.core.errors import QwythosError
-from qwythos.core.release import CALIBRATION_TEXT
+from qwythos.core.model.chat_template import render_chat
+from qwythos.core.model.release import CALIBRATION_TEXT
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BUNDLED = DATA / "fit-calibration.jsonl"

@@ -15,7 +15,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import GGUFHeader
+from qwythos.core.gguf.file import GGUFHeader
 
 WHOLE_BYTES = 256 * 2**20  # keep a matrix whole (float32) below this size
 

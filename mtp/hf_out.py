@@ -8,7 +8,7 @@ folder: the trunk's shards linked (hard link, else symbolic) or copied, one new 
 tokenizer/side files copied.
 
 The head comes from any source `mtp restore` reads (mtp/sources.py). From an HF source its bytes
-are copied as they are; from a GGUF the converter's transforms are undone (core/qwen35.hf_value:
+are copied as they are; from a GGUF the converter's transforms are undone (core/model/qwen35.hf_value:
 norm +1 offsets and any reordering) and the values are cast to the trunk's dtype, so converting
 the written folder gives back the same GGUF.
 """
@@ -27,8 +27,11 @@ from typing import Any, BinaryIO
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from qwythos.core import qwen35
-from qwythos.core.checkpoint import (
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import check_free_space, ensure_writable_dir
+from qwythos.core.model import qwen35
+from qwythos.core.model.arch import ARCH
+from qwythos.core.model.checkpoint import (
     ST_DTYPES,
     Checkpoint,
     TensorInfo,
@@ -36,9 +39,7 @@ from qwythos.core.checkpoint import (
     read_safetensors_header,
     to_f32,
 )
-from qwythos.core.errors import QwythosError
-from qwythos.core.fileio import check_free_space, ensure_writable_dir
-from qwythos.core.structure import ARCH, HeadDims, head_table
+from qwythos.core.model.structure import HeadDims, head_table
 from qwythos.mtp.sources import KIND_LABEL, HeadSource, HeadTensor, dequantize, open_head
 
 MTP_SHARD = "model-mtp.safetensors"

@@ -22,7 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import check_free_space, check_output_path, register_inputs
-from qwythos.core.gguf_file import (
+from qwythos.core.gguf.file import (
     KV,
     GGUFHeader,
     RawSource,
@@ -30,9 +30,10 @@ from qwythos.core.gguf_file import (
     type_nbytes,
     write_gguf,
 )
-from qwythos.core.header import RECURRENT_LAYERS, GGUFView, read_view
-from qwythos.core.qwen35 import ARCH, ARCHS, cast
-from qwythos.core.structure import (
+from qwythos.core.gguf.view import RECURRENT_LAYERS, GGUFView, read_view
+from qwythos.core.model.arch import ARCH, check_arch
+from qwythos.core.model.qwen35 import cast
+from qwythos.core.model.structure import (
     HEAD_MATRICES,
     STANDALONE_GLOBALS,
     dims_from_header,
@@ -272,11 +273,7 @@ def restore(
     t0 = time.perf_counter()
     view = read_view(trunk)
     hdr = view.header
-    if view.arch not in ARCHS:
-        raise QwythosError(
-            f"{trunk} is a {view.kv.get(Keys.General.ARCHITECTURE)!r} model, not {ARCH}",
-            "restore heads into Qwen3.5 (qwen35) GGUFs",
-        )
+    check_arch(view, "restore an MTP head into")
     if not view.has_trunk:
         raise QwythosError(
             f"{trunk} is a stand-alone MTP head, not a trunk", "pass the main model GGUF as TRUNK"

@@ -15,7 +15,6 @@ llama.cpp's on-disk form, so the grafter can put it at any block index.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,15 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, Keys
 
-from qwythos.core import hub, qwen35
-from qwythos.core.checkpoint import Checkpoint, read_safetensors_header
+from qwythos.core import hub
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import cache_dir
-from qwythos.core.gguf_file import RawSource
-from qwythos.core.header import read_view
-from qwythos.core.qwen35 import ARCH, ARCHS
-from qwythos.core.structure import HeadDims, dims_from_header, split_block_name
+from qwythos.core.gguf.file import RawSource
+from qwythos.core.gguf.view import read_view
+from qwythos.core.model import qwen35
+from qwythos.core.model.arch import ARCH, check_arch
+from qwythos.core.model.checkpoint import Checkpoint, read_safetensors_header
+from qwythos.core.model.structure import HeadDims, dims_from_header, split_block_name
 
 
 @dataclass
@@ -156,11 +156,7 @@ def _gguf_loader(path: Path, offset: int, nbytes: int) -> Callable[[], bytes]:
 def open_gguf_head(src: str | Path) -> HeadSource:
     view = read_view(src)
     hdr = view.header
-    if view.arch not in ARCHS:
-        raise QwythosError(
-            f"{src} is a {hdr.kv.get(Keys.General.ARCHITECTURE)!r} model, not {ARCH}",
-            "take the head from a Qwen3.5 (qwen35) GGUF",
-        )
+    check_arch(view, "take an MTP head from")
     if view.n_nextn == 0:
         raise QwythosError(
             f"{src} has no MTP head (no {view.key(Keys.LLM.NEXTN_PREDICT_LAYERS)})",

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwythos.core.acceptance import depth_rates, expected_accepted
+from qwythos.core.drafting.lengths import MAX_DRAFT
+from qwythos.core.drafting.rates import depth_rates, expected_accepted
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import read_text_input
-from qwythos.core.llama import MAX_DRAFT
-from qwythos.core.release import CALIBRATION_TEXT
-from qwythos.core.structure import StructureReport, check_structure
+from qwythos.core.model.release import CALIBRATION_TEXT
+from qwythos.core.model.structure import StructureReport, check_structure
 from qwythos.mtp.acceptance import measure_acceptance
 
 DEFAULT_TEXT = CALIBRATION_TEXT

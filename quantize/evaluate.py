@@ -18,11 +18,11 @@ import numpy as np
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output
-from qwythos.core.ftypes import ftype_by_id
-from qwythos.core.gguf_file import GGUFHeader, read_header
-from qwythos.core.llama import load_model
-from qwythos.core.llama_log import llama_log_to
-from qwythos.core.release import CALIBRATION_TEXT
+from qwythos.core.gguf.file import GGUFHeader, read_header
+from qwythos.core.gguf.ftypes import ftype_by_id
+from qwythos.core.llamacpp.handles import load_model
+from qwythos.core.llamacpp.log import llama_log_to
+from qwythos.core.model.release import CALIBRATION_TEXT
 
 
 def default_text() -> Path:

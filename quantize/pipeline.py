@@ -25,8 +25,6 @@ from typing import Any
 
 from qwythos.convert.mmproj import place_projector
 from qwythos.convert.text import convert
-from qwythos.core import qwen35
-from qwythos.core.checkpoint import resolve_source as resolve_ckpt
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import (
     atomic_output,
@@ -37,12 +35,14 @@ from qwythos.core.fileio import (
     sha256_file,
     write_text_atomic,
 )
-from qwythos.core.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
-from qwythos.core.gguf_file import read_header
-from qwythos.core.header import GGUFView
-from qwythos.core.llama import load_model
-from qwythos.core.llama_log import llama_log_to
-from qwythos.core.llama_quant import Imatrix, llama_quantize, load_imatrix
+from qwythos.core.gguf.file import read_header
+from qwythos.core.gguf.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
+from qwythos.core.gguf.view import GGUFView
+from qwythos.core.llamacpp.handles import load_model
+from qwythos.core.llamacpp.log import llama_log_to
+from qwythos.core.model.arch import check_arch
+from qwythos.core.model.checkpoint import resolve_source as resolve_ckpt
+from qwythos.quantize.llama_quant import Imatrix, llama_quantize, load_imatrix
 from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES, check_mtp_type, dry_run, mtp_overrides
 
 MANIFEST = "quantize-manifest.json"
@@ -130,11 +130,7 @@ def check_source_gguf(path: Path, requantize: bool) -> tuple[int, int]:
     """Validate a GGUF before llama.cpp sees it: qwen35, not already quantized. -> (n_layer, n_nextn)."""
     hdr = read_header(path)
     view = GGUFView(hdr)
-    if view.arch not in qwen35.ARCHS:
-        raise QwythosError(
-            f"{path} is a GGUF of architecture {view.arch or 'unknown'!r}, not {qwen35.ARCH}",
-            "qwythos quantizes Qwen3.5 (qwen35) models; pass a Qwythos/Qwen3.5 GGUF",
-        )
+    check_arch(view, "quantize")
     quantized = sorted(
         {
             ggml_type_name(t.ggml_type)

@@ -22,16 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType, Keys
+from gguf import GGUFValueType
 
 from qwythos.convert.mmproj import planned_projector
-from qwythos.core import qwen35
-from qwythos.core.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from qwythos.core.errors import QwythosError
-from qwythos.core.ftypes import FType, GGMLType, ggml_types, parse_ggml_type, parse_types
-from qwythos.core.gguf_file import KV, encode_header, normalize_kv, pad
-from qwythos.core.header import read_view
-from qwythos.core.llama_quant import Imatrix, TensorChoice, llama_quantize, output_meta_size
+from qwythos.core.gguf.file import KV, encode_header, normalize_kv, pad
+from qwythos.core.gguf.ftypes import FType, GGMLType, ggml_types, parse_ggml_type, parse_types
+from qwythos.core.gguf.view import read_view
+from qwythos.core.model import qwen35
+from qwythos.core.model.arch import ARCH, check_arch
+from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from qwythos.quantize.llama_quant import Imatrix, TensorChoice, llama_quantize, output_meta_size
 
 DEFAULT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16")
 MTP_TYPES = ("bf16", "q8_0", "same")
@@ -120,7 +121,7 @@ def _tokenizer_estimate(cfg: qwen35.TextConfig) -> KV:
 
 def write_sparse_gguf(path: Path, kvs: list[KV], plans: list) -> int:
     """Write the header and leave the data region as a hole (sparse file: no blocks allocated)."""
-    header = encode_header(normalize_kv(qwen35.ARCH, kvs), plans)
+    header = encode_header(normalize_kv(ARCH, kvs), plans)
     total = len(header) + sum(pad(p.nbytes) for p in plans)
     with open(path, "wb") as f:
         f.write(header)
@@ -150,11 +151,7 @@ def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None
     p = Path(src)
     if p.is_file() and p.suffix == ".gguf":
         view = read_view(p)
-        if view.arch not in qwen35.ARCHS:
-            raise QwythosError(
-                f"{p} is a GGUF of architecture {view.kv.get(Keys.General.ARCHITECTURE)!r}, not {qwen35.ARCH}",
-                "pass a Qwen3.5 (qwen35) GGUF",
-            )
+        check_arch(view, "plan")
         return _View(p, "gguf", qwen35.config_from_gguf(view), view.n_nextn, [], False)
     notes: list[str] = []
     if p.is_dir():
@@ -181,7 +178,7 @@ def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None
         plans = qwen35.plan_tensors(ckpt_h, cfg, include_mtp=want)
         n_nextn = max(1, cfg.mtp_layers) if want else 0
         kvs = [
-            KV("general.architecture", GGUFValueType.STRING, qwen35.ARCH),
+            KV("general.architecture", GGUFValueType.STRING, ARCH),
             KV("general.type", GGUFValueType.STRING, "model"),
             KV("general.name", GGUFValueType.STRING, p.parent.name or "model"),
             *qwen35.hparams_kv(cfg, n_nextn=n_nextn),

@@ -1,6 +1,6 @@
 """Chat prompts from the GGUF's own template, and the model's output split into its parts.
 
-The prompt is rendered by `qwythos.core.chat_template` (re-exported here).
+The prompt is rendered by `qwythos.core.model.chat_template` (re-exported here).
 
 `parse_output` splits a finished reply into reasoning (`<think>...</think>`, also when the opening
 tag was already in the prompt), the answer, and tool calls. A `<tool_call>` body is either JSON
@@ -24,7 +24,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
-from qwythos.core.chat_template import TURN_END, load_tools, render_chat  # noqa: F401 - re-exported
+from qwythos.core.model.chat_template import TURN_END, load_tools, render_chat  # noqa: F401 - re-exported
 from qwythos.runtime.sampling import CARD_DEFAULTS
 
 #: The model card's defaults (temperature 0.6, top-p 0.95, top-k 20, repetition penalty 1.05).

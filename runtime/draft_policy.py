@@ -7,7 +7,7 @@ Cost model of one speculative step with N drafts (N = 0 is plain decoding):
     speed(N)    = tokens(N) / time(N)
 
 `best_draft` picks the N with the highest predicted speed, and 0 unless some N beats plain by a
-margin. `DraftPolicy` runs that during generation: it starts from cached costs (`core.draft_costs`,
+margin. `DraftPolicy` runs that during generation: it starts from cached costs (`core.drafting.costs`,
 written by `qwythos bench` or kept by an earlier run) or, without them, measures as it goes (a few exploration steps at each
 length), keeps a window of the acceptance seen so far, switches length only when the predicted
 gain passes a hysteresis, and now and then drafts one deeper than the current choice (or at all,
@@ -23,10 +23,9 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from qwythos.core.draft_costs import DraftCosts
+from qwythos.core.drafting.costs import DraftCosts
+from qwythos.core.drafting.lengths import AUTO_MAX_DRAFT
 
-#: Longest draft `auto` considers (the target keeps this many recurrent snapshots).
-AUTO_MAX_DRAFT = 4
 #: A draft length must beat plain decoding by this much to be chosen over it.
 PLAIN_MARGIN = 0.03
 #: Switch length only when the new one is predicted this much faster than the current one.

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from qwythos.core import release
+from qwythos.core.model import release
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.core import draft_costs
-from qwythos.core.acceptance import depth_rates, rate
+from qwythos.core.drafting import costs as draft_costs
+from qwythos.core.drafting.lengths import AUTO_MAX_DRAFT, MAX_DRAFT
+from qwythos.core.drafting.rates import depth_rates, rate
 from qwythos.core.errors import QwythosError
-from qwythos.core.llama import MAX_DRAFT, Context, Model, default_threads
-from qwythos.runtime.draft_policy import AUTO_MAX_DRAFT, DraftCosts, DraftPolicy, best_draft
+from qwythos.core.llamacpp.handles import Context, Model, default_threads
+from qwythos.runtime.draft_policy import DraftCosts, DraftPolicy, best_draft
 from qwythos.runtime.sampling import (
     GREEDY,
     Dist,
@@ -629,8 +630,8 @@ class Engine:
 
 def _empty_rows(path: Path, rows: int) -> None:
     """A verify batch came back with all-zero logit rows: llama.cpp's repacked CPU kernels failing
-    on this file (core/probe.py). Never emit from it: remember the file, so the next load avoids them."""
-    from qwythos.core import probe
+    on this file (core/llamacpp/probe.py). Never emit from it: remember the file, so the next load avoids them."""
+    from qwythos.core.llamacpp import probe
 
     probe.record_batched_verdict(path, False)
     raise QwythosError(

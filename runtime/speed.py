@@ -3,7 +3,7 @@
 Besides the table, the bench turns its runs into the auto policy's cost model (target time per
 batch of 1..N+1 tokens, head time per draft, acceptance per depth), recommends the draft length
 that model predicts fastest, prints predicted against measured speed-ups, and stores the costs in
-the user's cache (core/draft_costs.py) so that `run` and `chat` start from them.
+the user's cache (core/drafting/costs.py) so that `run` and `chat` start from them.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qwythos.core import draft_costs
-from qwythos.core.acceptance import depth_rates, rate, sum_counts
-from qwythos.core.draft_costs import DraftCosts
+from qwythos.core.drafting import costs as draft_costs
+from qwythos.core.drafting.costs import DraftCosts
+from qwythos.core.drafting.rates import depth_rates, rate, sum_counts
 from qwythos.core.errors import QwythosError
-from qwythos.core.llama import Model, default_threads, load_model
+from qwythos.core.llamacpp.handles import Model, default_threads, load_model
 from qwythos.runtime.draft_policy import best_draft, fill_verify, predicted_tps
 from qwythos.runtime.sampling import GREEDY, SamplingParams
 from qwythos.runtime.speculative import AUTO, Engine, Generation
@@ -208,7 +208,7 @@ def run_bench(
     gpu_layers: int | None = None,
 ) -> BenchReport:
     """`qwythos bench`: bench_model on a file, storing the measured costs for `run` (store=True).
-    rpc / gpu_layers: where the layers run (core/llama.load_model)."""
+    rpc / gpu_layers: where the layers run (core/llamacpp/handles.load_model)."""
     model = load_model(model_path, rpc=rpc, n_gpu_layers=gpu_layers)
     try:
         if not model.has_mtp:

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from qwythos.core import interrupt
 from qwythos.core.errors import QwythosError
-from qwythos.core.mmproj_header import MmprojSummary, check_pair, read_mmproj_summary
+from qwythos.core.gguf.mmproj import MmprojSummary, check_pair, read_mmproj_summary
+from qwythos.core.llamacpp import interrupt
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 MAX_IMAGE_BYTES = 64 * 2**20
@@ -132,7 +132,7 @@ class Positions:
 
 def _quiet(m: Any) -> None:
     """libmtmd logs every encode to stderr through its own callback: drop it like llama.cpp's."""
-    from qwythos.core.llama_log import _drop_log
+    from qwythos.core.llamacpp.log import _drop_log
 
     for fn in ("mtmd_log_set", "mtmd_helper_log_set"):
         try:
@@ -196,7 +196,7 @@ class Prefill:
 
 
 class Vision:
-    """An mtmd context: the mmproj bound to a loaded text model (core/llama.Model)."""
+    """An mtmd context: the mmproj bound to a loaded text model (core/llamacpp/handles.Model)."""
 
     def __init__(self, model: Any, mmproj: str | Path, *, threads: int | None = None) -> None:
         self.model = model
@@ -323,7 +323,9 @@ class Vision:
         rc = self._m.mtmd_helper_eval_chunk_single(
             self.ctx, ctx.handle, seg.chunk, pos, 0, ctx.n_batch, False, ctypes.byref(new_pos)
         )
-        if rc == 2 and interrupt.requested():  # Ctrl-C / SIGTERM stopped the decode (core/interrupt.py)
+        if (
+            rc == 2 and interrupt.requested()
+        ):  # Ctrl-C / SIGTERM stopped the decode (core/llamacpp/interrupt.py)
             interrupt.clear()
             raise KeyboardInterrupt
         if rc != 0:
@@ -340,7 +342,7 @@ class Vision:
         ctx.n_last = seg.n_tokens % ctx.n_batch or min(seg.n_tokens, ctx.n_batch)
 
     def prefill(self, ctx: Any, layout: Layout, start: Positions | None = None) -> Prefill:
-        """Decode every segment into `ctx` (a core/llama.Context) from `start`; logits of the last row."""
+        """Decode every segment into `ctx` (a core/llamacpp/handles.Context) from `start`; logits of the last row."""
         m = self._m
         at = Positions(start.pos, start.cells) if start else Positions()
         need = layout.n_tokens

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.core.gguf_file import read_header
-from qwythos.core.header import GGUFView
+from qwythos.core.gguf.file import read_header
+from qwythos.core.gguf.view import GGUFView
 
 
 def write_imatrix(path: Path, src: Path, *, legacy: bool = False, skip_head: bool = True) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from qwythos.core.release import MODEL_CONTEXT
+from qwythos.core.model.release import MODEL_CONTEXT
 
 
 def write_stub_gguf(

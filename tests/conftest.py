@@ -93,7 +93,7 @@ def tiny_trunk_gguf(tiny_mtp_dir, tmp_path_factory):
 @pytest.fixture
 def mtp_gguf(tmp_path):
     """A header-only qwen35 GGUF stub named like the Q4_K_M release, with an MTP head declared."""
-    from qwythos.core import release
+    from qwythos.core.model import release
     from qwythos.testing import stubs
 
     return stubs.write_stub_gguf(tmp_path / release.gguf_file_name("Q4_K_M", mtp=True))
@@ -102,7 +102,7 @@ def mtp_gguf(tmp_path):
 @pytest.fixture
 def trunk_gguf(tmp_path):
     """The same stub without the head."""
-    from qwythos.core import release
+    from qwythos.core.model import release
     from qwythos.testing import stubs
 
     return stubs.write_stub_gguf(tmp_path / release.gguf_file_name("Q4_K_M"), nextn_layers=0)
@@ -202,7 +202,7 @@ def rt_trained_trunk_gguf(trained_ggufs):
 @pytest.fixture(scope="session")
 def rt_trained_model(rt_trained_gguf):
     """The trained tiny model loaded once (with its MTP layer)."""
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
 
     m = load_model(rt_trained_gguf)
     yield m
@@ -213,7 +213,7 @@ def rt_trained_model(rt_trained_gguf):
 def rt_trained_f32_model(tmp_path_factory):
     """The trained tiny model in F32 (BF16 near-ties can flip between batched and single kernels)."""
     from qwythos.convert.text import convert
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
 
     out = tmp_path_factory.mktemp("rt-f32") / "trained-F32.gguf"
     m = load_model(convert(TRAINED_DIR, out, outtype="f32").output)

@@ -1,10 +1,10 @@
-"""The acceptance arithmetic every report shares (core/acceptance.py)."""
+"""The acceptance arithmetic every report shares (core/drafting/rates.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from qwythos.core.acceptance import depth_rates, expected_accepted, rate, sum_counts
+from qwythos.core.drafting.rates import depth_rates, expected_accepted, rate, sum_counts
 
 
 def test_rates_are_conditional_and_zero_safe():

@@ -16,9 +16,9 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 
 from qwythos.convert.text import RESTORE_HINT, convert
-from qwythos.core import qwen35
-from qwythos.core.checkpoint import open_checkpoint
 from qwythos.core.errors import QwythosError
+from qwythos.core.model import qwen35
+from qwythos.core.model.checkpoint import open_checkpoint
 
 
 def kv(reader: GGUFReader, key: str):
@@ -126,7 +126,7 @@ def test_qwythos_variant_is_trunk_only_with_note(tiny_qwythos_dir: Path, tmp_pat
     assert "qwen35.nextn_predict_layers" not in r.fields
     # llama.cpp accepts it (its own converter's file for this case is refused)
     code = (
-        "import llama_cpp, sys; from qwythos.core.probe import safe_model_kwargs;"
+        "import llama_cpp, sys; from qwythos.core.llamacpp.probe import safe_model_kwargs;"
         "m = llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=False, **safe_model_kwargs());"
         "m.eval([1, 2, 3]); print('ok', m.n_vocab())"
     )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qwythos.core import draft_costs
-from qwythos.core.draft_costs import DraftCosts
+from qwythos.core.drafting import costs as draft_costs
+from qwythos.core.drafting.costs import DraftCosts
 from qwythos.runtime.draft_policy import DraftPolicy, best_draft, expected_tokens, predicted_tps
 from qwythos.runtime.sampling import GREEDY, Dist, SamplingParams, accept_drafts, distribution
 

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.core import qwen35
 from qwythos.core.errors import QwythosError
+from qwythos.core.model import qwen35
 from qwythos.export.engines import check_tp, tp_fits
 from qwythos.export.sglang import export_sglang
 from qwythos.export.vllm import export_vllm
@@ -229,7 +229,7 @@ def test_drafting_off_and_from_bench(served_copy, tmp_path):
         "--speculative-algorithm"
         not in export_sglang(served_copy, tmp_path / "s-off", draft=0).launches[0].argv
     )
-    from qwythos.core import draft_costs
+    from qwythos.core.drafting import costs as draft_costs
 
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")

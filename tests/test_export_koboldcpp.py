@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.core import header, release  # noqa: F401
 from qwythos.core.errors import QwythosError
+from qwythos.core.model import release
 from qwythos.export.koboldcpp import export_koboldcpp, kcpps_config
 from qwythos.testing import stubs  # noqa: F401
 

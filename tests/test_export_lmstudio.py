@@ -15,8 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.core import header, release  # noqa: F401
 from qwythos.core.errors import QwythosError
+from qwythos.core.model import release
 from qwythos.export import lmstudio
 from qwythos.export.lmstudio import export_lmstudio
 from qwythos.testing import stubs  # noqa: F401

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.core import header, release  # noqa: F401
 from qwythos.core.errors import QwythosError
+from qwythos.core.model import release, summary
 from qwythos.export.modelfile import Command, parse_modelfile, render_modelfile, to_request
 from qwythos.export.ollama import (
     DEFAULT_DRAFT,
@@ -205,7 +205,7 @@ def test_from_is_relative_to_the_modelfile_folder(mtp_gguf: Path, tmp_path: Path
 
 def test_stop_tokens_come_from_the_file_vocabulary(tmp_path: Path) -> None:
     g = stubs.write_stub_gguf(tmp_path / "m.gguf", tokens=["a", "<|im_end|>"], eos_token="<|im_end|>")
-    assert header.read_gguf_summary(g).turn_end_tokens == ["<|im_end|>"]
+    assert summary.read_gguf_summary(g).turn_end_tokens == ["<|im_end|>"]
     assert "PARAMETER stop <|endoftext|>" not in export_ollama(g).text
 
 
@@ -223,7 +223,7 @@ def test_existing_modelfile_same_bytes_is_a_no_op_different_is_refused(mtp_gguf:
 @pytest.mark.parametrize(
     "make, fragment",
     [
-        (lambda d: stubs.write_stub_gguf(d / "l.gguf", arch="llama"), "'llama' GGUF"),
+        (lambda d: stubs.write_stub_gguf(d / "l.gguf", arch="llama"), "architecture 'llama'"),
         (lambda d: (d / "t.gguf").write_bytes(b"not a gguf at all"), "not a GGUF"),
         (lambda d: (d / "c.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\xff"), "truncated"),
         (lambda d: truncated_copy(d), "truncated"),
@@ -349,7 +349,7 @@ def test_declared_but_missing_head_gets_no_drafting_anywhere(export_real_gguf, t
     from qwythos.export.lmstudio import export_lmstudio
 
     g = Path(export_real_gguf("qwythos-ref"))
-    s = header.read_gguf_summary(g)
+    s = summary.read_gguf_summary(g)
     assert s.nextn_predict_layers == 1 and s.nextn_tensor_count == 0 and not s.has_mtp
     r = export_ollama(g, tmp_path / "Modelfile")
     req = to_request(parse_modelfile(r.text), tmp_path)

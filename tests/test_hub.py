@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from qwythos.cli import app
 from qwythos.core import hub
-from qwythos.core import release as release_facts
 from qwythos.core.errors import QwythosError
+from qwythos.core.model import release as release_facts
 from qwythos.export import upload
 from qwythos.export.modelfile import parse_modelfile, to_request
 from qwythos.testing import stubs

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader, GGUFValueType
 
+from qwythos.commands.inspect import inspect_gguf
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import KV, RawSource, TensorPlan, read_header, write_gguf
-from qwythos.core.inspect import inspect_gguf
+from qwythos.core.gguf.file import KV, RawSource, TensorPlan, read_header, write_gguf
 
 
 def test_summary_of_mtp_gguf(tiny_mtp_dir: Path, tiny_mtp_gguf: Path) -> None:
@@ -172,7 +172,7 @@ def test_cli_inspect_exits_1_naming_the_problem(tiny_trunk_gguf: Path, tmp_path:
 
 def test_llama_cpp_load_failure_names_the_reason(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
 
     t = next(t for t in read_header(tiny_trunk_gguf).tensors if t.name == "blk.3.ffn_up.weight")
     bad = rewrite(tiny_trunk_gguf, tmp_path / "b.gguf", shapes={t.name: tuple(reversed(t.shape))})

@@ -80,6 +80,30 @@ def test_every_import_follows_the_layers():
     assert not bad, "imports across layers:\n" + "\n".join(bad)
 
 
+#: core's rooms in order: each imports only itself and the rooms before it, so core has no circle
+#: (the GGUF format knows nothing of the model; the llama.cpp binding stands on both).
+CORE_ROOMS = ("errors", "fileio", "hub", "drafting", "gguf", "model", "llamacpp")
+
+
+def _core_room(module: str) -> str:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == FOUNDATION else ""
+
+
+def test_core_rooms_import_only_earlier_rooms():
+    bad = []
+    for rel in _library_files():
+        src = _core_room(_module_of(rel))
+        if not src:
+            continue
+        assert src in CORE_ROOMS, f"place core/{src} in CORE_ROOMS"
+        for line, mod in _imports(rel):
+            dst = _core_room(mod)
+            if dst and CORE_ROOMS.index(dst) > CORE_ROOMS.index(src):
+                bad.append(f"{rel}:{line}: core.{src} -> {mod}")
+    assert not bad, "core rooms importing later rooms (a circle in the making):\n" + "\n".join(bad)
+
+
 def test_the_table_knows_every_folder():
     """A new top-level package must be placed in the table above (or the check would skip it)."""
     known = {FOUNDATION, *FEATURES, *ENTRY_POINTS, *OUTSIDE, "data"}

@@ -45,7 +45,7 @@ def _hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
 def _llama_logits(gguf: Path, ids: list[int]) -> np.ndarray:
     import llama_cpp
 
-    from qwythos.core.probe import safe_model_kwargs
+    from qwythos.core.llamacpp.probe import safe_model_kwargs
 
     m = llama_cpp.Llama(
         str(gguf), n_ctx=512, n_batch=512, logits_all=True, verbose=False, n_threads=2, **safe_model_kwargs()

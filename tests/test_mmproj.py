@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 
 from qwythos.convert import mmproj as mm
 from qwythos.core.errors import QwythosError
-from qwythos.core.mmproj_header import check_pair, find_mmproj, read_mmproj_summary
+from qwythos.core.gguf.mmproj import check_pair, find_mmproj, read_mmproj_summary
 from qwythos.testing import tiny
 
 PROVENANCE_KEEP = {

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import read_header, read_tensor_bytes
+from qwythos.core.gguf.file import read_header, read_tensor_bytes
 
 torch = pytest.importorskip("torch")
 
@@ -51,7 +51,7 @@ def _settings(**kw):
 
 
 def _trunk_and_head(path: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    from qwythos.core.structure import n_trunk_layers, split_block_name
+    from qwythos.core.model.structure import n_trunk_layers, split_block_name
 
     hdr = read_header(path)
     il = n_trunk_layers(hdr)
@@ -67,7 +67,7 @@ def _trunk_and_head(path: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
 
 def test_torch_head_equals_llama_mtp_context_at_depth_1_and_2(trained_ggufs):
     """The plain-torch head gives llama.cpp's own MTP logits and fed-back state, depth 1 and 2."""
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.mtp.fit import load_head
 
     gguf = trained_ggufs["full"]
@@ -145,7 +145,7 @@ def test_short_fit_does_not_lower_llama_acceptance(finetuned_gguf, short_fit):
 
 
 def test_fitted_head_keeps_greedy_output_identical(short_fit):
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.speculative import generate
 
     m = load_model(short_fit.output)
@@ -161,7 +161,7 @@ def test_fitted_head_keeps_greedy_output_identical(short_fit):
 
 def test_separate_draft_and_init(finetuned_gguf, prose_text, tmp_path):
     """--separate writes a draft GGUF the runtime takes with --draft; --init needs no head."""
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.mtp.fit import fit
 
     r = fit(
@@ -252,7 +252,7 @@ def test_k_quant_head_through_llamas_quantizer(tiny_mtp_gguf, tiny_trunk_gguf, t
     """--type q4_k: the head's matrices in Q4_K bytes from ggml_quantize_chunk; the model drafts."""
     from gguf import GGMLQuantizationType
 
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.mtp.restore import restore
     from qwythos.mtp.sources import dequantize, open_gguf_head
 

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from qwythos.cli import app
 from qwythos.convert.text import convert
-from qwythos.core import qwen35
-from qwythos.core.checkpoint import open_checkpoint, read_safetensors_header, to_f32
 from qwythos.core.errors import QwythosError
-from qwythos.mtp.check import check_hf, expected_head
+from qwythos.core.model import qwen35
+from qwythos.core.model.checkpoint import open_checkpoint, read_safetensors_header, to_f32
+from qwythos.mtp.hf_check import check_hf, expected_head
 from qwythos.mtp.hf_out import INDEX, MTP_SHARD, _Entry, _write_bytes, restore_hf, write_safetensors
 from qwythos.mtp.restore import restore
 
@@ -34,7 +34,7 @@ def head_sources(tiny_mtp_dir, tiny_mtp_gguf, tiny_trunk_gguf, tmp_path_factory)
 
 
 def test_inverse_transforms_undo_the_converter_on_every_tensor(tiny_mtp_dir):
-    """core/qwen35.hf_value inverts plus1, neg_exp, squeeze and the V-head reorderings exactly (bf16)."""
+    """core/model/qwen35.hf_value inverts plus1, neg_exp, squeeze and the V-head reorderings exactly (bf16)."""
     ckpt = open_checkpoint(tiny_mtp_dir)
     cfg = qwen35.text_config_from(ckpt.config)
     seen = set()

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from qwythos.cli import app
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import read_header, read_tensor_bytes
-from qwythos.core.structure import check_structure
+from qwythos.core.gguf.file import read_header, read_tensor_bytes
+from qwythos.core.model.structure import check_structure
 from qwythos.mtp.restore import restore
 from qwythos.mtp.sources import open_head
 

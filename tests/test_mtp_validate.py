@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
-from qwythos.core.gguf_file import read_header, write_gguf
-from qwythos.core.structure import check_model, check_structure
+from qwythos.core.gguf.file import read_header, write_gguf
+from qwythos.core.model.structure import check_model, check_structure
 from qwythos.mtp.restore import restore
 from qwythos.mtp.validate import DEFAULT_TEXT, expected_length, validate
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from qwythos.core import qwen35
 from qwythos.core.errors import QwythosError
+from qwythos.core.model import qwen35
 from qwythos.quantize.pipeline import quantize
 from qwythos.quantize.plan import kv_cache_bytes, plan, recurrent_state_bytes
 

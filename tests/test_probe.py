@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qwythos.core import probe
+from qwythos.core.llamacpp import probe
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +73,7 @@ def test_doctor_cli_json(tmp_path):
 
 # ---- batched logits on the real file (the repacked-kernel fault seen at the 9B shapes) ---------
 def test_logits_agree():
-    from qwythos.core.probe import logits_agree
+    from qwythos.core.llamacpp.probe import logits_agree
 
     rng = np.random.default_rng(0)
     single = rng.standard_normal((4, 1000)).astype(np.float32) * 5
@@ -86,7 +86,7 @@ def test_logits_agree():
 
 
 def test_batched_check_passes_on_the_tiny_model(rt_trained_model):
-    from qwythos.core.llama import check_batched_logits
+    from qwythos.core.llamacpp.handles import check_batched_logits
 
     assert check_batched_logits(rt_trained_model, threads=1)
 
@@ -94,8 +94,8 @@ def test_batched_check_passes_on_the_tiny_model(rt_trained_model):
 def test_failed_batched_check_reloads_without_repacked_weights(rt_trained_gguf, tmp_path, monkeypatch):
     """A file whose batched logits disagree loads again with use_extra_bufts=False, says so once per
     load, and later loads take the cached verdict without checking again."""
-    import qwythos.core.llama as L
-    from qwythos.core import probe
+    import qwythos.core.llamacpp.handles as L
+    from qwythos.core.llamacpp import probe
 
     monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("QWYTHOS_SKIP_PROBE", raising=False)
@@ -117,9 +117,9 @@ def test_failed_batched_check_reloads_without_repacked_weights(rt_trained_gguf, 
 def test_empty_verify_rows_stop_with_a_message(rt_trained_gguf, tmp_path, monkeypatch):
     """Zero logit rows in a verify batch never become tokens: one message, and the file is marked
     so that the next load avoids the repacked weights."""
-    import qwythos.core.llama as L
-    from qwythos.core import probe
+    import qwythos.core.llamacpp.handles as L
     from qwythos.core.errors import QwythosError
+    from qwythos.core.llamacpp import probe
     from qwythos.runtime.speculative import generate
 
     monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "cache"))

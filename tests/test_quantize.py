@@ -10,9 +10,9 @@ import pytest
 from gguf import GGMLQuantizationType
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.ftypes import ftypes, parse_ftype, parse_ggml_type
-from qwythos.core.gguf_file import read_header
-from qwythos.core.llama_quant import load_imatrix
+from qwythos.core.gguf.file import read_header
+from qwythos.core.gguf.ftypes import ftypes, parse_ftype, parse_ggml_type
+from qwythos.quantize.llama_quant import load_imatrix
 from qwythos.quantize.pipeline import MANIFEST, SUMS, quantize, sha256_file
 from qwythos.testing.imatrix import write_imatrix
 

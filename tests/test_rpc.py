@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from qwythos.core import rpc
 from qwythos.core.errors import QwythosError
+from qwythos.core.llamacpp import rpc
 
 QWYTHOS = [sys.executable, "-m", "qwythos.cli"]
 

@@ -82,7 +82,7 @@ def test_bench_json_and_table(rt_trained_gguf, draft_cost_cache):
     assert rep["recommended"] in (0, 1, 2) and all(x["predicted_speedup"] > 0 for x in rows)
     assert len(rep["costs"]["verify_ms"]) == 3 and rep["costs"]["head_ms"] > 0
     # the costs went to the cache: run starts from them
-    from qwythos.core.draft_costs import recommended_draft
+    from qwythos.core.drafting.costs import recommended_draft
 
     assert (
         rep["cache_file"] == str(draft_cost_cache)

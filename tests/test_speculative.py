@@ -148,7 +148,7 @@ def test_sampled_speculative_follows_plain_distribution(request, dtype, mode):
 
 
 def test_stats_stop_and_bad_input(rt_trained_model, rt_trained_trunk_gguf):
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
 
     m = rt_trained_model
     toks = m.tokenize(PROMPTS[0])
@@ -188,7 +188,7 @@ def test_greedy_default_params_are_greedy():
 
 def test_separate_draft_gguf_drafts_for_an_unchanged_trunk(trained_ggufs):
     """`mtp restore --separate` output runs as the draft model next to the trunk: same output, drafts accepted."""
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
 
     with load_model(trained_ggufs["trunk"], draft_path=trained_ggufs["separate"]) as m:
         assert m.has_mtp and not m.mtp_loaded
@@ -239,7 +239,7 @@ def test_ctrl_c_returns_what_was_generated_and_the_stats(rt_trained_model, draft
 
 
 def test_draft_gguf_from_another_model_is_refused(trained_ggufs, mtp_fixture_ggufs, tmp_path):
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.mtp.restore import restore
 
     other = restore(
@@ -338,7 +338,7 @@ def test_acceptance_stops_counting_at_an_end_of_generation_draft(rt_trained_mode
 
 
 def test_auto_keeps_what_a_cold_run_measured_for_the_next_run(rt_trained_model):
-    from qwythos.core import draft_costs
+    from qwythos.core.drafting import costs as draft_costs
 
     m = rt_trained_model
     toks = m.tokenize(PROMPTS[0])

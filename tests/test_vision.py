@@ -53,7 +53,7 @@ def images(tmp_path_factory) -> dict:
 
 
 def _llama_embeddings(trunk: Path, mmproj: Path, image: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.vision import Vision
 
     with load_model(trunk, mtp=False) as model, Vision(model, mmproj, threads=2) as vis:
@@ -117,7 +117,7 @@ def test_embeddings_match_transformers(variant: str, size, vision_models, images
 
 
 def test_layout_positions_and_cells(vision_models, images) -> None:
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.vision import Positions, Vision, image_positions
 
     vm = vision_models["qwythos"]
@@ -152,7 +152,7 @@ def test_layout_positions_and_cells(vision_models, images) -> None:
 
 def test_generation_sees_the_image(vision_models, images) -> None:
     """Greedy continuation after a picture differs from the same text without one, and between pictures."""
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.vision import Vision
 
     vm = vision_models["qwythos"]
@@ -187,7 +187,7 @@ def test_generation_sees_the_image(vision_models, images) -> None:
 
 
 def test_bad_images(vision_models, tmp_path: Path) -> None:
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.vision import Vision
 
     vm = vision_models["qwythos"]
@@ -207,7 +207,7 @@ def test_bad_images(vision_models, tmp_path: Path) -> None:
 
 
 def test_projector_of_another_model(vision_models, tmp_path: Path) -> None:
-    from qwythos.core.llama import load_model
+    from qwythos.core.llamacpp.handles import load_model
     from qwythos.runtime.vision import Vision
 
     cfg = tiny.tiny_config("qwythos")

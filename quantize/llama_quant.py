@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.core import interrupt
 from qwythos.core.errors import QwythosError
-from qwythos.core.ftypes import FType, GGMLType, ggml_types
-from qwythos.core.llama_log import llama_log_to
+from qwythos.core.gguf.ftypes import FType, GGMLType, ggml_types
+from qwythos.core.llamacpp import interrupt
+from qwythos.core.llamacpp.log import llama_log_to
 
 # "[  12/ 345]  blk.0.attn_q.weight - [ 4096, 8192, 1, 1], type =   bf16, size = ... MiB -> ... MiB (q4_K)"
 TENSOR_LINE = re.compile(
@@ -365,7 +365,7 @@ def _quantize_here(
 
 
 def _quantize_in_child(kw: dict, progress: Callable[[int, int, str], None] | None) -> QuantizeCall:
-    """Run `_quantize_here` in `python -m qwythos.core.llama_quant`; progress lines come back on its
+    """Run `_quantize_here` in `python -m qwythos.quantize.llama_quant`; progress lines come back on its
     stdout, the result as one JSON line. Any exception here (Ctrl-C included) kills the child."""
     import pickle
     import subprocess
@@ -374,7 +374,7 @@ def _quantize_in_child(kw: dict, progress: Callable[[int, int, str], None] | Non
 
     with tempfile.TemporaryFile() as err:
         child = subprocess.Popen(
-            [sys.executable, "-m", "qwythos.core.llama_quant"],
+            [sys.executable, "-m", "qwythos.quantize.llama_quant"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,

@@ -31,7 +31,7 @@ def _drop_log():
     global _DROP_LOG
     if _DROP_LOG is None:
         # native (libc getpid ignores its arguments): a Ctrl-C can never land in a Python log callback
-        # during a model load and be lost as "Exception ignored" (core/interrupt.py)
+        # during a model load and be lost as "Exception ignored" (core/llamacpp/interrupt.py)
         import ctypes
 
         getpid = ctypes.cast(ctypes.CDLL(None).getpid, ctypes.c_void_p).value

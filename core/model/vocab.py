@@ -14,7 +14,7 @@ from typing import Any
 from gguf import GGUFValueType
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import KV
+from qwythos.core.gguf.file import KV
 
 # GGUF token types (llama.cpp's llama_token_type)
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.release import TURN_END_TOKENS
+from qwythos.core.model.release import TURN_END_TOKENS
 
 ROLES = ("system", "user", "assistant", "tool")
 TURN_END = TURN_END_TOKENS

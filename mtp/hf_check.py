@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from qwythos.core import qwen35
-from qwythos.core.checkpoint import ST_DTYPES, TensorInfo, read_safetensors_header, to_f32
 from qwythos.core.errors import QwythosError
+from qwythos.core.model import qwen35
+from qwythos.core.model.checkpoint import ST_DTYPES, TensorInfo, read_safetensors_header, to_f32
 
 INDEX = "model.safetensors.index.json"
 NORM_MARGIN = 0.25  # how far outside the trunk's norm range a head's norm may sit

@@ -1,6 +1,6 @@
 """What a qwen35 GGUF must hold, tensor by tensor, and a structural check of a file from its header.
 
-The expected tensors come from the qwen35 table (core/qwen35.py): the trunk's blocks by
+The expected tensors come from the qwen35 table (core/model/qwen35.py): the trunk's blocks by
 `layer_types` (read back from `attention.recurrent_layers`), and the MTP (nextn) block
 `blk.{n_layer}` (n_layer = block_count - nextn_predict_layers): a full-attention decoder block (gated
 Q) plus the nextn tensors. Shapes are numpy order (rows, cols), the reverse of ggml's ne;
@@ -19,12 +19,11 @@ from typing import Any
 
 from gguf import GGMLQuantizationType, Keys
 
-from qwythos.core import qwen35
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import GGUFHeader
-from qwythos.core.header import RECURRENT_LAYERS, GGUFView, read_view
-
-ARCH = qwen35.ARCH
+from qwythos.core.gguf.file import GGUFHeader
+from qwythos.core.gguf.view import RECURRENT_LAYERS, GGUFView, read_view
+from qwythos.core.model import qwen35
+from qwythos.core.model.arch import ARCH, ARCHS, describe_arch
 
 
 @dataclass(frozen=True)
@@ -170,9 +169,9 @@ def check_model(src: GGUFHeader | GGUFView | str | Path) -> list[HeadIssue]:
     """
     v = _view(src)
     issues: list[HeadIssue] = []
-    if v.arch not in qwen35.ARCHS:
+    if v.arch not in ARCHS:
         issues.append(
-            HeadIssue(Keys.General.ARCHITECTURE, f"is {v.arch!r}, expected {' / '.join(qwen35.ARCHS)}")
+            HeadIssue(Keys.General.ARCHITECTURE, f"says {describe_arch(v)}, expected {' / '.join(ARCHS)}")
         )
         return issues
     try:
@@ -258,8 +257,10 @@ def check_structure(path: str | Path, *, trunk: str | Path | None = None) -> Str
     v = read_view(path)
     arch = v.arch or "?"
     issues: list[HeadIssue] = []
-    if v.arch not in qwen35.ARCHS:
-        issues.append(HeadIssue(Keys.General.ARCHITECTURE, f"is {arch!r}, expected {ARCH!r}"))
+    if v.arch not in ARCHS:
+        issues.append(
+            HeadIssue(Keys.General.ARCHITECTURE, f"says {describe_arch(v)}, expected {' / '.join(ARCHS)}")
+        )
         return StructureReport(str(path), arch, "?", 0, 0, None, issues=issues)
     block_count = v.block_count or 0
     n_nextn = v.n_nextn

@@ -28,7 +28,7 @@ import numpy as np
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import cache_dir
-from qwythos.core.llama_log import quiet_llama_logs
+from qwythos.core.llamacpp.log import quiet_llama_logs
 
 # The flags install.sh passes when it builds llama-cpp-python; printed by the doctor as the fix.
 NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
@@ -187,7 +187,7 @@ def _child(model_path: str, use_extra_bufts: bool) -> None:
 
 
 def _run_child(model_path: Path, use_extra_bufts: bool, timeout: float, python: str) -> ProbeRun:
-    code = f"from qwythos.core.probe import _child; _child({str(model_path)!r}, {use_extra_bufts!r})"
+    code = f"from qwythos.core.llamacpp.probe import _child; _child({str(model_path)!r}, {use_extra_bufts!r})"
     try:
         proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -337,7 +337,7 @@ def safe_model_kwargs() -> dict:
     return dict(_SAFE_KWARGS)
 
 
-if __name__ == "__main__":  # `python -m qwythos.core.probe [--quiet]`, used by install.sh
+if __name__ == "__main__":  # `python -m qwythos.core.llamacpp.probe [--quiet]`, used by install.sh
     outcome = probe_build(use_cache=False)
     if "--quiet" not in sys.argv:
         print(json.dumps(asdict(outcome), indent=2))

@@ -22,19 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.core import interrupt
-from qwythos.core import rpc as _rpc
+from qwythos.core.drafting.lengths import MAX_DRAFT
 from qwythos.core.errors import QwythosError
-from qwythos.core.header import read_view
-from qwythos.core.llama_log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
-from qwythos.core.probe import safe_model_kwargs
-from qwythos.core.qwen35 import ARCHS
-from qwythos.core.structure import check_model
+from qwythos.core.gguf.view import read_view
+from qwythos.core.llamacpp import interrupt
+from qwythos.core.llamacpp import rpc as _rpc
+from qwythos.core.llamacpp.log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
+from qwythos.core.llamacpp.probe import safe_model_kwargs
+from qwythos.core.model.arch import check_arch
+from qwythos.core.model.structure import check_model
 
-#: Architectures whose GGUFs this runtime drives (the MTP graph and rollback are arch-specific).
-SUPPORTED_ARCHS: tuple[str, ...] = ARCHS  # the one allow-list (core/qwen35.py)
-#: Largest draft length the runtime accepts (also the number of recurrent snapshots kept).
-MAX_DRAFT = 8
 #: n_gpu_layers meaning "every layer" (llama.cpp clamps it to the model's layers + output).
 ALL_LAYERS = 999
 
@@ -88,12 +85,8 @@ def read_model_info(path: str | Path) -> ModelInfo:
 
     path = Path(path)
     view = read_view(path)
+    check_arch(view, "run")
     arch = view.arch
-    if arch not in SUPPORTED_ARCHS:
-        raise QwythosError(
-            f"{path} is a GGUF of architecture {arch or 'unknown'!r}, not {' / '.join(SUPPORTED_ARCHS)}",
-            "this runtime runs Qwen3.5-architecture (qwen35) GGUFs such as Qwythos-9B",
-        )
     n_nextn, n_layer = view.n_nextn, view.n_trunk or 0
     if n_nextn > 0 and not view.has_mtp:
         raise QwythosError(
@@ -207,7 +200,7 @@ class Context:
         n = self.batch.set(tokens, pos0, outputs=outputs, hidden=hidden)
         interrupt.clear()
         rc = _llama().llama_decode(self.handle, self.batch.struct)
-        if rc == 2 and interrupt.requested():  # aborted by Ctrl-C / SIGTERM (core/interrupt.py)
+        if rc == 2 and interrupt.requested():  # aborted by Ctrl-C / SIGTERM (core/llamacpp/interrupt.py)
             interrupt.clear()
             raise KeyboardInterrupt
         if rc != 0:
@@ -310,7 +303,7 @@ class Model:
         self._eog_set = set(int(t) for t in self.eog)
         self._contexts: list[Context] = []
         self._closed = False
-        self.workers: list = []  # core/rpc.WorkerInfo of the rpc-servers holding layers
+        self.workers: list = []  # core/llamacpp/rpc.WorkerInfo of the rpc-servers holding layers
         self.repacked = True  # llama.cpp's repacked CPU weights in use (see check_batched_logits)
         self.gpu_layers = 0  # layers offloaded (to GPUs or the workers)
 
@@ -455,7 +448,7 @@ def _load_handle(
     if devices is not None:
         mp.devices = ctypes.addressof(devices)
     handle = lc.llama_model_load_from_file(str(info.path).encode(), mp)
-    if not handle:  # name the reason when the structural check finds one (core/structure.py)
+    if not handle:  # name the reason when the structural check finds one (core/model/structure.py)
         issues = check_model(info.path)
         reason = (
             f": {issues[0]}" + (f" (and {len(issues) - 1} more)" if len(issues) > 1 else "") if issues else ""
@@ -478,7 +471,7 @@ def load_model(
 
     n_gpu_layers: layers offloaded to GPUs or RPC workers (default: none; all of them with rpc).
     rpc: llama.cpp rpc-server workers, "HOST:PORT[,HOST:PORT]" or parsed endpoints; each is
-    checked over the protocol before llama.cpp sees it (core/rpc.py)."""
+    checked over the protocol before llama.cpp sees it (core/llamacpp/rpc.py)."""
     info = read_model_info(path)
     ngl = n_gpu_layers if n_gpu_layers is not None else (ALL_LAYERS if rpc else 0)
     if ngl < 0:
@@ -533,8 +526,8 @@ _CHECK_TEXT = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fi
 def check_batched_logits(model: Model, threads: int | None = None) -> bool:
     """Decode BATCH_CHECK_ROWS tokens after a real-text prefix in one batch with every logit row,
     as a draft verify does (a context with recurrent snapshots), and the same tokens one at a time:
-    do the rows agree (core/probe.py explains the fault)?"""
-    from qwythos.core.probe import BATCH_CHECK_ROWS, logits_agree
+    do the rows agree (core/llamacpp/probe.py explains the fault)?"""
+    from qwythos.core.llamacpp.probe import BATCH_CHECK_ROWS, logits_agree
 
     n = BATCH_CHECK_ROWS
     toks = model.tokenize(_CHECK_TEXT)[:24] or [0]
@@ -579,7 +572,7 @@ def _check_applies() -> bool:
 def _repacked_verdict(path: Path) -> bool | None:
     """The cached batched-logits verdict for this file and build (None: not checked yet, or the
     check does not apply); warns when it says the repacked weights fail."""
-    from qwythos.core import probe
+    from qwythos.core.llamacpp import probe
 
     ok = probe.batched_verdict(path) if _check_applies() else True
     if ok is False:
@@ -589,7 +582,7 @@ def _repacked_verdict(path: Path) -> bool | None:
 
 def _repacked_logits_ok(model: Model) -> bool:
     """Run the batched-logits check on a freshly loaded file and cache the verdict."""
-    from qwythos.core import probe
+    from qwythos.core.llamacpp import probe
 
     ok = check_batched_logits(model)
     probe.record_batched_verdict(model.path, ok)

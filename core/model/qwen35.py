@@ -18,28 +18,18 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, Keys
 from gguf.quants import quantize as gguf_quantize
 
-from qwythos.core.checkpoint import ST_DTYPES, Checkpoint, TensorInfo, to_f32
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import KV, RawSource, TensorPlan, type_nbytes
-from qwythos.core.vocab import PRE_TOKENIZER, load_vocab
-
-if TYPE_CHECKING:
-    from qwythos.core.header import GGUFView
-
-ARCH = "qwen35"
-#: The one allow-list of GGUF architectures qwythos reads, runs and exports (a second arch,
-#: qwen35moe, would come with its own table).
-ARCHS: tuple[str, ...] = (ARCH,)
-#: `{arch}.attention.recurrent_layers` (llama.cpp's LLM_KV_ATTENTION_RECURRENT_LAYERS; PyPI's gguf
-#: 0.19 `Keys` has no symbol for it yet). Every other key is a `gguf.Keys` symbol.
-RECURRENT_LAYERS = "{arch}.attention.recurrent_layers"
-HF_ARCHITECTURES = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
+from qwythos.core.gguf.file import KV, RawSource, TensorPlan, type_nbytes
+from qwythos.core.gguf.view import RECURRENT_LAYERS, GGUFView
+from qwythos.core.model.arch import ARCH, HF_ARCHITECTURES
+from qwythos.core.model.checkpoint import ST_DTYPES, Checkpoint, TensorInfo, to_f32
+from qwythos.core.model.vocab import PRE_TOKENIZER, load_vocab
 
 # outtype -> (GGML type of the big matrices, general.file_type)
 OUTTYPES: dict[str, tuple[GGMLQuantizationType, int]] = {
@@ -65,7 +55,7 @@ class Rule:
     """One tensor kind: its GGUF name (without `blk.N.`), transforms, and expected HF shape.
 
     `shape` reads only size attributes (n_embd, n_vocab, n_head, ...), so it takes a TextConfig or
-    any object with those names (core/structure.py's HeadDims). `required`: llama.cpp's qwen35
+    any object with those names (core/model/structure.py's HeadDims). `required`: llama.cpp's qwen35
     loader refuses a file without it (TENSOR_NOT_REQUIRED in src/models/qwen35.cpp otherwise).
     """
 

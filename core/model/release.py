@@ -35,7 +35,7 @@ LICENSE_TEXT = (
 )
 
 #: The bundled calibration text (code and comments) that validate, eval and fit read by default.
-CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
+CALIBRATION_TEXT = Path(__file__).resolve().parents[2] / "data" / "calibration.txt"
 
 #: The model card's recommended sampling (greedy or T <= 0.3 falls into repetition loops).
 TEMPERATURE = 0.6

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf_file import GGUFHeader, file_type_name, ggml_type_name, read_header
-from qwythos.core.header import GGUFView, _as_int
+from qwythos.core.gguf.file import GGUFHeader, file_type_name, ggml_type_name, read_header
+from qwythos.core.gguf.view import GGUFView, _as_int
 
 MMPROJ_ARCH = "clip"
 MMPROJ_GLOB = "mmproj*.gguf"
