@@ -56,12 +56,9 @@ class Server:
         finally:
             conn.close()
 
-    def open_stream(
-        self, path: str, body: dict, headers: dict | None = None, events: int = 2
-    ) -> socket.socket:
-        """A streamed request on a bare socket, returned once `events` SSE events arrived (close it
-        to disconnect mid-stream; `read_rest` reads the remainder)."""
-        data = json.dumps({**body, "stream": True}).encode()
+    def post_raw(self, path: str, body: dict, headers: dict | None = None) -> socket.socket:
+        """A POST on a bare socket, nothing read yet (close it to disconnect)."""
+        data = json.dumps(body).encode()
         head = {"Host": f"127.0.0.1:{self.port}", "Content-Type": "application/json", **(headers or {})}
         lines = [
             f"POST {path} HTTP/1.1",
@@ -70,6 +67,14 @@ class Server:
         ]
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=120)
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+        return sock
+
+    def open_stream(
+        self, path: str, body: dict, headers: dict | None = None, events: int = 2
+    ) -> socket.socket:
+        """A streamed request, returned once `events` SSE events arrived (close the socket to
+        disconnect mid-stream; `read_rest` reads the remainder)."""
+        sock = self.post_raw(path, {**body, "stream": True}, headers)
         got = b""
         while got.count(b"data: ") < events:
             chunk = sock.recv(65536)
@@ -92,12 +97,16 @@ class Server:
 
     def wait_idle(self, timeout: float = 60) -> dict:
         """/health once nothing generates or waits (or the last one seen at the deadline)."""
+        return self.wait_for(lambda slot: not slot["busy"] and not slot["queued"], timeout)
+
+    def wait_for(self, ok, timeout: float = 60) -> dict:  # noqa: ANN001 - a predicate on /health's slot
+        """/health once ok(its "slot") holds (or the last one seen at the deadline)."""
         deadline = time.monotonic() + timeout
         while True:
             h = self.health()
-            if (not h["slot"]["busy"] and not h["slot"]["queued"]) or time.monotonic() > deadline:
+            if ok(h["slot"]) or time.monotonic() > deadline:
                 return h
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Signal the server and wait for it to exit; its exit code."""

@@ -15,7 +15,6 @@ import base64
 import json
 import signal
 import threading
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -353,6 +352,19 @@ def test_a_disconnect_mid_stream_frees_the_slot(server):
     assert r.choices[0].finish_reason == "length"
 
 
+def test_a_client_that_leaves_the_queue_is_dropped_from_it(server):
+    before = server.wait_idle()["slot"]
+    running = server.open_stream("/v1/completions", LONG)
+    waiting = server.post_raw("/v1/chat/completions", {"messages": _user("x"), "max_tokens": 4})
+    assert server.wait_for(lambda s: s["queued"] == 1)["slot"]["queued"] == 1
+    waiting.close()
+    slot = server.wait_for(lambda s: s["queued"] == 0)["slot"]
+    assert slot["busy"] is True and slot["cancelled"] == before["cancelled"] + 1  # gone while the other runs
+    running.close()
+    after = server.wait_idle()["slot"]
+    assert after["cancelled"] == before["cancelled"] + 2 and after["done"] == before["done"]
+
+
 def test_a_full_queue_is_a_503_with_retry_after(strict):
     c = strict.client(api_key=KEY)
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -362,9 +374,7 @@ def test_a_full_queue_is_a_503_with_retry_after(strict):
         target=lambda: waited.update(r=c.completions.create(model="tiny-chat", prompt="x = 1", max_tokens=4))
     )
     t.start()
-    deadline = time.monotonic() + 30
-    while strict.health()["slot"]["queued"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    strict.wait_for(lambda s: s["queued"] == 1)
     status, headers, body = strict.request("POST", "/v1/completions", {"prompt": "y", "max_tokens": 2}, auth)
     assert status == 503 and int(headers["retry-after"]) > 0 and body["error"]["code"] == "queue_full"
     running.close()  # the running one goes; the waiting one runs
@@ -455,9 +465,7 @@ def test_sigterm_drains_and_exits(model, tmp_path):
 
         t = threading.Thread(target=wait)
         t.start()
-        deadline = time.monotonic() + 30
-        while s.health()["slot"]["queued"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        s.wait_for(lambda slot: slot["queued"] == 1)
         s.proc.send_signal(signal.SIGTERM)
         rest = s.read_rest(running)
         t.join(60)

@@ -5,6 +5,7 @@ loads (exposure without a key, a busy port, the missing extra)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import socket
@@ -267,3 +268,109 @@ def test_serve_refuses_before_loading(tmp_path, monkeypatch):
     )
     r = runner.invoke(app, ["serve", str(missing)])
     assert r.exit_code == 1 and "pip install 'qwythos[serve]'" in r.output
+
+
+# ---------------------------------------------------------------- the runner, on a scripted backend
+class _ScriptedBackend:
+    """Replies from a script; records what each generation was asked (a tiny model cannot be made
+    to close its reasoning, so the forced tool call after thinking is checked here)."""
+
+    def __init__(self, *replies: tuple[str, str]) -> None:
+        self.replies = list(replies)
+        self.calls: list[dict] = []
+
+    def render(self, messages, tools, enable_thinking):
+        from qwythos.core.model.chat_template import Prompt
+        from qwythos.runtime.server.backend import Rendered
+
+        return Rendered(
+            Prompt("<|im_start|>assistant\n" + ("<think>\n" if enable_thinking else "")), enable_thinking
+        )
+
+    @contextlib.contextmanager
+    def prepare(self, prompt, images=(), continuation=""):
+        from qwythos.runtime.server.backend import Prepared
+
+        self.calls.append({"continuation": continuation})
+        yield Prepared([1, 2, 3], 3)
+
+    def generate(self, prepared, *, sampling, max_tokens, stop, on_text=None, should_stop=lambda: False):
+        from qwythos.runtime.server.backend import Outcome
+
+        text, finish = self.replies.pop(0)
+        self.calls[-1].update(max_tokens=max_tokens, stop=stop)
+        for ch in text:
+            if on_text is not None:
+                on_text(ch)
+        return Outcome(text, finish, 3, 1, len(text), 0.5, 1.0, {"drafted": 4, "accepted": 3})
+
+    def count(self, text: str) -> int:
+        return len(text)
+
+
+class _Job:
+    streaming = True
+
+    def __init__(self) -> None:
+        self.deltas: list[dict] = []
+
+    def started(self) -> None:
+        pass
+
+    def delta(self, d: dict) -> None:
+        self.deltas.append(d)
+
+    def cancelled(self) -> bool:
+        return False
+
+
+def _named(thinking: bool, **body):
+    return _chat(
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        chat_template_kwargs={"enable_thinking": thinking},
+        **body,
+    )
+
+
+CALL_REST = "<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
+
+
+def test_a_named_tool_after_thinking_is_forced_once_the_reasoning_ends():
+    from qwythos.runtime.server.runner import run_chat
+
+    be, job = _ScriptedBackend(("I should call it.", "stop"), (CALL_REST, "eos")), _Job()
+    reply = run_chat(be, _named(True, max_tokens=100, stop=["STOP"]), job)
+    first, second = be.calls
+    assert first["continuation"] == "" and "</think>" in first["stop"] and "STOP" not in first["stop"]
+    assert second["continuation"] == "I should call it.</think>\n\n<tool_call>\n<function=get_weather>\n"
+    assert second["max_tokens"] == 100 - len("I should call it.") and "STOP" in second["stop"]
+    assert reply.finish_reason == "tool_calls" and reply.parsed.reasoning == "I should call it."
+    assert [(c.name, c.arguments) for c in reply.parsed.tool_calls] == [("get_weather", {"city": "Paris"})]
+    joined = {"reasoning_content": "", "content": ""}
+    for d in job.deltas:
+        for k, v in d.items():
+            joined[k] += v
+    assert joined == {"reasoning_content": "I should call it.", "content": ""}
+    forced = "</think>\n\n<tool_call>\n<function=get_weather>\n"
+    assert reply.completion_tokens == len("I should call it.") + len(CALL_REST) + len(forced)
+    assert reply.timings["draft_n"] == 8 and reply.draft["accepted"] == 6
+
+
+def test_a_named_tool_without_thinking_starts_the_answer():
+    from qwythos.runtime.server.runner import run_chat
+
+    be = _ScriptedBackend((CALL_REST, "eos"))
+    reply = run_chat(be, _named(False), _Job())
+    assert [c["continuation"] for c in be.calls] == ["<tool_call>\n<function=get_weather>\n"]
+    assert reply.finish_reason == "tool_calls" and reply.parsed.tool_calls[0].name == "get_weather"
+
+
+def test_reasoning_cut_by_max_tokens_forces_nothing_and_a_stopped_job_is_cancelled():
+    from qwythos.runtime.server.runner import Cancelled, run_chat
+
+    be = _ScriptedBackend(("thinking and thinking", "length"))
+    reply = run_chat(be, _named(True), _Job())
+    assert len(be.calls) == 1 and reply.finish_reason == "length" and not reply.parsed.tool_calls
+    with pytest.raises(Cancelled):
+        run_chat(_ScriptedBackend(("cut", "interrupted")), _chat(), _Job())

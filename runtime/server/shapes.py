@@ -26,6 +26,18 @@ def sse(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
+def merge_deltas(deltas: list[dict]) -> list[dict]:
+    """Consecutive one-field deltas of the same field joined (fewer chunks, the same text)."""
+    out: list[dict] = []
+    for d in deltas:
+        if out and len(d) == 1 and out[-1].keys() == d.keys():
+            (k,) = d
+            out[-1] = {k: out[-1][k] + d[k]}
+        else:
+            out.append(dict(d))
+    return out
+
+
 def usage(r: Reply) -> dict:
     return {
         "prompt_tokens": r.prompt_tokens,

@@ -2,9 +2,9 @@
 with a bounded queue in front of it.
 
 `Slot.submit(work, loop, streaming)` queues a job, or refuses it with 503 + Retry-After when
-`max_queue` jobs already wait. The worker runs `work(job)` (runtime/server/runner.py) and sends its
-events to the job's asyncio queue on the server's loop: ("start",), ("delta", d), ("done", reply)
-or ("error", APIError). `cancel(job)` (the client went away) drops a waiting job, or stops a running
+`max_queue` jobs already wait. The worker runs `work(job)` (runtime/server/runner.py), which posts
+("start",), ("delta", d) ..., then ("done", reply) or ("error", APIError) to the job's mailbox; the
+event loop takes them in batches (`Job.next_events`). `cancel(job)` (the client went away) drops a waiting job, or stops a running
 one at its next step and, during a long prefill, at the next graph node (the abort flag).
 `drain()` (Ctrl-C / SIGTERM) refuses new jobs, fails the waiting ones with 503 and stops the
 running one; `close()` then ends the worker.
@@ -29,33 +29,75 @@ RETRY_AFTER_S = 5
 SHUTTING_DOWN = "the server is shutting down"
 
 
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Job:
-    """One request's work and its way back to the event loop."""
+    """One request's work and its mailbox back to the event loop.
+
+    The worker posts events; the loop takes all of them at once with `next_events()`. The loop is
+    woken only when it waits on an empty mailbox, so a fast generation costs one wake-up per batch
+    of tokens, not per token."""
 
     def __init__(self, work: Callable[[Job], Any], loop: asyncio.AbstractEventLoop, streaming: bool) -> None:
         self.work = work
         self.loop = loop
         self.streaming = streaming
-        self.events: asyncio.Queue = asyncio.Queue()
         self._cancel = threading.Event()
         self.why_cancelled: str | None = None  # "disconnect" | "shutdown"
         self._started = False
-        self.finished = False  # the "done" or "error" event was sent
+        self.finished = False  # the "done" or "error" event was posted
+        self._lock = threading.Lock()
+        self._mail: list[tuple] = []
+        self._waiter: asyncio.Future | None = None  # next_events() waits on it
+        self._end_waiter: asyncio.Future | None = None  # settle() waits on it
 
-    # -- called by the runner, on the worker thread ---------------------------------------------
-    def _send(self, *event: Any) -> None:
+    def _post(self, *event: Any) -> None:
+        with self._lock:
+            self._mail.append(event)
+            woken = [self._waiter]
+            self._waiter = None
+            if event[0] in ("done", "error"):
+                woken.append(self._end_waiter)
+                self._end_waiter = None
+        for fut in woken:
+            if fut is not None:
+                try:
+                    self.loop.call_soon_threadsafe(_wake, fut)
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    pass
+
+    async def next_events(self) -> list[tuple]:
+        """On the loop: every event posted since the last call (waits for at least one)."""
+        while True:
+            with self._lock:
+                if self._mail:
+                    mail, self._mail = self._mail, []
+                    return mail
+                self._waiter = fut = self.loop.create_future()
+            await fut
+
+    async def settle(self, seconds: float) -> None:
+        """On the loop: wait `seconds` for more events to gather, less when the job ends meanwhile."""
+        with self._lock:
+            if self.finished:
+                return
+            self._end_waiter = fut = self.loop.create_future()
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
+            await asyncio.wait_for(fut, seconds)
+        except asyncio.TimeoutError:
             pass
 
+    # -- called by the runner, on the worker thread ---------------------------------------------
     def started(self) -> None:
         if not self._started:
             self._started = True
-            self._send("start")
+            self._post("start")
 
     def delta(self, d: dict) -> None:
-        self._send("delta", d)
+        self._post("delta", d)
 
     def cancelled(self) -> bool:
         return self._cancel.is_set()
@@ -63,11 +105,11 @@ class Job:
     # -- the end --------------------------------------------------------------------------------
     def done(self, reply: Any) -> None:
         self.finished = True
-        self._send("done", reply)
+        self._post("done", reply)
 
     def fail(self, error: APIError) -> None:
         self.finished = True
-        self._send("error", error)
+        self._post("error", error)
 
 
 class Slot:
