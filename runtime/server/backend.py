@@ -15,8 +15,8 @@ Runtime calls made here (and nowhere else in runtime/server):
 - core.model.chat_template.render_prompt(template, messages, tools=, enable_thinking=) and
   Prompt.plain() (the one tokenization to switch to Prompt.pieces())
 - core.llamacpp.interrupt.request() (stops a decode in flight at its next graph node)
-- re-exported for the rest of the server: runtime.chat.parse_output / ThinkStream / ChatOutput,
-  TURN_END, IMAGE_PLACEHOLDER, MAX_IMAGE_BYTES, release.MAX_NEW_TOKENS
+- re-exported for the rest of the server: runtime.chat.parse_output / ThinkStream / ChatOutput /
+  _partial_suffix (as partial_suffix), TURN_END, IMAGE_PLACEHOLDER, MAX_IMAGE_BYTES, release.MAX_NEW_TOKENS
 
 Stopping: the Engine ends a generation as "interrupted" when a KeyboardInterrupt comes out of a
 decode (the abort flag) or out of `on_text`; `generate` turns a `should_stop()` that says yes
@@ -37,6 +37,7 @@ from qwythos.core.llamacpp import interrupt
 from qwythos.core.model.chat_template import TURN_END, Prompt, render_prompt  # noqa: F401 - TURN_END re-exported
 from qwythos.core.model.release import MAX_NEW_TOKENS, START_CONTEXT
 from qwythos.runtime.chat import ChatOutput, ThinkStream, parse_output  # noqa: F401 - re-exported
+from qwythos.runtime.chat import _partial_suffix as partial_suffix  # noqa: F401 - re-exported
 from qwythos.runtime.server.errors import APIError, bad_request
 from qwythos.runtime.vision import IMAGE_PLACEHOLDER, MAX_IMAGE_BYTES  # noqa: F401 - re-exported
 

@@ -15,9 +15,12 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qwythos.core.errors import QwythosError
-from qwythos.runtime.server.backend import BackendOptions
+
+if TYPE_CHECKING:  # importing launch (the CLI does, for its defaults) loads nothing heavy
+    from qwythos.runtime.server.backend import BackendOptions
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080

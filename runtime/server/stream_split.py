@@ -9,20 +9,12 @@ back what could be the start of `<tool_call>` and closes at it (the calls come a
 
 from __future__ import annotations
 
-from qwythos.runtime.server.backend import ThinkStream
+from qwythos.runtime.server.backend import ThinkStream, partial_suffix
 
 TOOL_CALL_OPEN = "<tool_call>"
 #: The delta field each ThinkStream part streams into (OpenAI's `content`, llama-server's
 #: and DeepSeek's `reasoning_content`).
 FIELDS = {"reasoning": "reasoning_content", "answer": "content"}
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of `text` that is a proper beginning of `tag`."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
 
 
 class _Channel:
@@ -44,7 +36,7 @@ class _Channel:
             if i >= 0:
                 text, self.closed = text[:i], True
             else:
-                k = _partial_suffix(text, self.cut)
+                k = partial_suffix(text, self.cut)
                 if k:
                     text, self.held = text[:-k], text[-k:]
         return self._trim(text)
