@@ -102,6 +102,11 @@ class Job:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    def mark_cancelled(self, why: str) -> None:
+        """From the slot: the runner stops at its next check."""
+        self.why_cancelled = why
+        self._cancel.set()
+
     # -- the end --------------------------------------------------------------------------------
     def done(self, reply: Any) -> None:
         self.finished = True
@@ -154,8 +159,7 @@ class Slot:
         with self._cv:
             if job.finished or job.cancelled():
                 return
-            job.why_cancelled = why
-            job._cancel.set()
+            job.mark_cancelled(why)
             if job in self._waiting:
                 self._waiting.remove(job)
                 self.counts["cancelled"] += 1
