@@ -3,14 +3,16 @@ ChatSession and Vision, renders prompts and tokenizes them. Everything else in t
 `Backend`, `Rendered`, `Prepared` and `Outcome`, so a change of the runtime's API is a change here.
 
 Runtime calls made here (and nowhere else in runtime/server):
-- core.llamacpp.handles.load_model(path, mtp=, n_gpu_layers=); Model.tokenize, .info.chat_template,
-  .n_vocab, .has_mtp, .path, .close
-- core.gguf.mmproj.choose_mmproj(model, mmproj); runtime.vision.Vision(model, mmproj, threads=),
-  .tokenize(text, paths), .marker, .free_layout, .close
-- runtime.speculative.Engine(model, n_ctx=, draft=, threads=, vision=), .mode, .max_draft,
-  .auto_reason, .close; Generation / GenStats fields
-- runtime.session.ChatSession(engine), .generate(prompt, max_tokens=, sampling=, stop=, on_text=),
-  .reset
+- core.llamacpp.handles.load_model(path, mtp=, n_gpu_layers=); Model.tokenize(text),
+  .info.chat_template, .n_vocab, .path, .close()
+- core.gguf.mmproj.choose_mmproj(model_path, mmproj) -> .path; runtime.vision.Vision(model, path,
+  threads=), .tokenize(text, paths) -> Layout (.n_tokens), .marker, .free_layout(layout), .close()
+- runtime.speculative.Engine(model, n_ctx=, draft=, threads=, vision=), .n_ctx, .mode, .max_draft,
+  .auto_reason, .close()
+- runtime.session.ChatSession(engine), .generate(tokens | layout, max_tokens=, sampling=, stop=,
+  on_text=) -> Generation (.text, .finish_reason, .stats: prompt_tokens, prefilled_tokens,
+  gen_tokens, prompt_seconds, gen_seconds, draft_mode, draft, auto, drafted, accepted, acceptance,
+  acceptance_per_depth, tokens_per_pass), .reset()
 - runtime.sampling.SamplingParams(**fields) (its defaults are the model card's)
 - core.model.chat_template.render_prompt(template, messages, tools=, enable_thinking=) and
   Prompt.plain() (the one tokenization to switch to Prompt.pieces())
