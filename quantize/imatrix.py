@@ -216,8 +216,8 @@ def _run(m, plan: _Chunking, out: Path, datasets, threads, progress, every) -> I
                         mtp.decode(
                             seg, 0, outputs="last", hidden=np.concatenate([zero, tgt.hidden(ctx)[:-1]])
                         )
-                collector.commit()
-                done = i + 1
+                    collector.commit()  # all of the chunk's sums or none of them
+                    done = i + 1
                 if progress is not None:
                     progress(done * ctx, n_chunk * ctx)
                 if done < n_chunk and time.perf_counter() - last_save >= every:

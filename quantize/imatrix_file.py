@@ -3,7 +3,8 @@
 
 Per weight W (sorted by name, as llama-imatrix sorts them): `W.in_sum2`, F32 [n_in, n_mat], the
 sums of squared input activations per column, and `W.counts`, F32 [1, n_mat], how many input rows
-were summed. Metadata: `general.type` = "imatrix", `imatrix.datasets` (the text files' names),
+were summed (stored as ggml stores them: without trailing dimensions of 1, so [n_in] and [1] for
+one matrix). Metadata: `general.type` = "imatrix", `imatrix.datasets` (the text files' names),
 `imatrix.chunk_count`, `imatrix.chunk_size`. The quantizer divides sums by counts.
 
 The file is written under a temporary name and renamed when complete (core/gguf/file.write_gguf).
@@ -62,9 +63,11 @@ def write_imatrix(path: str | Path, data: ImatrixData) -> int:
         counts = np.asarray(data.counts[name], dtype=np.float64).reshape(-1)
         if sums.ndim != 2 or sums.shape[0] != counts.size:
             raise ValueError(f"{name}: sums {sums.shape} do not match counts {counts.shape}")
+        # ggml [n_in, n_mat] and [1, n_mat]; like ggml's writer, without trailing dimensions of 1
+        one = counts.size == 1
         tensors += [
-            _f32_plan(name + SUMS_SUFFIX, sums),  # numpy (n_mat, n_in) = ggml [n_in, n_mat]
-            _f32_plan(name + COUNTS_SUFFIX, counts.reshape(-1, 1)),  # ggml [1, n_mat]
+            _f32_plan(name + SUMS_SUFFIX, sums.reshape(-1) if one else sums),
+            _f32_plan(name + COUNTS_SUFFIX, counts if one else counts.reshape(-1, 1)),
         ]
     kv = {
         KEY_TYPE: TYPE,
@@ -90,10 +93,10 @@ def read_imatrix(path: str | Path) -> ImatrixData:
             continue
         name = t.name[: -len(SUMS_SUFFIX)]
         c = by_name.get(name + COUNTS_SUFFIX)
-        if c is None or t.ggml_type != f32 or c.ggml_type != f32 or len(t.ne) != 2:
+        if c is None or t.ggml_type != f32 or c.ggml_type != f32 or not t.ne:
             raise QwythosError(f"{path}: {name} has no F32 counts or sums", "the imatrix file is damaged")
-        n_in, n_mat = t.ne
-        if c.ne[-1] != n_mat and int(np.prod(c.ne)) != n_mat:
+        n_in, n_mat = t.ne[0], int(np.prod(t.ne[1:]))
+        if int(np.prod(c.ne)) != n_mat:
             raise QwythosError(
                 f"{path}: {name}'s counts do not match its sums", "the imatrix file is damaged"
             )
