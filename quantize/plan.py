@@ -27,11 +27,12 @@ from gguf import GGUFValueType
 from qwythos.convert.mmproj import planned_projector
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.file import KV, encode_header, normalize_kv, pad
-from qwythos.core.gguf.ftypes import FType, GGMLType, ggml_types, parse_ggml_type, parse_types
+from qwythos.core.gguf.ftypes import FType, GGMLType, parse_ggml_type, parse_types
 from qwythos.core.gguf.view import read_view
 from qwythos.core.model import qwen35
 from qwythos.core.model.arch import ARCH, check_arch
 from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from qwythos.core.model.memory import kv_cache_bytes, recurrent_state_bytes
 from qwythos.quantize.llama_quant import Imatrix, TensorChoice, llama_quantize, output_meta_size
 
 DEFAULT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16")
@@ -42,8 +43,6 @@ MTP_TYPES = ("bf16", "q8_0", "same")
 # bytes: the 9B head 0.453 -> 0.241 GiB, so a draft step (head + the shared 0.777 GiB q6_K output
 # matrix) reads 1.23 -> 1.02 GiB.
 DEFAULT_MTP_TYPE = "q8_0"
-# bytes per KV-cache element for each --kv-type
-KV_TYPES = ("f16", "q8_0", "q4_0")
 # Tokenizer metadata of a bare config.json (no tokenizer files): bytes per vocab entry, for the
 # Qwen3.5 byte-level BPE (token string + length, token type, ~one merge per token).
 TOKENIZER_BYTES_PER_TOKEN = 40
@@ -198,23 +197,7 @@ def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None
     return _View(out, kind, cfg, n_nextn, notes, True)
 
 
-# ---------------------------------------------------------------- memory
-
-
-def kv_cache_bytes(cfg: qwen35.TextConfig, ctx: int, kv_type: str, n_nextn: int) -> int:
-    if kv_type not in KV_TYPES:
-        raise QwythosError(f"unknown --kv-type {kv_type}", "use " + ", ".join(KV_TYPES))
-    t = ggml_types()[kv_type]
-    n_full = sum(1 for k in cfg.layer_types if k == "full_attention") + n_nextn
-    row = cfg.n_head_kv * cfg.head_dim
-    return 2 * n_full * ctx * t.row_bytes(row)
-
-
-def recurrent_state_bytes(cfg: qwen35.TextConfig, n_seq: int = 1) -> int:
-    n_lin = sum(1 for k in cfg.layer_types if k == "linear_attention")
-    conv = (cfg.conv_kernel - 1) * cfg.conv_dim
-    ssm = cfg.lin_v_heads * cfg.lin_k_dim * cfg.lin_v_dim
-    return 4 * n_lin * (conv + ssm) * n_seq
+# ---------------------------------------------------------------- memory: core/model/memory.py
 
 
 # ---------------------------------------------------------------- per type
