@@ -100,7 +100,12 @@ export QWYTHOS_CACHE="$WORK/cache" QWYTHOS_DRAFT_COSTS="$WORK/cache/draft_costs.
 GC=("$PY" "$HERE/bench/gpu_check.py")
 case $SHAPE in 9b) NEED=300 ;; 9b-L8) NEED=120 ;; *) NEED=20 ;; esac
 step "build the $SHAPE model" "$NEED" "${GC[@]}" build --shape "$SHAPE" --work "$WORK/model" --threads "$THREADS" --json "$OUT/model.json"
-MODEL=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["model"])' "$OUT/model.json" 2>/dev/null || true)
+model() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["model"])' "$OUT/model.json" 2>/dev/null || true; }
+MODEL=$(model)
+if [ -z "$MODEL" ] && [ "$SHAPE" != tiny ]; then  # still worth running every step: on the tiny model
+  step "build the tiny model instead" 20 "${GC[@]}" build --shape tiny --work "$WORK/model" --json "$OUT/model.json"
+  MODEL=$(model)
+fi
 if [ -n "$MODEL" ]; then
   step "placement and load (-ngl $NGL)" 30 "${GC[@]}" place --model "$MODEL" --ngl "$NGL" --json "$OUT/place.json"
   step "controlled acceptance, a = 0 / 0.7 / 0.9" 90 "${GC[@]}" accept --model "$MODEL" --ngl "$NGL" \

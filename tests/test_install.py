@@ -8,6 +8,7 @@ clang-19 --target=*-apple-macos (.ci/run installs the cross compilers)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import shutil
@@ -367,3 +368,17 @@ def test_no_bash_4_constructs_in_install_sh():
         line.split(" #")[0] for line in INSTALL.read_text().splitlines() if not line.startswith("#")
     )
     assert not re.search(r"declare -A|\$\{\w+(,,|\^\^)|\bmapfile\b|\breadarray\b|\|&|&>>|\bcoproc\b", code)
+
+
+def test_the_reference_source_is_where_install_sh_unpacks_it(tmp_path, monkeypatch):
+    """testing/reference.py looks in the cache folder by the same rule as install.sh (the suite
+    recorded the real one in QWYTHOS_LLAMA_CPP_SRC before pointing the cache at a temp folder)."""
+    from qwythos.testing import reference
+
+    assert reference.SDIST_TREE == f"src/llama_cpp_python-{VERSION}/vendor/llama.cpp"
+    monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "own"))
+    assert reference.default_source() == tmp_path / "own" / reference.SDIST_TREE
+    monkeypatch.setenv("QWYTHOS_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert reference.default_source() == tmp_path / "xdg" / "qwythos" / reference.SDIST_TREE
+    assert (Path(os.environ[reference.ENV_VAR]) / "convert_hf_to_gguf.py").is_file()
