@@ -84,14 +84,11 @@ def _notes(exp: engines.EngineExport, port: int) -> list[str]:
     ]
 
 
+def _drafting(n: int) -> str:
+    return f"NEXTN, {n} step(s), top-k 1, {n + 1} draft tokens"
+
+
+#: As VLLM's row, with SGLang's own refusal (exactly one MTP layer) last.
 SGLANG = engines.Engine(
-    "sglang",
-    "SGLang",
-    SGLANG_VERSION,
-    port=30000,
-    master_port=25000,
-    argv=sglang_argv,
-    drafting=lambda n: f"NEXTN, {n} step(s), top-k 1, {n + 1} draft tokens",
-    notes=_notes,
-    check=check_one_mtp_layer,
+    "sglang", "SGLang", SGLANG_VERSION, 30000, 25000, sglang_argv, _drafting, _notes, check_one_mtp_layer
 )

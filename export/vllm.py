@@ -72,13 +72,9 @@ def _notes(exp: engines.EngineExport, port: int) -> list[str]:
     ]
 
 
-VLLM = engines.Engine(
-    "vllm",
-    "vLLM",
-    VLLM_VERSION,
-    port=8000,
-    master_port=29501,
-    argv=vllm_argv,
-    drafting=lambda n: f"{n} speculative token(s)",
-    notes=_notes,
-)
+def _drafting(n: int) -> str:
+    return f"{n} speculative token(s)"
+
+
+#: name, title, version, HTTP port, rendezvous port, command line, drafting in words, README notes.
+VLLM = engines.Engine("vllm", "vLLM", VLLM_VERSION, 8000, 29501, vllm_argv, _drafting, _notes)
