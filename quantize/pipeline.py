@@ -35,8 +35,8 @@ from qwythos.core.fileio import (
     sha256_file,
     write_text_atomic,
 )
-from qwythos.core.gguf.file import read_header
-from qwythos.core.gguf.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
+from qwythos.core.gguf.file import ggml_type_name, read_header
+from qwythos.core.gguf.ftypes import FType, parse_ggml_type, parse_types
 from qwythos.core.gguf.view import GGUFView
 from qwythos.core.llamacpp.handles import load_model
 from qwythos.core.llamacpp.log import llama_log_to
@@ -47,7 +47,7 @@ from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES, check_mtp_typ
 
 MANIFEST = "quantize-manifest.json"
 SUMS = "SHA256SUMS"
-SOURCE_TYPES = ("f32", "f16", "bf16")
+SOURCE_TYPES = ("F32", "F16", "BF16")
 TYPE_SUFFIX = re.compile(r"-(BF16|F16|F32)$", re.IGNORECASE)
 VERIFY_TOKENS = 4
 
@@ -144,13 +144,6 @@ def check_source_gguf(path: Path, requantize: bool) -> tuple[int, int]:
             "quantize from the BF16 GGUF or the safetensors; --requantize forces it (quality suffers)",
         )
     return (view.n_trunk or 0), view.n_nextn
-
-
-def ggml_type_name(type_id: int) -> str:
-    try:
-        return ggml_type_by_id(type_id).name.lower()
-    except KeyError:
-        return f"type{type_id}"
 
 
 def _hf_fingerprint(folder: Path) -> str:

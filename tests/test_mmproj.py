@@ -412,6 +412,43 @@ def test_upload_lists_projector_and_card(mtp_gguf: Path, qwythos_f16: Path) -> N
     assert f"FROM ./{proj.name}" in (modelfile.data or b"").decode()
 
 
+@pytest.mark.parametrize("command", ["ollama", "lmstudio", "koboldcpp", "upload", "inspect"])
+def test_every_header_is_read_once(
+    command: str, mtp_gguf: Path, qwythos_f16: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The view is what is passed: an export (with a projector beside the model), an upload and
+    inspect parse each GGUF's header once, however many facts they need from it."""
+    from qwythos.commands.inspect import inspect
+    from qwythos.core.gguf import file
+    from qwythos.export.koboldcpp import export_koboldcpp
+    from qwythos.export.lmstudio import export_lmstudio
+    from qwythos.export.ollama import export_ollama
+    from qwythos.export.upload import plan_upload
+
+    proj = Path(shutil.copy(qwythos_f16, mtp_gguf.parent / "mmproj-Qwythos-F16.gguf"))
+    reads: list[Path] = []
+    start = file._Reader.__init__  # every header parse, whichever function asks for it
+
+    def counted(self, f, path: Path) -> None:  # noqa: ANN001
+        reads.append(Path(path))
+        start(self, f, path)
+
+    def inspect_both() -> None:
+        inspect(proj, json_out=True)
+        with pytest.raises(QwythosError, match="not a loadable"):  # the stub has no layers to load
+            inspect(mtp_gguf, json_out=True)
+
+    monkeypatch.setattr(file._Reader, "__init__", counted)
+    {
+        "ollama": lambda: export_ollama(mtp_gguf),
+        "lmstudio": lambda: export_lmstudio(mtp_gguf, home=tmp_path / "lms", models_dir=tmp_path / "m"),
+        "koboldcpp": lambda: export_koboldcpp(mtp_gguf),
+        "upload": lambda: plan_upload(mtp_gguf.parent, "me/x", dry_run=True),
+        "inspect": inspect_both,
+    }[command]()
+    assert sorted(reads) == sorted([mtp_gguf, proj])
+
+
 # ---- quantize ------------------------------------------------------------------------------------------
 
 
