@@ -9,7 +9,21 @@ from __future__ import annotations
 
 import sys
 
-from qwythos.commands import bench, chat, convert, demo, doctor, download, export, inspect, mtp, quantize, rpc, run, upload  # noqa: F401, I001 - registers the commands, in --help order
+from qwythos.commands import (  # noqa: F401, I001 - registers the commands, in --help order
+    bench,
+    chat,
+    convert,
+    demo,
+    doctor,
+    download,
+    export,
+    inspect,
+    mtp,
+    quantize,
+    rpc,
+    run,
+    upload,
+)
 from qwythos.commands.common import app, err_console, report
 from qwythos.core.errors import QwythosError
 
