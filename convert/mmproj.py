@@ -44,7 +44,7 @@ from qwythos.core.gguf.file import (
     write_gguf,
 )
 from qwythos.core.model import qwen35
-from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint, to_f32
+from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, check_tensor, open_checkpoint, to_f32
 
 ARCH = "clip"
 PROJECTOR_TYPE = "qwen3vl_merger"
@@ -353,15 +353,7 @@ def plan_mmproj(ckpt: Checkpoint, v: VisionConfig, mmproj_type: str) -> list[Ten
                 f"{info.file}: tensor {hf} is not part of a Qwen3.5 vision tower of this config",
                 "check that this is an unmodified Qwen3.5 checkpoint and its config.json",
             )
-        if info.shape != shapes[short]:
-            raise QwythosError(
-                f"{info.file}: tensor {hf} has shape {list(info.shape)}, config.json implies {list(shapes[short])}",
-                "the weights do not match config.json; use the config that came with them",
-            )
-        if info.dtype not in ("BF16", "F16", "F32"):
-            raise QwythosError(
-                f"{info.file}: tensor {hf} is {info.dtype}", "use a BF16, F16 or F32 checkpoint"
-            )
+        check_tensor(info, shapes[short])
         if short == PATCH_WEIGHT:
             pieces = [("v.patch_embd.weight", 0), ("v.patch_embd.weight.1", 1)]
         else:
