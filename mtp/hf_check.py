@@ -1,6 +1,8 @@
 """`qwythos mtp check DIR`: is a Hugging Face folder's MTP head what vLLM and SGLang will load?
 
-Headers only (no torch, no weight matrices read): the config's promise (`mtp_num_hidden_layers`)
+Not `mtp validate` (a GGUF head's structure and measured acceptance, mtp/validate.py): nothing runs
+here. Headers only (no torch, no weight matrices read; the folder is read with
+core/model/checkpoint.py's `read_config` / `read_index`, every problem reported, not just the first): the config's promise (`mtp_num_hidden_layers`)
 against the `mtp.*` tensors present, every name and shape against config.json, the index against
 the files (every listed tensor where the index says, no tensor twice, no shard left out,
 `metadata.total_size`), and the norms - the only data read, a few KB - against the trunk's own:
