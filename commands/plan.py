@@ -12,6 +12,7 @@ from qwythos.commands.quantize import MtpTypeOption, TypesOption
 from qwythos.core.errors import QwythosError
 from qwythos.core.model.release import START_CONTEXT
 from qwythos.quantize.plan import KV_TYPES
+from qwythos.quantize.plan import plan as run_plan
 
 
 @app.command()
@@ -26,8 +27,6 @@ def plan(
     json_out: bool = JsonOption,
 ) -> None:
     """Predict file sizes (llama.cpp's dry run, no weights needed) and memory at a context."""
-    from qwythos.quantize.plan import plan as run_plan
-
     if ctx < 1:
         raise QwythosError(f"--ctx {ctx} must be a positive number of tokens", f"e.g. --ctx {START_CONTEXT}")
     p = run_plan(src, types, ctx, kv_type, mtp_type=mtp_type)

@@ -152,6 +152,9 @@ def open_plan_source(src: str | Path | Source) -> Source:
 
 def _load_config(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise QwythosError(f"cannot read {path}: {e}", "pass a Qwen3.5 config.json") from e
+    if not isinstance(config, dict):
+        raise QwythosError(f"{path} is not a JSON object", "pass a Qwen3.5 config.json")
+    return config
