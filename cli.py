@@ -5,7 +5,7 @@ on `app`. Errors the user can meet are `QwythosError`s, mapped once (commands/co
 message and exit 1; Ctrl-C exits 130.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - the commands import below is in --help order
 
 import sys
 
@@ -16,9 +16,11 @@ from qwythos.commands import (  # noqa: F401, I001 - registers the commands, in 
     demo,
     doctor,
     download,
+    eval,
     export,
     inspect,
     mtp,
+    plan,
     quantize,
     rpc,
     run,

@@ -24,13 +24,8 @@ from qwythos.convert import mmproj as mm
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.mmproj import check_pair, find_mmproj, read_mmproj_summary
 from qwythos.testing import tiny
+from qwythos.testing.gguf_compare import assert_same_gguf
 
-PROVENANCE_KEEP = {
-    "general.architecture",
-    "general.type",
-    "general.file_type",
-    "general.quantization_version",
-}
 F16, F32, BF16, Q8_0 = (
     GGMLQuantizationType.F16,
     GGMLQuantizationType.F32,
@@ -263,27 +258,6 @@ def test_pair_refuses_other_width(tiny_trunk_gguf: Path, tmp_path: Path) -> None
 # ---- llama.cpp's converter ----------------------------------------------------------------------------
 
 
-def _kvs(r: GGUFReader) -> dict:
-    return {
-        f.name: (list(f.types), f.contents())
-        for f in r.fields.values()
-        if not f.name.startswith("GGUF.") and (not f.name.startswith("general.") or f.name in PROVENANCE_KEEP)
-    }
-
-
-def assert_same_mmproj(ours: Path, ref: Path) -> None:
-    a, b = GGUFReader(ours), GGUFReader(ref)
-    ka, kb = _kvs(a), _kvs(b)
-    assert list(ka) == list(kb), f"metadata keys: ours-only {set(ka) - set(kb)}, ref-only {set(kb) - set(ka)}"
-    for k in ka:
-        assert ka[k] == kb[k], f"metadata {k}: ours {ka[k]} != ref {kb[k]}"
-    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
-    for ta, tb in zip(a.tensors, b.tensors, strict=True):
-        assert ta.tensor_type == tb.tensor_type, ta.name
-        assert list(ta.shape) == list(tb.shape), ta.name
-        assert ta.data.tobytes() == tb.data.tobytes(), f"tensor {ta.name} bytes differ"
-
-
 REF_CASES = [
     ("qwythos", "f16"),
     ("qwythos", "bf16"),
@@ -307,7 +281,7 @@ def test_matches_llama_cpp(request, vision_dirs, variant: str, kind: str, tmp_pa
     src = _src(request, variant, vision_dirs)
     ref = reference.run_reference_mmproj(src, tmp_path / "ref.gguf", kind)
     ours = mm.convert_mmproj(src, tmp_path / "ours.gguf", mmproj_type=kind).output
-    assert_same_mmproj(ours, ref)
+    assert_same_gguf(ours, ref)
 
 
 def test_place_projector_beside_quants(
