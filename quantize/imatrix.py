@@ -45,7 +45,7 @@ from qwythos.quantize.imatrix_checkpoint import (
 )
 from qwythos.quantize.imatrix_collect import MIN_ROWS, Collector
 from qwythos.quantize.imatrix_file import ImatrixData, write_imatrix
-from qwythos.quantize.pipeline import fingerprint
+from qwythos.quantize.source import file_fingerprint
 
 #: The bundled calibration text (chat, code, reasoning, several languages; written for qwythos).
 CALIBRATION = Path(__file__).resolve().parents[1] / "data" / "imatrix-calibration.txt"
@@ -170,7 +170,7 @@ def _chunking(m, model: Path, text: str, ctx: int, chunks: int | None) -> _Chunk
             f"pass a longer --text, or a smaller --ctx (at least {MIN_CTX})",
         )
     bos = int(llama_cpp.llama_vocab_bos(m.vocab)) if llama_cpp.llama_vocab_get_add_bos(m.vocab) else None
-    key = json.dumps([fingerprint(model), hashlib.sha256(toks.tobytes()).hexdigest(), ctx, m.mtp_loaded])
+    key = json.dumps([file_fingerprint(model), hashlib.sha256(toks.tobytes()).hexdigest(), ctx, m.mtp_loaded])
     return _Chunking(model, toks, ctx, min(n_chunk, chunks or n_chunk), bos, key)
 
 

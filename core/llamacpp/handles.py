@@ -27,6 +27,7 @@ from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.view import read_view
 from qwythos.core.llamacpp import interrupt
 from qwythos.core.llamacpp import rpc as _rpc
+from qwythos.core.llamacpp.devices import note_missing_gpu
 from qwythos.core.llamacpp.log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
 from qwythos.core.llamacpp.probe import safe_model_kwargs
 from qwythos.core.model.arch import check_arch
@@ -43,6 +44,7 @@ def _init_backend() -> None:
     global _BACKEND_READY
     if not _BACKEND_READY:
         quiet_llama_logs()
+        note_missing_gpu()  # a GPU build without its GPU here: one note that the CPU runs everything
         _llama().llama_backend_init()
         _BACKEND_READY = True
 
