@@ -5,11 +5,29 @@ on `app`. Errors the user can meet are `QwythosError`s, mapped once (commands/co
 message and exit 1; Ctrl-C exits 130.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - the commands import below is in --help order
 
 import sys
 
-from qwythos.commands import convert, doctor, export, inspect, mtp, quantize, rpc, run, serve  # noqa: F401, I001 - registers the commands, in --help order
+from qwythos.commands import (  # noqa: F401, I001 - registers the commands, in --help order
+    bench,
+    chat,
+    convert,
+    demo,
+    doctor,
+    download,
+    eval,
+    export,
+    imatrix,
+    inspect,
+    mtp,
+    plan,
+    quantize,
+    rpc,
+    run,
+    serve,
+    upload,
+)
 from qwythos.commands.common import app, err_console, report
 from qwythos.core.errors import QwythosError
 

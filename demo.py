@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwythos.runtime.speed import BenchRow
+
 BUNDLED_MODEL = Path(__file__).resolve().parent / "data" / "tiny-trained"
 DEMO_TYPES = ("Q8_0", "Q4_K_M")
 DEMO_PROMPTS = (
@@ -39,30 +41,18 @@ class DemoFile:
 
 
 @dataclass
-class DemoRun:
-    mode: str  # "plain" | "mtp draft N"
-    draft: int
-    gen_tokens: int
-    gen_tps: float
-    acceptance: float
-    acceptance_per_depth: list[float]
-    tokens_per_pass: float
-    same_as_plain: bool
-
-
-@dataclass
 class DemoReport:
     work_dir: str
     files: list[DemoFile] = field(default_factory=list)
     acceptance_per_depth: list[float] = field(default_factory=list)
     expected_accepted_length: float = 0.0
     validation_passed: bool = False
-    runs: list[DemoRun] = field(default_factory=list)
+    runs: list[BenchRow] = field(default_factory=list)  # plain, then each draft length
     sample_text: str = ""
 
     @property
     def identical(self) -> bool:
-        return all(r.same_as_plain for r in self.runs)
+        return all(r.same_output for r in self.runs)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -133,19 +123,7 @@ def run_demo(
             auto=False,
         )
         rep.sample_text = DEMO_PROMPTS[0] + bench.rows[0].first_text
-        rep.runs = [
-            DemoRun(
-                mode=r.mode,
-                draft=r.draft,
-                gen_tokens=r.gen_tokens,
-                gen_tps=r.gen_tps,
-                acceptance=r.acceptance,
-                acceptance_per_depth=r.acceptance_per_depth,
-                tokens_per_pass=r.tokens_per_pass,
-                same_as_plain=r.same_output,
-            )
-            for r in bench.rows
-        ]
+        rep.runs = bench.rows
     finally:
         model.close()
     return rep

@@ -9,13 +9,11 @@ token), median of --reps, and checks that both replies are the same (greedy).
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from engine_setup import bench_args, model_file
+
 TURNS = (
     "Write a Python function that checks whether a number is prime.",
     "Now make it faster for large inputs.",
@@ -57,31 +55,22 @@ def conversation(
 
 def main() -> None:
     from qwythos.core.llamacpp.handles import load_model
+    from qwythos.runtime.draft_plan import draft_plan, parse_draft
     from qwythos.runtime.speculative import Engine
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--reps", type=int, default=3)
+    ap = bench_args(__doc__, max_tokens=48, reps=3)
     ap.add_argument("--draft", default="auto")
     a = ap.parse_args()
-    draft = a.draft if a.draft == "auto" else int(a.draft)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = a.model
-        if path is None:
-            from qwythos.convert.text import convert
+    draft = parse_draft(a.draft)
+    with model_file(a.model) as path, load_model(path) as m:
 
-            path = convert(REPO / "data" / "tiny-trained", Path(tmp) / "tiny-F32.gguf", outtype="f32").output
-        with load_model(path) as m:
+        def factory():
+            return Engine(m, draft_plan(m, draft, threads=a.threads), n_ctx=8192, threads=a.threads)
 
-            def factory():
-                return Engine(m, n_ctx=8192, draft=draft, threads=a.threads)
-
-            fresh = [conversation(m, factory, False, a.max_tokens) for _ in range(a.reps)]
-            cached = [conversation(m, factory, True, a.max_tokens) for _ in range(a.reps)]
+        fresh = [conversation(m, factory, False, a.max_tokens) for _ in range(a.reps)]
+        cached = [conversation(m, factory, True, a.max_tokens) for _ in range(a.reps)]
     print(
-        f"{Path(path).name}, {a.threads} threads, draft {a.draft}, {a.max_tokens} tokens a reply, median of {a.reps}"
+        f"{path.name}, {a.threads} threads, draft {a.draft}, {a.max_tokens} tokens a reply, median of {a.reps}"
     )
     print(
         f"{'turn':>4} {'prompt':>6} {'prefilled':>9} {'TTFT fresh s':>12} {'TTFT cached s':>13} {'same reply':>10}"

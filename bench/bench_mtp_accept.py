@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 
-def controlled_engine(model, reference: list[int], rate: float, seed: int, **kw):
+def controlled_engine(model, reference: list[int], rate: float, seed: int, plan, **kw):
     """An Engine whose drafts are the real head's work, then the reference token with prob `rate`."""
     from qwythos.runtime.speculative import Engine
 
@@ -54,21 +54,26 @@ def controlled_engine(model, reference: list[int], rate: float, seed: int, **kw)
                 out.append(right if self._ctl.random() < rate else (right + 1) % model.n_vocab)
             return out, None
 
-    eng = Controlled(model, **kw)
+    eng = Controlled(model, plan, **kw)
     eng._ctl = np.random.default_rng(seed)
     return eng
 
 
 def _one(model, toks, reference, mode, rate, max_tokens, threads, costs, seed, real=False):
+    from qwythos.runtime.draft_plan import draft_plan
     from qwythos.runtime.speculative import Engine
 
     draft = "auto" if str(mode).startswith("auto") else int(mode)
-    kw = dict(n_ctx=len(toks) + max_tokens + 16, draft=draft, threads=threads, costs=costs)
-    eng = Engine(model, **kw) if real or draft == 0 else controlled_engine(model, reference, rate, seed, **kw)
+    plan = draft_plan(model, draft, threads=threads, costs=costs)
+    kw = dict(n_ctx=len(toks) + max_tokens + 16, threads=threads)
+    eng = (
+        Engine(model, plan, **kw)
+        if real or draft == 0
+        else controlled_engine(model, reference, rate, seed, plan, **kw)
+    )
     with eng:
         eng.generate(toks, max_tokens=4)  # warm-up: graph allocation, first touch
-        if eng.policy is not None:  # the warm-up must not teach auto anything
-            eng.policy = type(eng.policy)(eng.max_draft, costs)
+        plan.restart()  # the warm-up must not teach auto anything
         g = eng.generate(toks, max_tokens=max_tokens)
     s = g.stats
     return {

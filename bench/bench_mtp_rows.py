@@ -13,12 +13,10 @@ Both give the same drafts; this prints the draft time per step and tok/s of each
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from engine_setup import bench_args, model_file
+
 PROMPTS = (
     "def fibonacci(n):\n",
     "import numpy as np\n\ndef normalize(",
@@ -26,17 +24,32 @@ PROMPTS = (
 )
 
 
-def measure(model, draft: int, split: bool, max_tokens: int, threads: int) -> tuple[float, float, list]:
-    """(tok/s, ms of drafting per step, tokens) over PROMPTS."""
+def two_calls_engine():
+    """An Engine that feeds the MTP context its catch-up rows first, then x_n as its own batch."""
+    import numpy as np
+
     from qwythos.runtime.speculative import Engine
 
-    Engine._split_catchup = split
-    try:
-        with Engine(model, n_ctx=1024, draft=draft, threads=threads) as eng:
-            eng.generate(model.tokenize(PROMPTS[0]), max_tokens=4)  # warm-up
-            gens = [eng.generate(model.tokenize(p), max_tokens=max_tokens) for p in PROMPTS]
-    finally:
-        Engine._split_catchup = False
+    class TwoCalls(Engine):
+        def _draft(self, x, n, n_draft, history, sp, rng):
+            if n_draft > 0 and self.mtp is not None and self._cu_tokens:
+                rows = len(self._cu_tokens)
+                self.mtp.decode_rows(self._cu_tokens, n - rows, np.stack(self._cu_hidden))
+                self._cu_tokens, self._cu_hidden = [], []
+            return super()._draft(x, n, n_draft, history, sp, rng)  # x_n alone now
+
+    return TwoCalls
+
+
+def measure(model, draft: int, split: bool, max_tokens: int, threads: int) -> tuple[float, float, list]:
+    """(tok/s, ms of drafting per step, tokens) over PROMPTS."""
+    from qwythos.runtime.draft_plan import draft_plan
+    from qwythos.runtime.speculative import Engine
+
+    kind = two_calls_engine() if split else Engine
+    with kind(model, draft_plan(model, draft, threads=threads), n_ctx=1024, threads=threads) as eng:
+        eng.generate(model.tokenize(PROMPTS[0]), max_tokens=4)  # warm-up
+        gens = [eng.generate(model.tokenize(p), max_tokens=max_tokens) for p in PROMPTS]
     n = sum(g.stats.gen_tokens for g in gens)
     secs = sum(g.stats.gen_seconds for g in gens)
     steps = sum(g.stats.target_passes for g in gens)
@@ -46,33 +59,23 @@ def measure(model, draft: int, split: bool, max_tokens: int, threads: int) -> tu
 def main() -> None:
     from qwythos.core.llamacpp.handles import load_model
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path)
+    ap = bench_args(__doc__, max_tokens=64, reps=5)
     ap.add_argument("--drafts", default="2,4")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = a.model
-        if path is None:
-            from qwythos.convert.text import convert
-
-            path = convert(REPO / "data" / "tiny-trained", Path(tmp) / "tiny-F32.gguf", outtype="f32").output
-        with load_model(path) as m:
-            print(f"{Path(path).name}, {a.threads} threads, median of {a.reps}")
-            print(f"{'draft':>5} {'variant':>9} {'tok/s':>8} {'draft ms/step':>13} {'same drafts':>11}")
-            for d in (int(x) for x in a.drafts.split(",")):
-                res = {}
-                for _ in range(a.reps):
-                    for split in (False, True):  # interleaved: machine noise hits both alike
-                        res.setdefault(split, []).append(measure(m, d, split, a.max_tokens, a.threads))
-                same = res[False][0][2] == res[True][0][2]
-                for split, runs in res.items():
-                    tps = statistics.median(r[0] for r in runs)
-                    ms = statistics.median(r[1] for r in runs)
-                    name = "two calls" if split else "one call"
-                    print(f"{d:5d} {name:>9} {tps:8.1f} {ms:13.3f} {'yes' if same else 'NO':>11}")
+    with model_file(a.model) as path, load_model(path) as m:
+        print(f"{path.name}, {a.threads} threads, median of {a.reps}")
+        print(f"{'draft':>5} {'variant':>9} {'tok/s':>8} {'draft ms/step':>13} {'same drafts':>11}")
+        for d in (int(x) for x in a.drafts.split(",")):
+            res = {}
+            for _ in range(a.reps):
+                for split in (False, True):  # interleaved: machine noise hits both alike
+                    res.setdefault(split, []).append(measure(m, d, split, a.max_tokens, a.threads))
+            same = res[False][0][2] == res[True][0][2]
+            for split, runs in res.items():
+                tps = statistics.median(r[0] for r in runs)
+                ms = statistics.median(r[1] for r in runs)
+                name = "two calls" if split else "one call"
+                print(f"{d:5d} {name:>9} {tps:8.1f} {ms:13.3f} {'yes' if same else 'NO':>11}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ message and a fix, never a traceback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,45 @@ class QwythosGroup(TyperGroup):
 
 #: The `--json` flag, spelled once.
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+class FlagGroup:
+    """Flags that several commands share, declared once and handed to a command as one value.
+
+    A command names the group as one parameter's default (`sampling: SamplingParams =
+    SAMPLING_FLAGS`) and carries `@with_flag_groups`: typer then sees the group's flags in that
+    parameter's place (same names, types and help in every command), and the command receives
+    `build(**flags)`, which checks them once."""
+
+    def __init__(self, build: Callable[..., Any], **flags: tuple[Any, Any]) -> None:
+        self.build = build
+        self.flags = flags  # name -> (type, typer.Option(...)), in --help order
+
+
+def with_flag_groups(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A typer command whose FlagGroup parameters are spelled out as the group's flags."""
+    sig = inspect.signature(command, eval_str=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, FlagGroup] = {}
+    for p in sig.parameters.values():
+        if isinstance(p.default, FlagGroup):
+            groups[p.name] = p.default
+            params += [
+                inspect.Parameter(n, p.kind, default=o, annotation=t) for n, (t, o) in p.default.flags.items()
+            ]
+        else:
+            params.append(p)
+
+    @functools.wraps(command)
+    def run(**values: Any) -> Any:
+        for name, group in groups.items():
+            values[name] = group.build(**{n: values.pop(n) for n in group.flags})
+        return command(**values)
+
+    run.__signature__ = sig.replace(parameters=params)  # what typer reads
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
 
 app = typer.Typer(
     cls=QwythosGroup,

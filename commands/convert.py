@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from qwythos.commands.common import (
     JsonOption,
@@ -15,6 +25,29 @@ from qwythos.commands.common import (
     print_json,
     simple_table,
 )
+from qwythos.convert import mmproj as mm
+from qwythos.convert.text import convert as run_convert
+from qwythos.core.errors import QwythosError
+
+
+@contextmanager
+def _bytes_bar(label: str, quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A transient bar on stderr for a writer's `progress(name, done, total)` callback (None when
+    `quiet`: --json prints nothing else)."""
+    if quiet:
+        yield None
+        return
+    with Progress(
+        TextColumn(f"[bold]{label}[/] {{task.description}}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
+        yield lambda name, done, total: bar.update(task, completed=done, total=total, description=name)
 
 
 @app.command()
@@ -33,45 +66,15 @@ def convert(
     json_out: bool = JsonOption,
 ) -> None:
     """Convert Qwen3.5 safetensors to GGUF (text model; with --mmproj also the vision projector)."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from qwythos.convert.text import convert as run_convert
-
     if mmproj is not None:
-        from qwythos.convert import mmproj as mm
-        from qwythos.core.errors import QwythosError
-
         # a missing tower or preprocessor_config.json fails before the text model is written
         mm.preflight(src, mmproj_type)
         if out is not None and mmproj.resolve() == out.resolve():
             raise QwythosError(
                 f"--mmproj {mmproj} is the model's own output path", "give the projector its own file"
             )
-    if json_out:
-        result = run_convert(src, out, outtype=outtype, mtp=not no_mtp, force=force)
-    else:
-        with Progress(
-            TextColumn("[bold]converting[/] {task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("", total=None)
-
-            def progress(name: str, done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total, description=name)
-
-            result = run_convert(src, out, outtype=outtype, mtp=not no_mtp, force=force, progress=progress)
+    with _bytes_bar("converting", json_out) as progress:
+        result = run_convert(src, out, outtype=outtype, mtp=not no_mtp, force=force, progress=progress)
     projector = _convert_mmproj(src, mmproj, mmproj_type, force, json_out) if mmproj is not None else None
     if json_out:
         print_json(result if projector is None else {"model": result, "mmproj": projector})
@@ -110,28 +113,7 @@ def convert(
             console.print(f"[yellow]note:[/] {note}")
 
 
-def _convert_mmproj(src: str, out: Path, mmproj_type: str, force: bool, quiet: bool):
+def _convert_mmproj(src: str, out: Path, mmproj_type: str, force: bool, quiet: bool) -> mm.MmprojResult:
     """The projector half of `convert --mmproj` (with a progress bar unless --json)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
-    from qwythos.convert.mmproj import convert_mmproj
-
-    if quiet:
-        return convert_mmproj(src, out, mmproj_type=mmproj_type, force=force)
-    with Progress(
-        TextColumn("[bold]projector[/] {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("", total=None)
-        return convert_mmproj(
-            src,
-            out,
-            mmproj_type=mmproj_type,
-            force=force,
-            progress=lambda name, done, total: bar.update(
-                task, completed=done, total=total, description=name
-            ),
-        )
+    with _bytes_bar("projector", quiet) as progress:
+        return mm.convert_mmproj(src, out, mmproj_type=mmproj_type, force=force, progress=progress)

@@ -1,4 +1,13 @@
-"""qwythos mtp restore / validate."""
+"""`qwythos mtp`: one tight group over the MTP (nextn) head.
+
+- `restore`: give a trunk GGUF its head (mtp/restore.py), or an HF folder its mtp.* tensors (--hf,
+  mtp/hf_out.py);
+- `validate`: the head's structure (core/model/structure.py), then its measured draft acceptance
+  with llama.cpp's MTP context and a pass/fail gate (mtp/validate.py, mtp/acceptance.py);
+- `check`: an HF folder's head as vLLM / SGLang will load it, from headers only (mtp/hf_check.py);
+- `fit`: re-fit the head to its trunk (mtp/fit.py).
+Every default comes from the library module the command calls.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,24 @@ from qwythos.commands.common import (
     simple_table,
 )
 from qwythos.core.errors import QwythosError
+from qwythos.mtp.acceptance import DEFAULT_DEPTH
+from qwythos.mtp.fit import FIT_LR, INIT_LR, FitSettings
+from qwythos.mtp.restore import DEFAULT_HEAD_TYPE
+from qwythos.mtp.validate import DEFAULT_MIN_ACCEPT
+
+FIT_DEFAULTS = FitSettings()
+
+
+def _card(title: str, rows: list[list], notes: list[str]) -> None:
+    """A result as a two-column table, then its notes."""
+    console.print(simple_table(title, ["", ""], rows))
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def _short(x: float) -> str:
+    """1e-3, not 0.001."""
+    return f"{x:.0e}".replace("e-0", "e-")
 
 
 @mtp_app.command("restore")
@@ -30,7 +57,7 @@ def mtp_restore(
     out: Path | None = typer.Option(None, "-o", "--out", help="Output .gguf (default: next to TRUNK)."),
     separate: bool = typer.Option(False, "--separate", help="Write a stand-alone MTP draft GGUF instead."),
     head_type: str = typer.Option(
-        "bf16", "--type", help="Type of the head's matrices: bf16, f16, f32, q8_0, ..."
+        DEFAULT_HEAD_TYPE, "--type", help="Type of the head's matrices: bf16, f16, f32, q8_0, ..."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite the output / replace an existing head."),
     hf: Path | None = typer.Option(
@@ -61,9 +88,7 @@ def mtp_restore(
         ["size", gib(r.bytes_written)],
         ["time", f"{r.seconds:.1f} s"],
     ]
-    console.print(simple_table("qwythos mtp restore", ["", ""], rows))
-    for note in r.notes:
-        console.print(f"[yellow]note:[/] {note}")
+    _card("qwythos mtp restore", rows, r.notes)
 
 
 @mtp_app.command("validate")
@@ -71,13 +96,15 @@ def mtp_validate(
     model: Path = typer.Argument(..., help="A GGUF with its MTP head (or the trunk, with --draft)."),
     draft: Path | None = typer.Option(None, "--draft", help="A stand-alone MTP GGUF for MODEL."),
     text: Path | None = typer.Option(None, "--text", help="Calibration text (default: the bundled one)."),
-    depth: int = typer.Option(3, "--depth", help="Draft depth to measure."),
+    depth: int = typer.Option(DEFAULT_DEPTH, "--depth", help="Draft depth to measure."),
     min_accept: float = typer.Option(
-        0.1, "--min-accept", help="Fail below this depth-1 acceptance rate (a wrong head scores ~0)."
+        DEFAULT_MIN_ACCEPT,
+        "--min-accept",
+        help="Fail below this depth-1 acceptance rate (a wrong head scores ~0).",
     ),
     json_out: bool = JsonOption,
 ) -> None:
-    """Check the head's structure, then measure its draft acceptance with llama.cpp's MTP context."""
+    """A GGUF's MTP head: its structure, then its measured draft acceptance (llama.cpp's MTP context), pass/fail."""
     from qwythos.mtp.validate import validate
 
     rep = validate(model, draft=draft, text=text, depth=depth, min_accept=min_accept)
@@ -131,9 +158,7 @@ def _restore_hf(
         ["index", f"{r.n_tensors} tensors, total_size {r.total_size:,} bytes"],
         ["time", f"{r.seconds:.1f} s"],
     ]
-    console.print(simple_table("qwythos mtp restore --hf", ["", ""], rows))
-    for note in r.notes:
-        console.print(f"[yellow]note:[/] {note}")
+    _card("qwythos mtp restore --hf", rows, r.notes)
     console.print(f"next: [bold]qwythos mtp check {r.output}[/]")
 
 
@@ -142,7 +167,7 @@ def mtp_check(
     folder: Path = typer.Argument(..., help="A Hugging Face checkpoint folder (config.json + safetensors)."),
     json_out: bool = JsonOption,
 ) -> None:
-    """Check a HF folder's MTP head for vLLM / SGLang: names, shapes, index, norms (headers only)."""
+    """An HF folder's MTP head as vLLM / SGLang load it: names, shapes, index, norms (headers only, nothing runs)."""
     from qwythos.mtp.hf_check import check_hf
 
     rep = check_hf(folder)
@@ -177,8 +202,8 @@ def mtp_fit(
         None, "--text", help="Text file(s) to fit on (repeatable; default: the bundled mixed set)."
     ),
     bundled: bool = typer.Option(False, "--bundled", help="Add the bundled set to the --text files."),
-    tokens: int = typer.Option(200_000, "--tokens", help="Most tokens of text to collect."),
-    steps: int = typer.Option(300, "--steps", help="Training steps."),
+    tokens: int = typer.Option(FIT_DEFAULTS.tokens, "--tokens", help="Most tokens of text to collect."),
+    steps: int = typer.Option(FIT_DEFAULTS.steps, "--steps", help="Training steps."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Output .gguf (default: MODEL-fit.gguf)."),
     head: str | None = typer.Option(None, "--head", help="Start from this head (any `mtp restore --from`)."),
     init: bool = typer.Option(False, "--init", help="Start from a fresh head instead."),
@@ -187,12 +212,14 @@ def mtp_fit(
     ),
     separate: bool = typer.Option(False, "--separate", help="Write a stand-alone MTP draft GGUF."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (llama.cpp and torch)."),
-    seq: int = typer.Option(512, "--seq", help="Tokens per collected sequence."),
-    batch: int = typer.Option(4, "--batch", help="Sequences per training step."),
+    seq: int = typer.Option(FIT_DEFAULTS.seq, "--seq", help="Tokens per collected sequence."),
+    batch: int = typer.Option(FIT_DEFAULTS.batch, "--batch", help="Sequences per training step."),
     lr: float | None = typer.Option(
-        None, "--lr", help="Peak learning rate (default 1e-3, 3e-3 with --init)."
+        None,
+        "--lr",
+        help="Peak learning rate (default {}, {} with --init).".format(*map(_short, (FIT_LR, INIT_LR))),
     ),
-    depths: int = typer.Option(3, "--depths", help="Chained draft depths trained."),
+    depths: int = typer.Option(FIT_DEFAULTS.depths, "--depths", help="Chained draft depths trained."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda when present)."),
     work: Path | None = typer.Option(None, "--work", help="Work folder (default: OUT.work; resumes)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output."),
@@ -267,9 +294,7 @@ def mtp_fit(
         ["head types", ", ".join(sorted({t for t in r.head_types.values() if t != "F32"})) or "-"],
         ["size", gib(r.bytes_written)],
     ]
-    console.print(simple_table("qwythos mtp fit", ["", ""], rows))
-    for note in r.notes:
-        console.print(f"[yellow]note:[/] {note}")
+    _card("qwythos mtp fit", rows, r.notes)
     console.print(
         f"measure it: qwythos mtp validate {r.output}" + (" (with --draft)" if r.mode == "separate" else "")
     )

@@ -1,4 +1,8 @@
-"""qwythos quantize, plan and eval."""
+"""`qwythos quantize`: every requested type through llama.cpp's own quantizer, verified and recorded.
+
+A thin layer over quantize/pipeline.py (SRC is resolved once there, into a quantize.source.Source).
+The `--types` and `--mtp-type` options are shared with `qwythos plan` (commands/plan.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from qwythos.commands.common import (
     JsonOption,
@@ -18,42 +21,23 @@ from qwythos.commands.common import (
     simple_table,
     to_jsonable,
 )
-from qwythos.core.errors import QwythosError
-from qwythos.core.model.release import START_CONTEXT
 from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES
 
-Q_DEFAULT_TYPES = ",".join(DEFAULT_TYPES)
-
-
-def _eval_table(report: Any) -> Table:
-    return simple_table(
-        f"quality vs {Path(report.base).name} ({report.n_tokens_scored} tokens, base PPL {report.base_ppl:.3f})",
-        ["type", "size GiB", "bpw", "PPL", "mean KLD", "top-1 agree"],
-        [
-            [
-                r.type,
-                f"{r.gib:.3f}",
-                f"{r.bpw:.2f}",
-                f"{r.ppl:.4f}",
-                f"{r.mean_kld:.6f}",
-                f"{100 * r.top1_agreement:.2f}%",
-            ]
-            for r in report.rows
-        ],
-    )
+TypesOption = typer.Option(",".join(DEFAULT_TYPES), "--types", help="Comma-separated llama.cpp types.")
+MtpTypeOption = typer.Option(
+    DEFAULT_MTP_TYPE,
+    "--mtp-type",
+    help=f"Type of the MTP block: {DEFAULT_MTP_TYPE} (default), bf16, same, or any GGML type.",
+)
 
 
 @app.command()
 def quantize(
     src: str = typer.Argument(..., help="HF folder / repo id, or a BF16/F16/F32 qwen35 GGUF."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Output folder (default: current folder)."),
-    types: str = typer.Option(Q_DEFAULT_TYPES, "--types", help="Comma-separated llama.cpp types."),
+    types: str = TypesOption,
     imatrix: Path | None = typer.Option(None, "--imatrix", help="llama-imatrix file (GGUF or legacy .dat)."),
-    mtp_type: str = typer.Option(
-        DEFAULT_MTP_TYPE,
-        "--mtp-type",
-        help=f"Type of the MTP block: {DEFAULT_MTP_TYPE} (default), bf16, same, or any GGML type.",
-    ),
+    mtp_type: str = MtpTypeOption,
     output_tensor_type: str | None = typer.Option(
         None, "--output-tensor-type", help="Type of output.weight."
     ),
@@ -140,103 +124,6 @@ def quantize(
         console.print(f"[yellow]note:[/] {n}")
     console.print(f"manifest: {report.manifest}   sums: {report.sums}")
     if evaluation is not None:
-        console.print(_eval_table(evaluation))
+        from qwythos.commands.eval import eval_table
 
-
-@app.command()
-def plan(
-    src: str = typer.Argument(..., help="GGUF, HF folder, or config.json."),
-    types: str = typer.Option(Q_DEFAULT_TYPES, "--types", help="Comma-separated llama.cpp types."),
-    ctx: int = typer.Option(START_CONTEXT, "--ctx", help="Context length for the memory estimate."),
-    kv_type: str = typer.Option("f16", "--kv-type", help="KV cache type: f16, q8_0 or q4_0."),
-    mtp_type: str = typer.Option(
-        DEFAULT_MTP_TYPE,
-        "--mtp-type",
-        help=f"Type of the MTP block: {DEFAULT_MTP_TYPE} (default), bf16, same, or any GGML type.",
-    ),
-    json_out: bool = JsonOption,
-) -> None:
-    """Predict file sizes (llama.cpp's dry run, no weights needed) and memory at a context."""
-    from qwythos.quantize.plan import plan as run_plan
-
-    if ctx < 1:
-        raise QwythosError(f"--ctx {ctx} must be a positive number of tokens", f"e.g. --ctx {START_CONTEXT}")
-    p = run_plan(src, types, ctx, kv_type, mtp_type=mtp_type)
-    if json_out:
-        print_json(p)
-        return
-    console.print(
-        simple_table(
-            f"plan for {src} ({p.n_params / 1e9:.2f} B params, ctx {ctx}, KV {kv_type})",
-            ["type", "file GiB", "+MTP GiB", "bpw", "MTP type", "memory GiB"],
-            [
-                [
-                    t.type,
-                    f"{t.file_gib:.3f}",
-                    "-" if t.with_mtp_gib is None else f"{t.with_mtp_gib:.3f}",
-                    f"{t.bpw:.2f}",
-                    t.mtp_type,
-                    f"{t.memory_gib:.2f}",
-                ]
-                for t in p.types
-            ],
-        )
-    )
-    console.print(
-        f"KV cache {p.kv_cache_bytes / 2**30:.3f} GiB, recurrent state {p.recurrent_state_bytes / 2**20:.1f} MiB "
-        "(compute buffers not included)"
-    )
-    if p.mmproj_bytes is not None:
-        console.print(
-            f"vision projector (mmproj, {(p.mmproj_type or '?').upper()}) {p.mmproj_bytes / 2**30:.3f} GiB "
-            f"({p.mmproj_bytes:,} B, {p.mmproj_source})"
-        )
-    for n in p.notes:
-        console.print(f"[yellow]note:[/] {n}")
-
-
-@app.command("eval")
-def eval_cmd(
-    base: Path = typer.Argument(..., help="The BF16 GGUF."),
-    quants: list[Path] = typer.Argument(..., help="Quantized GGUFs of the same model."),
-    text: Path | None = typer.Option(
-        None, "--text", help="Text file to score (default: the bundled held-out calibration text)."
-    ),
-    plot: Path | None = typer.Option(
-        None,
-        "--plot",
-        help="Write a PNG of bits per weight vs mean KLD (needs matplotlib: pip install 'qwythos[plot]').",
-    ),
-    ctx: int = typer.Option(256, "--ctx", help="Window length in tokens (the second half is scored)."),
-    max_windows: int = typer.Option(8, "--max-windows", help="Score at most this many windows."),
-    threads: int = typer.Option(2, "--threads", help="CPU threads."),
-    json_out: bool = JsonOption,
-) -> None:
-    """Perplexity, mean KL divergence and top-1 agreement against the BF16 base."""
-    from qwythos.core.fileio import check_output_path, read_text_input
-    from qwythos.quantize.evaluate import default_text, evaluate, plot_png, require_plotting
-    from qwythos.quantize.pipeline import check_same_model
-
-    text = text if text is not None else default_text()
-    text_str = read_text_input(text, "--text")
-    if threads < 1:
-        raise QwythosError(f"--threads {threads} must be at least 1", "e.g. --threads 2")
-    if ctx < 32 or max_windows < 1:
-        raise QwythosError(
-            f"--ctx {ctx} / --max-windows {max_windows} too small", "e.g. --ctx 256 --max-windows 8"
-        )
-    if plot is not None:  # checked before the work, not after it
-        check_output_path(plot, force=True, inputs=[base, *quants, text])
-        require_plotting()
-    check_same_model(base, list(quants))
-    report = evaluate(
-        base, list(quants), text_str, n_ctx=ctx, max_windows=max_windows, threads=threads, text_name=text.name
-    )
-    if plot is not None:
-        plot_png(report, plot)
-    if json_out:
-        print_json(report)
-        return
-    console.print(_eval_table(report))
-    if plot is not None:
-        console.print(f"plot: {plot}")
+        console.print(eval_table(evaluation))

@@ -31,8 +31,9 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 from gguf.quants import quantize as gguf_quantize
 
+from qwythos.convert.text import check_room, default_output, written
 from qwythos.core.errors import QwythosError
-from qwythos.core.fileio import check_free_space, check_output_path
+from qwythos.core.fileio import check_output_path
 from qwythos.core.gguf.file import (
     KV,
     TensorPlan,
@@ -44,7 +45,7 @@ from qwythos.core.gguf.file import (
     write_gguf,
 )
 from qwythos.core.model import qwen35
-from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint, to_f32
+from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, check_tensor, open_checkpoint, to_f32
 
 ARCH = "clip"
 PROJECTOR_TYPE = "qwen3vl_merger"
@@ -323,11 +324,6 @@ class MmprojResult:
     notes: list[str] = field(default_factory=list)
 
 
-def default_mmproj_output(name: str, mmproj_type: str) -> Path:
-    """llama.cpp's naming: mmproj-<name>-<TYPE>.gguf."""
-    return Path.cwd() / f"mmproj-{name}-{mmproj_type.upper()}.gguf"
-
-
 def plan_mmproj(ckpt: Checkpoint, v: VisionConfig, mmproj_type: str) -> list[TensorPlan]:
     """The projector's tensors in llama.cpp's order (checkpoint order), each with its loader."""
     _check_type(mmproj_type)
@@ -353,15 +349,7 @@ def plan_mmproj(ckpt: Checkpoint, v: VisionConfig, mmproj_type: str) -> list[Ten
                 f"{info.file}: tensor {hf} is not part of a Qwen3.5 vision tower of this config",
                 "check that this is an unmodified Qwen3.5 checkpoint and its config.json",
             )
-        if info.shape != shapes[short]:
-            raise QwythosError(
-                f"{info.file}: tensor {hf} has shape {list(info.shape)}, config.json implies {list(shapes[short])}",
-                "the weights do not match config.json; use the config that came with them",
-            )
-        if info.dtype not in ("BF16", "F16", "F32"):
-            raise QwythosError(
-                f"{info.file}: tensor {hf} is {info.dtype}", "use a BF16, F16 or F32 checkpoint"
-            )
+        check_tensor(info, shapes[short])
         if short == PATCH_WEIGHT:
             pieces = [("v.patch_embd.weight", 0), ("v.patch_embd.weight.1", 1)]
         else:
@@ -420,7 +408,7 @@ def mmproj_metadata(v: VisionConfig, pre: dict[str, Any], mmproj_type: str, name
 
 
 def convert_mmproj(
-    src: str | Path,
+    src: str | Path | Checkpoint,
     out: str | Path | None = None,
     *,
     mmproj_type: str = DEFAULT_MMPROJ_TYPE,
@@ -437,11 +425,10 @@ def convert_mmproj(
     plans = plan_mmproj(ckpt, v, mmproj_type)
     pre = read_preprocessor(ckpt.path)
     base = name or ckpt.short_name
-    out_path = Path(out) if out is not None else default_mmproj_output(base, mmproj_type)
+    out_path = Path(out) if out is not None else default_output(base, mmproj_type, prefix="mmproj-")
     check_output_path(out_path, force=force)
     kvs = mmproj_metadata(v, pre, mmproj_type, name or ckpt.hub_id or ckpt.path.name)
-    header_len = len(encode_header(normalize_kv(ARCH, kvs), plans))
-    check_free_space(out_path.parent, header_len + sum(p.nbytes + 32 for p in plans), what=str(out_path))
+    check_room(out_path, ARCH, kvs, plans)
     size = write_gguf(out_path, ARCH, kvs, plans, progress=progress)
     notes = []
     fallback = [p.name for p in plans if mmproj_type == "q8_0" and p.ggml_type == GGMLQuantizationType.F16]
@@ -451,9 +438,7 @@ def convert_mmproj(
             f"{', '.join(fallback[:3])}{' ...' if len(fallback) > 3 else ''}"
         )
     return MmprojResult(
-        output=out_path,
-        source=ckpt.path,
-        hub_id=ckpt.hub_id,
+        **written(ckpt, out_path, len(plans), size, t0),
         mmproj_type=mmproj_type,
         projector=PROJECTOR_TYPE,
         depth=v.depth,
@@ -461,14 +446,11 @@ def convert_mmproj(
         projection_dim=v.text_embd,
         image_size=v.image_size,
         patch_size=v.patch_size,
-        n_tensors=len(plans),
-        bytes_written=size,
-        seconds=round(time.perf_counter() - t0, 3),
         notes=notes,
     )
 
 
-def preflight(src: str | Path, mmproj_type: str = DEFAULT_MMPROJ_TYPE) -> None:
+def preflight(src: str | Path | Checkpoint, mmproj_type: str = DEFAULT_MMPROJ_TYPE) -> None:
     """Every check convert_mmproj makes before writing (tower, shapes, preprocessor_config.json), so
     `convert --mmproj` fails before spending minutes on the text model."""
     _check_type(mmproj_type)
@@ -497,13 +479,16 @@ class ProjectorSize:
     how: str  # "planned from config.json" | "the file beside the GGUF: NAME"
 
 
-def planned_projector(src: str | Path, mmproj_type: str = DEFAULT_MMPROJ_TYPE) -> ProjectorSize | None:
-    """The vision projector's file size for `plan`: from a config / HF folder's vision_config, or the
-    mmproj*.gguf found beside a GGUF. None when there is no tower (or no projector beside the GGUF)."""
+def planned_projector(
+    src: str | Path, mmproj_type: str = DEFAULT_MMPROJ_TYPE, *, config: dict[str, Any] | None = None
+) -> ProjectorSize | None:
+    """The vision projector's file size for `plan`: from a config / HF folder's vision_config (`config`
+    when the caller has read it already), or the mmproj*.gguf found beside a GGUF. None when there is
+    no tower (or no projector beside the GGUF)."""
     from qwythos.core.gguf.mmproj import find_mmproj
 
     p = Path(src)
-    if p.suffix == ".gguf":
+    if config is None and p.suffix == ".gguf":
         try:
             found = find_mmproj(p)
         except QwythosError:
@@ -513,11 +498,11 @@ def planned_projector(src: str | Path, mmproj_type: str = DEFAULT_MMPROJ_TYPE) -
         ft = read_header(found).kv.get("general.file_type")
         kind = next((k for k, (_, f) in MMPROJ_TYPES.items() if f == ft), "?")
         return ProjectorSize(found.stat().st_size, kind, f"the file beside the GGUF: {found.name}")
-    cfg_path = p / "config.json" if p.is_dir() else p
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, ValueError):
-        return None
+    if config is None:
+        try:
+            config = json.loads((p / "config.json" if p.is_dir() else p).read_text())
+        except (OSError, ValueError):
+            return None
     if not isinstance(config, dict) or not config.get("vision_config"):
         return None
     return ProjectorSize(projector_file_bytes(config, mmproj_type), mmproj_type, "planned from config.json")
@@ -531,7 +516,7 @@ class PlacedProjector:
 
 
 def place_projector(
-    src: str | Path,
+    src: str | Path | Checkpoint,
     out_dir: str | Path,
     name: str,
     *,
@@ -542,7 +527,8 @@ def place_projector(
 
     An HF source (folder or repo id) with a tower is converted (F16 unless `mmproj_type`); a GGUF
     source brings `mmproj` or the mmproj*.gguf beside it, copied as it is (another type needs the
-    checkpoint: convert it with --mmproj-type). None when there is no tower / no projector."""
+    checkpoint: convert it with --mmproj-type). None when there is no tower / no projector. An
+    opened checkpoint is used as it is (its headers are not read again)."""
     import filecmp
     import shutil
 
@@ -550,8 +536,8 @@ def place_projector(
     from qwythos.core.gguf.mmproj import find_mmproj, read_mmproj_summary
 
     out_dir = Path(out_dir)
-    p = Path(src)
-    if p.suffix == ".gguf" and p.is_file():
+    p = None if isinstance(src, Checkpoint) else Path(src)
+    if p is not None and p.suffix == ".gguf" and p.is_file():
         found = Path(mmproj) if mmproj is not None else find_mmproj(p)
         if found is None:
             return None
@@ -576,5 +562,5 @@ def place_projector(
     ):
         return None
     dest = out_dir / f"mmproj-{name}-{kind.upper()}.gguf"
-    res = convert_mmproj(src, dest, mmproj_type=kind, force=True)
+    res = convert_mmproj(ckpt, dest, mmproj_type=kind, force=True)
     return PlacedProjector(res.output, f"converted from {ckpt.path}", kind)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gguf import GGUFValueType, Keys
@@ -16,7 +17,7 @@ from qwythos.core.fileio import check_free_space, check_output_path, register_in
 from qwythos.core.gguf.file import KV, TensorPlan, encode_header, normalize_kv, write_gguf
 from qwythos.core.model import qwen35
 from qwythos.core.model.arch import ARCH
-from qwythos.core.model.checkpoint import TensorInfo, open_checkpoint
+from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 
 RESTORE_HINT = "`qwythos mtp restore` can give the head back"
 #: Metadata key listing what convert warned about (NaN/Inf weights, no chat template), one string
@@ -54,8 +55,30 @@ class ConvertResult:
     notes: list[str] = field(default_factory=list)
 
 
-def default_output(name: str, outtype: str) -> Path:
-    return Path.cwd() / f"{name}-{outtype.upper()}.gguf"
+def default_output(name: str, outtype: str, prefix: str = "") -> Path:
+    """llama.cpp's naming, in the current folder: `<name>-<TYPE>.gguf` (the projector's with the
+    prefix "mmproj-")."""
+    return Path.cwd() / f"{prefix}{name}-{outtype.upper()}.gguf"
+
+
+def check_room(out_path: Path, arch: str, kvs: list[KV], plans: list[TensorPlan], spare: int = 0) -> None:
+    """Refuse before writing when `out_path`'s folder cannot hold the header (plus `spare` bytes)
+    and every tensor."""
+    header_len = len(encode_header(normalize_kv(arch, kvs), plans)) + spare
+    check_free_space(out_path.parent, header_len + sum(p.nbytes + 32 for p in plans), what=str(out_path))
+
+
+def written(ckpt: Checkpoint, out_path: Path, n_tensors: int, size: int, t0: float) -> dict[str, Any]:
+    """The fields every conversion's result shares: the file, its checkpoint, its tensors and bytes,
+    and the seconds since `t0`."""
+    return {
+        "output": out_path,
+        "source": ckpt.path,
+        "hub_id": ckpt.hub_id,
+        "n_tensors": n_tensors,
+        "bytes_written": size,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def count_nonfinite(info: TensorInfo) -> int:
@@ -96,7 +119,7 @@ class _Rewrite(Exception):
 
 
 def convert(
-    src: str | Path,
+    src: str | Path | Checkpoint,
     out: str | Path | None = None,
     *,
     outtype: str = "bf16",
@@ -148,8 +171,7 @@ def convert(
             kvs + [KV(WARNINGS_KEY, GGUFValueType.ARRAY, warnings, GGUFValueType.STRING)] if warnings else kvs
         )
 
-    header_len = len(encode_header(normalize_kv(ARCH, with_warnings()), plans)) + 1024  # + a NaN note
-    check_free_space(out_path.parent, header_len + sum(p.nbytes + 32 for p in plans), what=str(out_path))
+    check_room(out_path, ARCH, with_warnings(), plans, spare=1024)  # + a NaN note
 
     def scan(plan: TensorPlan) -> None:  # each tensor's source, right after it was copied (hot cache)
         if n := count_nonfinite(ckpt.tensor_info(plan.source)):
@@ -164,20 +186,15 @@ def convert(
         size = write_gguf(out_path, ARCH, with_warnings(), plans, progress=progress)
     notes += warnings
     return ConvertResult(
-        output=out_path,
-        source=ckpt.path,
-        hub_id=ckpt.hub_id,
+        **written(ckpt, out_path, len(plans), size, t0),
         outtype=outtype,
         arch=ARCH,
         n_layer=cfg.n_layer,
         block_count=cfg.n_layer + n_nextn,
         nextn_layers=n_nextn,
         mtp=state,
-        n_tensors=len(plans),
         tensors_copied=sum(1 for p in plans if p.raw is not None),
         skipped_vision_tensors=skipped,
-        bytes_written=size,
-        seconds=round(time.perf_counter() - t0, 3),
         notes=notes,
     )
 

@@ -1,39 +1,28 @@
-"""The model card facts every export shares (sampling defaults, names) and the Hub README renderer."""
+"""The Hub README (model card) of a GGUF repository: every fact in it (names, sampling, context,
+draft length, tool versions) comes from core/model/release.py, core/drafting/lengths.py and the
+export that sets the tool up."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qwythos.core.drafting.lengths import DEFAULT_DRAFT
 from qwythos.core.model.release import (
     BASE_MODEL_REPO,
-    GGUF_REPO,
     LICENSE,
+    LOCAL_NAME,
     MAX_NEW_TOKENS,
     MODEL_CONTEXT,
     MODEL_REPO,
     REPEAT_PENALTY,
+    START_CONTEXT,
     TEMPERATURE,
     TOP_K,
     TOP_P,
     pick_default,
 )
-
-#: Ollama PARAMETER names -> values, in the order they are written.
-SAMPLING_OLLAMA: dict[str, float | int] = {
-    "temperature": TEMPERATURE,
-    "top_p": TOP_P,
-    "top_k": TOP_K,
-    "repeat_penalty": REPEAT_PENALTY,
-}
-
-__all__ = [
-    "BASE_MODEL_REPO",
-    "GGUF_REPO",
-    "MODEL_CONTEXT",
-    "MODEL_REPO",
-    "QuantRow",
-    "render_card",
-]
+from qwythos.export.koboldcpp import DEFAULT_GPULAYERS, KOBOLD_MTP_VERSION, KOBOLD_VERSION
+from qwythos.export.ollama import MIN_OLLAMA, MIN_OLLAMA_HEAD, RENDERER
 
 
 @dataclass
@@ -116,7 +105,7 @@ def render_card(
         f"temperature {TEMPERATURE}, top_p {TOP_P}, top_k {TOP_K}, repeat penalty {REPEAT_PENALTY}, "
         f"up to {MAX_NEW_TOKENS} new tokens. Greedy decoding or temperature <= 0.3 falls into "
         "repetition loops. Every answer starts with a `<think>...</think>` block; tools are called "
-        "with `<tool_call>...</tool_call>` blocks. Start at 32k context and grow; the full "
+        f"with `<tool_call>...</tool_call>` blocks. Start at {START_CONTEXT // 1024}k context and grow; the full "
         f"{MODEL_CONTEXT} tokens need far more memory than one consumer GPU has.",
         "",
         "## Usage",
@@ -124,12 +113,13 @@ def render_card(
         "### llama.cpp",
         "",
         "```sh",
-        f"llama-server -m {pick} --jinja -c 32768 --temp {TEMPERATURE} --top-p {TOP_P} "
+        f"llama-server -m {pick} --jinja -c {START_CONTEXT} --temp {TEMPERATURE} --top-p {TOP_P} "
         f"--top-k {TOP_K} --repeat-penalty {REPEAT_PENALTY}",
     ]
     if mtp_row:
         lines.append(
-            f"llama-server -m {mtp_row.file} --jinja -c 32768 --spec-type draft-mtp --spec-draft-n-max 3"
+            f"llama-server -m {mtp_row.file} --jinja -c {START_CONTEXT} --spec-type draft-mtp "
+            f"--spec-draft-n-max {DEFAULT_DRAFT}"
         )
     lines += [
         "```",
@@ -142,22 +132,22 @@ def render_card(
             f"Download `{ollama_file or pick}` and the `{modelfile_name}` into one folder, then:",
             "",
             "```sh",
-            f"ollama create qwythos-9b -f {modelfile_name}",
-            "ollama run qwythos-9b",
+            f"ollama create {LOCAL_NAME} -f {modelfile_name}",
+            f"ollama run {LOCAL_NAME}",
             "```",
             "",
-            "The Modelfile selects Ollama's `qwen3.5` renderer and parser (thinking and tool calls "
-            "separated), the sampling above and the turn-ending stop tokens. Install Ollama >= 0.17.6 "
-            "(its dedicated Qwen3.5 renderer and parser), or >= 0.30.0 for a file with the MTP head "
+            f"The Modelfile selects Ollama's `{RENDERER}` renderer and parser (thinking and tool calls "
+            f"separated), the sampling above and the turn-ending stop tokens. Install Ollama >= {MIN_OLLAMA} "
+            f"(its dedicated Qwen3.5 renderer and parser), or >= {MIN_OLLAMA_HEAD} for a file with the MTP head "
             "(its llama-server engine loads the nextn layer; `REQUIRES` in the Modelfile is not checked "
             "by Ollama).",
         ]
     else:
-        lines += ["```sh", f"qwythos export ollama {pick} && ollama create qwythos-9b -f Modelfile", "```"]
+        lines += ["```sh", f"qwythos export ollama {pick} && ollama create {LOCAL_NAME} -f Modelfile", "```"]
     if mtp_row and mtp_row.file != ollama_file:
         lines += [
             f"For MTP drafting use `qwythos export ollama {mtp_row.file}` (writes "
-            "`PARAMETER draft_num_predict 3`, Ollama >= 0.30.0).",
+            f"`PARAMETER draft_num_predict {DEFAULT_DRAFT}`, Ollama >= {MIN_OLLAMA_HEAD}).",
         ]
     lines += [
         "",
@@ -175,11 +165,12 @@ def render_card(
         "### KoboldCpp",
         "",
         "```sh",
-        f"koboldcpp --model {pick} --contextsize 32768 --gpulayers -1 --jinja --jinja_tools",
+        f"koboldcpp --model {pick} --contextsize {START_CONTEXT} --gpulayers {DEFAULT_GPULAYERS} --jinja --jinja_tools",
         "```",
         "",
-        f"or `qwythos export koboldcpp {pick}` for a `.kcpps` launch config (KoboldCpp 1.117 keys, the "
-        "sampling above as `gendefaults`, `--usemtp` for MTP files: MTP needs KoboldCpp >= 1.116).",
+        f"or `qwythos export koboldcpp {pick}` for a `.kcpps` launch config (KoboldCpp {KOBOLD_VERSION} keys, "
+        f"the sampling above as `gendefaults`, `--usemtp` for MTP files: MTP needs KoboldCpp >= "
+        f"{KOBOLD_MTP_VERSION}).",
         "",
         "## License",
         "",

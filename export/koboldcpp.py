@@ -36,8 +36,9 @@ from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output, ensure_writable_dir
 from qwythos.core.gguf.mmproj import choose_mmproj
 from qwythos.core.gguf.view import read_view
-from qwythos.core.model.release import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P
-from qwythos.core.model.summary import read_gguf_summary
+from qwythos.core.model.release import MIN_P, REPEAT_PENALTY, START_CONTEXT, TEMPERATURE, TOP_K, TOP_P
+from qwythos.core.model.summary import exportable
+from qwythos.export.settings import check_draft, load_settings
 
 #: The KoboldCpp release whose arguments the config is written for.
 KOBOLD_VERSION = "1.117"
@@ -45,9 +46,7 @@ KOBOLD_VERSION = "1.117"
 KOBOLD_MTP_VERSION = "1.116"
 CONTEXT_MIN = 256
 CONTEXT_MAX = 524288
-DEFAULT_CONTEXT = 32768
 DEFAULT_GPULAYERS = -1  # KoboldCpp: -1 = detect how many layers fit
-DEFAULT_DRAFT = 3
 #: KoboldCpp's KV cache types (--quantkv choices).
 QUANTKV_CHOICES = ("f16", "bf16", "q8_0", "q5_1", "q4_0")
 #: The model card's sampling, under the request field names KoboldCpp's API uses.
@@ -78,19 +77,19 @@ class KoboldExport:
 def kcpps_config(
     model: Path,
     *,
-    contextsize: int = DEFAULT_CONTEXT,
+    contextsize: int = START_CONTEXT,
     gpulayers: int = DEFAULT_GPULAYERS,
     threads: int | None = None,
     quantkv: str = "f16",
-    has_mtp: bool = False,
-    draftamount: int = DEFAULT_DRAFT,
+    draft: int = 0,
     tools: bool = True,
 ) -> dict:
-    """The .kcpps dict (argparse dest -> value); raises QwythosError on values KoboldCpp refuses."""
+    """The .kcpps dict (argparse dest -> value); raises QwythosError on values KoboldCpp refuses.
+    `draft` > 0 turns MTP drafting on (`usemtp`) with that many tokens (`draftamount`)."""
     if not CONTEXT_MIN <= contextsize <= CONTEXT_MAX:
         raise QwythosError(
             f"--ctx {contextsize} is outside KoboldCpp's range {CONTEXT_MIN}..{CONTEXT_MAX}",
-            "pick e.g. 32768, 65536 or 131072",
+            f"pick e.g. {START_CONTEXT}, {2 * START_CONTEXT} or {4 * START_CONTEXT}",
         )
     if gpulayers < -1:
         raise QwythosError(f"--gpulayers {gpulayers} is invalid", "use -1 (auto), 0 (CPU) or a layer count")
@@ -112,11 +111,9 @@ def kcpps_config(
     cfg["gendefaults"] = json.dumps(GENDEFAULTS, separators=(",", ":"))
     if threads is not None:
         cfg["threads"] = threads
-    if has_mtp:
-        if draftamount < 1:
-            raise QwythosError(f"--draft {draftamount} is invalid", "use 1-4 (3 is a good start)")
+    if check_draft(draft) > 0:
         cfg["usemtp"] = True
-        cfg["draftamount"] = draftamount
+        cfg["draftamount"] = draft
     return cfg
 
 
@@ -137,11 +134,6 @@ def launch_flags(cfg: dict) -> list[str]:
     return flags
 
 
-def _template_has_tools(gguf: Path) -> bool:
-    template = read_view(gguf).chat_template
-    return template is not None and "tools" in template
-
-
 def export_koboldcpp(
     gguf: Path,
     out: Path | None = None,
@@ -157,34 +149,23 @@ def export_koboldcpp(
     """Validate `gguf`, write `<stem>.kcpps` (default: beside the GGUF) and return the launch command.
     The vision projector (`mmproj`, else an mmproj*.gguf beside the GGUF) goes in the `mmproj` key.
 
-    `contextsize` defaults to 32768 (or the file's trained context when smaller, at least 256)."""
+    `contextsize` and `draft` as `settings.load_settings` checks them, inside KoboldCpp's range."""
     gguf = Path(gguf)
-    summary = read_gguf_summary(gguf)
-    if draft is not None and draft > 0 and not summary.has_mtp:
-        raise QwythosError(
-            f"{gguf.name} has no MTP (nextn) head, so KoboldCpp cannot draft with it",
-            "export an -MTP- file, or leave --draft out",
-        )
-    limit = summary.context_length
-    if contextsize is None:
-        contextsize = max(CONTEXT_MIN, min(DEFAULT_CONTEXT, limit or DEFAULT_CONTEXT))
-    elif limit and contextsize > limit:
-        raise QwythosError(
-            f"--ctx {contextsize} exceeds the trained context of {gguf.name} ({limit})",
-            f"pick a context up to {min(limit, CONTEXT_MAX)}",
-        )
-    use_mtp = summary.has_mtp and draft != 0
+    view = read_view(gguf)
+    summary = exportable(view)
+    contextsize, draft = load_settings(
+        summary, "KoboldCpp", contextsize, draft, ctx_range=(CONTEXT_MIN, CONTEXT_MAX)
+    )
     cfg = kcpps_config(
         gguf,
         contextsize=contextsize,
         gpulayers=gpulayers,
         threads=threads,
         quantkv=quantkv,
-        has_mtp=use_mtp,
-        draftamount=draft if draft else DEFAULT_DRAFT,
-        tools=_template_has_tools(gguf),
+        draft=draft,
+        tools=summary.chat_template_tools,
     )
-    projector = choose_mmproj(gguf, mmproj)
+    projector = choose_mmproj(view, mmproj)
     if projector is not None:
         cfg["mmproj"] = str(projector.path.resolve())
     out = Path(out) if out is not None else gguf.with_suffix(".kcpps")
@@ -202,7 +183,7 @@ def export_koboldcpp(
         ensure_writable_dir(out.parent, "folder")
         with atomic_output(out) as tmp:
             tmp.write_bytes(text.encode())
-    if use_mtp:
+    if draft > 0:
         note = (
             f"KoboldCpp >= {KOBOLD_VERSION} (config keys of {KOBOLD_VERSION}; MTP needs >= "
             f"{KOBOLD_MTP_VERSION}: 1.115 ran the draft on the CPU, #2275)"
@@ -213,7 +194,7 @@ def export_koboldcpp(
         kcpps=out,
         gguf=gguf,
         config=cfg,
-        has_mtp=use_mtp,
+        has_mtp=draft > 0,
         unchanged=unchanged,
         launch_command=f"koboldcpp --config {shlex.quote(str(out))}  # {note}",
         launch_command_flags="koboldcpp "

@@ -40,22 +40,23 @@ from pathlib import Path
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output, ensure_writable_dir
 from qwythos.core.gguf.mmproj import choose_mmproj
+from qwythos.core.gguf.view import read_view
 from qwythos.core.model.release import (
     MIN_P,
     MODEL_CONTEXT,
+    PUBLISHER,
     REPEAT_PENALTY,
     SIZE_LABEL,
+    START_CONTEXT,
     TEMPERATURE,
     TOP_K,
     TOP_P,
     split_quant_suffix,
 )
-from qwythos.core.model.summary import read_gguf_summary
+from qwythos.core.model.summary import exportable
 from qwythos.export.place import MODES, Placement, place_file
+from qwythos.export.settings import load_settings
 
-DEFAULT_PUBLISHER = "empero-ai"
-DEFAULT_CONTEXT = 32768
-DEFAULT_DRAFT_MAX = 3
 #: lms import flag per placement mode (move is its default: no flag).
 LMS_FLAGS: dict[str, str] = {"copy": " -c", "hardlink": " -L", "symlink": " -l", "move": ""}
 #: lmstudio-js kebab.ts / ArtifactManifestBase.ts: what an owner and a name may be.
@@ -159,7 +160,7 @@ def model_yaml(
     size_bytes: int,
     draft: int,
     thinking_switch: bool,
-    context: int = DEFAULT_CONTEXT,
+    context: int = START_CONTEXT,
     max_context: int = MODEL_CONTEXT,
     vision: bool = False,
 ) -> dict:
@@ -257,7 +258,7 @@ def _quote_cmd(*parts: str) -> str:
 def export_lmstudio(
     gguf: Path,
     *,
-    publisher: str = DEFAULT_PUBLISHER,
+    publisher: str = PUBLISHER,
     home: Path | None = None,
     models_dir: Path | None = None,
     mode: str = "copy",
@@ -266,32 +267,22 @@ def export_lmstudio(
     mmproj: Path | None = None,
 ) -> LMStudioExport:
     """Validate, place the GGUF, write model.yaml + manifest.json into LM Studio's Hub folder;
-    never overwrite a different file. `draft`: MTP draft tokens (default 3 with a head, 0 = off).
+    never overwrite a different file. `context` and `draft` (MTP draft tokens, 0 = off) as
+    `settings.load_settings` checks them.
     The vision projector (`mmproj`, else an mmproj*.gguf beside the GGUF) is placed beside the model
     as `mmproj-*.gguf`, where LM Studio looks for it."""
     gguf = Path(gguf)
-    summary = read_gguf_summary(gguf)
-    projector = choose_mmproj(gguf, mmproj)
+    view = read_view(gguf)
+    summary = exportable(view)
+    projector = choose_mmproj(view, mmproj)
     if mode not in MODES:
         raise QwythosError(f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
     if not OWNER_RE.match(publisher):
         raise QwythosError(
             f"--publisher {publisher!r} is not an LM Studio owner name",
-            "use lower-case letters, digits and single dashes, e.g. empero-ai",
+            f"use lower-case letters, digits and single dashes, e.g. {PUBLISHER}",
         )
-    limit = summary.context_length or MODEL_CONTEXT
-    context = min(DEFAULT_CONTEXT, limit) if context is None else context
-    if not 1 <= context <= limit:
-        raise QwythosError(f"context {context} is outside 1..{limit}", f"pick a context up to {limit}")
-    if draft is None:
-        draft = DEFAULT_DRAFT_MAX if summary.has_mtp else 0
-    if draft < 0:
-        raise QwythosError(f"--draft {draft} is negative", "pass 0 (off) or a small count such as 3")
-    if draft > 0 and not summary.has_mtp:
-        raise QwythosError(
-            f"{gguf.name} has no MTP (nextn) head, so LM Studio cannot draft with it (--draft {draft})",
-            "export an -MTP- file (`qwythos mtp restore`), or leave --draft out",
-        )
+    context, draft = load_settings(summary, "LM Studio", context, draft)
     home = Path(home).expanduser() if home is not None else lmstudio_home()
     root = Path(models_dir).expanduser() if models_dir is not None else models_folder(home)
     folder = model_folder_name(gguf)
@@ -299,11 +290,11 @@ def export_lmstudio(
     doc = model_yaml(
         publisher=publisher,
         folder=folder,
-        size_bytes=summary.size_bytes,
+        size_bytes=summary.file_size,
         draft=draft,
-        thinking_switch=summary.chat_template_has_enable_thinking,
+        thinking_switch=summary.chat_template_thinking,
         context=context,
-        max_context=limit,
+        max_context=summary.trained_context,
         vision=projector is not None,
     )
     key = doc["model"]
@@ -347,7 +338,7 @@ def export_lmstudio(
         mode=mode,
         action=placed.action,
         yaml_action="unchanged" if all(same.values()) else "written",
-        has_mtp=summary.has_mtp,
+        has_mtp=summary.mtp_present,
         draft=draft,
         context=context,
         lms_command=lms_import + LMS_FLAGS[mode],

@@ -35,28 +35,38 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qwythos.core.drafting.lengths import DEFAULT_DRAFT
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import ensure_writable_dir, write_text_atomic
 from qwythos.core.gguf.mmproj import choose_mmproj
+from qwythos.core.gguf.view import read_view
 from qwythos.core.model.release import (
     DEFAULT_QUANT_ORDER,
     FLAGSHIP_FILE,
     LICENSE_TEXT,
-    MODEL_CONTEXT,
+    LOCAL_NAME,
+    REPEAT_PENALTY,
+    START_CONTEXT,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
     TURN_END_TOKENS,
 )
-from qwythos.core.model.summary import read_gguf_summary
-from qwythos.export import card
+from qwythos.core.model.summary import exportable
 from qwythos.export.modelfile import Command, parse_modelfile, render_modelfile, to_request
+from qwythos.export.settings import load_settings
 
-DEFAULT_NAME = "qwythos-9b"
 #: Ollama model names: [namespace/]name[:tag] of letters, digits, '.', '_', '-'.
 _NAME_RE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)?(?::[A-Za-z0-9_][A-Za-z0-9._-]*)?"
 )
-DEFAULT_NUM_CTX = 32768
-#: Draft depth when the file has the head: the head agrees best at depths 1-3, 4+ is often slower.
-DEFAULT_DRAFT = 3
+#: The model card's sampling as Ollama PARAMETER names, in the order they are written.
+SAMPLING: dict[str, float | int] = {
+    "temperature": TEMPERATURE,
+    "top_p": TOP_P,
+    "top_k": TOP_K,
+    "repeat_penalty": REPEAT_PENALTY,
+}
 RENDERER = "qwen3.5"
 PARSER = "qwen3.5"
 #: Trunk-only files: the dedicated Qwen3.5 renderer/parser (0.17.6, #14605).
@@ -87,10 +97,10 @@ class ModelfileSpec:
     has_mtp: bool
     #: the file declares a nextn layer (nextn_predict_layers > 0), with or without its tensors
     declares_head: bool | None = None  # None: same as has_mtp
-    num_ctx: int = DEFAULT_NUM_CTX
+    num_ctx: int = START_CONTEXT
     draft: int = 0  # draft_num_predict; 0 = not written
     stop: list[str] = field(default_factory=lambda: list(TURN_END_TOKENS))
-    name: str = DEFAULT_NAME
+    name: str = LOCAL_NAME
     generated_by: str = "`qwythos export ollama`"
     modelfile_name: str = "Modelfile"
     projector_path: str | None = None  # the vision projector, a second FROM (relative like from_path)
@@ -128,7 +138,7 @@ def modelfile_commands(spec: ModelfileSpec) -> list[Command]:
         Command("renderer", RENDERER),
         Command("parser", PARSER),
     ]
-    cmds += [Command(k, _num(v)) for k, v in card.SAMPLING_OLLAMA.items()]
+    cmds += [Command(k, _num(v)) for k, v in SAMPLING.items()]
     cmds.append(Command("num_ctx", str(spec.num_ctx)))
     cmds += [Command("stop", s) for s in spec.stop]
     if spec.draft > 0:
@@ -191,7 +201,7 @@ def export_ollama(
     gguf: Path,
     out: Path | None = None,
     *,
-    name: str = DEFAULT_NAME,
+    name: str = LOCAL_NAME,
     ctx: int | None = None,
     draft: int | None = None,
     force: bool = False,
@@ -199,39 +209,26 @@ def export_ollama(
 ) -> OllamaExport:
     """Validate `gguf` (a qwen35 GGUF) and write its Modelfile (default: beside the GGUF).
 
-    `ctx` defaults to 32768, or the file's trained context when that is smaller; a larger explicit
-    value is refused."""
+    `ctx` and `draft` as `settings.load_settings` checks them (START_CONTEXT, or the file's trained
+    context when that is smaller; DEFAULT_DRAFT with an MTP head)."""
     gguf = Path(gguf)
     if not _NAME_RE.fullmatch(name):
         raise QwythosError(
-            f"--name {name!r} is not an Ollama model name", "use letters, digits, . _ - (e.g. qwythos-9b)"
+            f"--name {name!r} is not an Ollama model name", f"use letters, digits, . _ - (e.g. {LOCAL_NAME})"
         )
-    summary = read_gguf_summary(gguf)
+    view = read_view(gguf)
+    summary = exportable(view)
     out = Path(out) if out is not None else gguf.parent / "Modelfile"
     if out.is_dir():
         out = out / "Modelfile"
-    limit = summary.context_length or MODEL_CONTEXT
-    ctx = min(DEFAULT_NUM_CTX, limit) if ctx is None else ctx
-    if not 1 <= ctx <= limit:
-        raise QwythosError(
-            f"--ctx {ctx} is outside 1..{limit} for {gguf.name}", f"pick a context up to {limit}"
-        )
-    if draft is None:
-        draft = DEFAULT_DRAFT if summary.has_mtp else 0
-    if draft < 0:
-        raise QwythosError(f"--draft {draft} is negative", "pass 0 (off) or a small count such as 3")
-    if draft > 0 and not summary.has_mtp:
-        raise QwythosError(
-            f"{gguf.name} has no MTP (nextn) head, so Ollama cannot draft with it (--draft {draft})",
-            "export an -MTP- file (`qwythos mtp restore`), or leave --draft out",
-        )
+    ctx, draft = load_settings(summary, "Ollama", ctx, draft)
     ensure_writable_dir(out.parent, "folder")
-    projector = choose_mmproj(gguf, mmproj)
+    projector = choose_mmproj(view, mmproj)
     spec = ModelfileSpec(
         from_path=_from_path(gguf, out),
         file_name=gguf.name,
         quant=summary.quant,
-        has_mtp=summary.has_mtp,
+        has_mtp=summary.mtp_present,
         declares_head=summary.nextn_predict_layers > 0,
         num_ctx=ctx,
         draft=draft,
@@ -262,7 +259,7 @@ def export_ollama(
         gguf=gguf,
         name=name,
         quant=summary.quant,
-        has_mtp=summary.has_mtp,
+        has_mtp=summary.mtp_present,
         draft=draft,
         num_ctx=ctx,
         unchanged=unchanged,

@@ -7,13 +7,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qwythos.core.drafting.lengths import DEFAULT_DRAFT
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import sha256_file
-from qwythos.core.gguf.file import read_header
 from qwythos.core.gguf.mmproj import is_mmproj, read_mmproj_summary
+from qwythos.core.gguf.view import read_view
 from qwythos.core.hub import SUMS_NAME, HfClient, HubClient, Progress, hub_error
-from qwythos.core.model.release import pick_default
-from qwythos.core.model.summary import read_gguf_summary
+from qwythos.core.model.release import GGUF_REPO, pick_default
+from qwythos.core.model.summary import exportable
 from qwythos.export import card
 from qwythos.export.modelfile import parse_modelfile, to_request
 from qwythos.export.ollama import ModelfileSpec, render
@@ -74,34 +75,33 @@ def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: b
     if not folder.is_dir():
         raise QwythosError(f"{folder} is not a folder", "pass the folder holding the quantized GGUFs")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise QwythosError(f"{repo_id!r} is not a repo id", "use owner/name, e.g. empero-ai/Qwythos-9B-GGUF")
-    ggufs = sorted(folder.glob("*.gguf"))
-    projectors = [g for g in ggufs if is_mmproj(read_header(g))]  # mmproj*.gguf: arch clip
-    ggufs = [g for g in ggufs if g not in projectors]
-    if not ggufs:
+        raise QwythosError(f"{repo_id!r} is not a repo id", f"use owner/name, e.g. {GGUF_REPO}")
+    views = [read_view(g) for g in sorted(folder.glob("*.gguf"))]  # each header read once
+    projectors = [v for v in views if is_mmproj(v)]  # mmproj*.gguf: arch clip
+    models = [v for v in views if not is_mmproj(v)]
+    if not models:
         raise QwythosError(f"{folder} holds no .gguf files", "run `qwythos quantize` into it first")
     sums_path = folder / SUMS_NAME
     sums = read_sums(sums_path) if sums_path.is_file() else {}
     rows: list[card.QuantRow] = []
     items: list[UploadItem] = []
-    for g in ggufs:
-        s = read_gguf_summary(g)  # refuses anything that is not a qwen35 GGUF
-        digest = _checked_digest(g, sums, sums_path)
-        rows.append(card.QuantRow(g.name, s.quant, s.size_bytes, digest, s.has_mtp))
-        items.append(UploadItem(g.name, s.size_bytes, g))
+    for v in models:
+        s = exportable(v)  # refuses anything that is not a qwen35 GGUF
+        digest = _checked_digest(v.path, sums, sums_path)
+        rows.append(card.QuantRow(v.path.name, s.quant, s.file_size, digest, s.mtp_present))
+        items.append(UploadItem(v.path.name, s.file_size, v.path))
     if len(projectors) > 1:
         raise QwythosError(
-            f"{folder} holds {len(projectors)} vision projectors ({', '.join(p.name for p in projectors)})",
+            f"{folder} holds {len(projectors)} vision projectors ({', '.join(v.path.name for v in projectors)})",
             "keep one mmproj*.gguf in the folder",
         )
     mm_row = None
-    for g in projectors:  # the vision projector: listed in the card and SHA256SUMS like a quant
-        m = read_mmproj_summary(g)
-        digest = _checked_digest(g, sums, sums_path)
-        mm_row = card.QuantRow(g.name, m.file_type or "?", m.file_size, digest, False)
-        items.append(UploadItem(g.name, m.file_size, g))
-    ggufs = ggufs + projectors
-    unlisted = sorted({g.name for g in ggufs} - set(sums)) if sums else []
+    for v in projectors:  # the vision projector: listed in the card and SHA256SUMS like a quant
+        m = read_mmproj_summary(v)
+        digest = _checked_digest(v.path, sums, sums_path)
+        mm_row = card.QuantRow(v.path.name, m.file_type or "?", m.file_size, digest, False)
+        items.append(UploadItem(v.path.name, m.file_size, v.path))
+    unlisted = sorted({v.path.name for v in views} - set(sums)) if sums else []
     stale = sorted(n for n in sums if n.endswith(".gguf") and not (folder / n).is_file())
     if unlisted or stale:
         raise QwythosError(
@@ -138,7 +138,7 @@ def plan_upload(folder: Path, repo_id: str, *, private: bool = False, dry_run: b
                 file_name=pick.file,
                 quant=pick.quant,
                 has_mtp=pick.has_mtp,
-                draft=3 if pick.has_mtp else 0,
+                draft=DEFAULT_DRAFT if pick.has_mtp else 0,
                 projector_path=f"./{mm_row.file}" if mm_row else None,
             )
         ).encode()

@@ -1,4 +1,6 @@
-"""How often the MTP head's drafts equal the trunk's greedy tokens, per draft depth.
+"""How often the MTP head's drafts equal the trunk's greedy tokens, per draft depth: the
+measurement itself (llama.cpp runs the trunk and the head); mtp/validate.py gates on it, and
+core/drafting/rates.py holds the arithmetic on the counts.
 
 The trunk reads a calibration text once (teacher forcing): at every position p it gives its greedy
 next token g_p and its post-norm hidden state h_p. The head then drafts from every position the way
@@ -16,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.core.drafting.lengths import MAX_DRAFT
+from qwythos.core.drafting.lengths import DEFAULT_DRAFT, MAX_DRAFT
 from qwythos.core.drafting.rates import depth_rates, expected_accepted
 from qwythos.core.errors import QwythosError
 from qwythos.core.llamacpp.handles import load_model
 from qwythos.core.model.release import CALIBRATION_TEXT
 
 DEFAULT_TEXT_TOKENS = 512
+#: draft depths measured by default: as deep as the draft length exports write (DEFAULT_DRAFT)
+DEFAULT_DEPTH = DEFAULT_DRAFT
 
 
 @dataclass
@@ -54,7 +58,7 @@ def measure_acceptance(
     *,
     draft_path: str | Path | None = None,
     text: str | None = None,
-    depth: int = 3,
+    depth: int = DEFAULT_DEPTH,
     n_ctx: int | None = None,
     max_tokens: int = DEFAULT_TEXT_TOKENS,
 ) -> AcceptanceReport:

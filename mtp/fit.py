@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +28,52 @@ from qwythos.core.model.structure import HEAD_MATRICES, dims_from_header, has_tr
 INSTALL_HINT = "pip install 'qwythos[fit]' (CPU-only machines: pip install torch==2.13.0)"
 
 
+FIT_LR = 1e-3  # peak learning rate when the head starts trained
+INIT_LR = 3e-3  # ... and when it starts fresh (--init)
+
+
 @dataclass
-class FitSettings:
-    tokens: int = 200_000
-    seq: int = 512
-    top_k: int = 32
+class TrainSettings:
+    """What training reads (mtp/fit_train.py); all of it goes into the resume key."""
+
     steps: int = 300
     batch: int = 4
-    lr: float | None = None  # default: 1e-3 (fit), 3e-3 (--init)
+    lr: float = FIT_LR
     depths: int = 3
     negatives: int = 1024
     seed: int = 0
     eval_every: int = 50
     save_every: int = 25
-    full_vocab: bool | None = None
+    full_vocab: bool | None = None  # None: whole vocabulary when it is small
+
+
+@dataclass
+class FitSettings(TrainSettings):
+    """TrainSettings plus what collection reads; `lr` None picks FIT_LR or INIT_LR."""
+
+    lr: float | None = None  # type: ignore[assignment]
+    tokens: int = 200_000
+    seq: int = 512
+    top_k: int = 32
+
+    def train_settings(self, init: bool) -> TrainSettings:
+        """The training part alone (the resume key must not change with collection settings)."""
+        kw = {f.name: getattr(self, f.name) for f in fields(TrainSettings)}
+        return TrainSettings(**{**kw, "lr": self.lr or (INIT_LR if init else FIT_LR)})
+
+
+#: the numbers FitResult takes from the TrainResult as they are
+FROM_TRAINING = (
+    "steps",
+    "resumed_from",
+    "loss",
+    "accept_before",
+    "accept_after",
+    "train_sequences",
+    "held_out_sequences",
+    "steps_per_s",
+    "device",
+)
 
 
 @dataclass
@@ -162,8 +194,8 @@ def fit(
 
     from qwythos.mtp.fit_data import collect
     from qwythos.mtp.fit_text import documents
-    from qwythos.mtp.fit_train import TrainSettings, train
-    from qwythos.mtp.restore import HEAD_TYPES, restore
+    from qwythos.mtp.fit_train import train
+    from qwythos.mtp.restore import DEFAULT_HEAD_TYPE, HEAD_TYPES, restore
     from qwythos.mtp.sources import HeadSource, HeadTensor
 
     t0 = time.perf_counter()
@@ -208,17 +240,7 @@ def fit(
 
     # 2. train
     mtp, vocab = build_head(hdr, tensors, dev)
-    ts = TrainSettings(
-        steps=s.steps,
-        batch=s.batch,
-        lr=s.lr or (3e-3 if init else 1e-3),
-        depths=s.depths,
-        negatives=s.negatives,
-        seed=s.seed,
-        eval_every=s.eval_every,
-        save_every=s.save_every,
-        full_vocab=s.full_vocab,
-    )
+    ts = s.train_settings(init)
     tr = train(
         mtp,
         vocab,
@@ -246,7 +268,7 @@ def fit(
         dims_src,
         out_path,
         separate=separate,
-        head_type=head_type or "bf16",
+        head_type=head_type or DEFAULT_HEAD_TYPE,
         force=force,
         replace=True,
         types=keep,
@@ -264,18 +286,10 @@ def fit(
         work=str(work_dir),
         tokens=n_tok,
         sequences=store.n_seq,
-        train_sequences=tr.train_sequences,
-        held_out_sequences=tr.held_out_sequences,
         collect_seconds=round(collect_s, 2),
         collect_tok_s=round(n_tok / collect_s, 1) if collect_s > 0 else 0.0,
-        steps=tr.steps,
-        resumed_from=tr.resumed_from,
-        loss=tr.loss,
-        accept_before=tr.accept_before,
-        accept_after=tr.accept_after,
         train_seconds=tr.seconds,
-        steps_per_s=tr.steps_per_s,
-        device=tr.device,
+        **{k: getattr(tr, k) for k in FROM_TRAINING},
         head_types={row["name"]: row["type"] for row in r.head_tensors},
         bytes_written=r.bytes_written,
         seconds=round(time.perf_counter() - t0, 2),

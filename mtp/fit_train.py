@@ -27,24 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qwythos.mtp.fit import TrainSettings
 from qwythos.mtp.fit_data import ChunkStore
 from qwythos.mtp.fit_head import MTPHead
 from qwythos.mtp.fit_vocab import Vocab
 
 FULL_VOCAB = 16384  # score against the whole vocabulary up to this size
-
-
-@dataclass
-class TrainSettings:
-    steps: int = 300
-    batch: int = 4
-    lr: float = 1e-3
-    depths: int = 3
-    negatives: int = 1024
-    seed: int = 0
-    eval_every: int = 50
-    save_every: int = 25
-    full_vocab: bool | None = None  # None: whole vocabulary when it is small
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """`qwythos mtp check DIR`: is a Hugging Face folder's MTP head what vLLM and SGLang will load?
 
-Headers only (no torch, no weight matrices read): the config's promise (`mtp_num_hidden_layers`)
+Not `mtp validate` (a GGUF head's structure and measured acceptance, mtp/validate.py): nothing runs
+here. Headers only (no torch, no weight matrices read; the folder is read with
+core/model/checkpoint.py's `read_config` / `read_index`, every problem reported, not just the first): the config's promise (`mtp_num_hidden_layers`)
 against the `mtp.*` tensors present, every name and shape against config.json, the index against
 the files (every listed tensor where the index says, no tensor twice, no shard left out,
 `metadata.total_size`), and the norms - the only data read, a few KB - against the trunk's own:
@@ -10,7 +12,6 @@ the trunk's norms, and a head of zeros is an untrained one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,16 @@ import numpy as np
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.model import qwen35
-from qwythos.core.model.checkpoint import ST_DTYPES, TensorInfo, read_safetensors_header, to_f32
+from qwythos.core.model.checkpoint import (
+    FLOAT_DTYPES,
+    INDEX,
+    TensorInfo,
+    read_config,
+    read_f32,
+    read_index,
+    read_safetensors_header,
+)
 
-INDEX = "model.safetensors.index.json"
 NORM_MARGIN = 0.25  # how far outside the trunk's norm range a head's norm may sit
 
 
@@ -67,28 +75,15 @@ def expected_head(cfg: qwen35.TextConfig) -> dict[str, tuple[int, ...]]:
     return dict(sorted(out.items()))
 
 
-def _read_f32(info: TensorInfo) -> np.ndarray:
-    with open(info.file, "rb") as f:
-        f.seek(info.offset)
-        raw = np.frombuffer(f.read(info.nbytes), dtype=np.dtype(ST_DTYPES[info.dtype][0]))
-    return to_f32(raw, info.dtype)
-
-
 def _files(folder: Path, issues: list[CheckIssue]) -> tuple[dict[str, str] | None, list[str], int | None]:
     """(weight_map or None, shard file names to read, metadata.total_size)."""
-    index = folder / INDEX
     on_disk = sorted(p.name for p in folder.glob("*.safetensors"))
-    if not index.is_file():
+    data = read_index(folder)
+    if data is None:
         if len(on_disk) > 1:
             issues.append(CheckIssue(INDEX, f"is missing but the folder has {len(on_disk)} shards"))
         return None, on_disk, None
-    try:
-        data = json.loads(index.read_text())
-        wmap = dict(data["weight_map"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise QwythosError(
-            f"{index} is not a valid index ({e})", "re-download it or rerun `qwythos mtp restore --hf`"
-        ) from e
+    wmap: dict[str, str] = data["weight_map"]
     listed = sorted(set(wmap.values()))
     for name in listed:
         if not (folder / name).is_file():
@@ -108,14 +103,7 @@ def _files(folder: Path, issues: list[CheckIssue]) -> tuple[dict[str, str] | Non
 def check_hf(folder: str | Path) -> HFCheckReport:
     """Check `folder`'s MTP head, config and index without loading any weight matrix."""
     folder = Path(folder).expanduser()
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise QwythosError(f"{folder} has no config.json", "pass the folder of a Hugging Face checkpoint")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise QwythosError(f"{cfg_path} is not valid JSON ({e})", "repair or re-download config.json") from e
-    cfg = qwen35.text_config_from(config, where=str(cfg_path))
+    cfg = qwen35.text_config_from(read_config(folder), where=str(folder / "config.json"))
     issues: list[CheckIssue] = []
     wmap, names, total_size = _files(folder, issues)
     tensors: dict[str, TensorInfo] = {}
@@ -185,7 +173,7 @@ def _check_head(rep: HFCheckReport, cfg: qwen35.TextConfig, tensors: dict[str, T
         rep.head.append({"name": n, "shape": list(info.shape), "dtype": info.dtype, "file": info.file.name})
         if info.shape != shape:
             issues.append(CheckIssue(n, f"has shape {list(info.shape)}, config.json implies {list(shape)}"))
-        if info.dtype not in ("BF16", "F16", "F32"):
+        if info.dtype not in FLOAT_DTYPES:
             issues.append(CheckIssue(n, f"is {info.dtype}; the head must be BF16, F16 or F32"))
     for n in sorted(set(head) - set(want)):
         issues.append(CheckIssue(n, "is not part of Qwen3.5's MTP layer"))
@@ -197,8 +185,8 @@ def _trunk_norm_means(tensors: dict[str, TensorInfo], width: int) -> list[float]
     for n, info in tensors.items():
         if n.startswith("mtp.") or "visual" in n or "linear_attn" in n:
             continue
-        if n.endswith("norm.weight") and info.shape == (width,) and info.dtype in ("BF16", "F16", "F32"):
-            out.append(float(_read_f32(info).mean()))
+        if n.endswith("norm.weight") and info.shape == (width,) and info.dtype in FLOAT_DTYPES:
+            out.append(float(read_f32(info).mean()))
     return out
 
 
@@ -207,14 +195,14 @@ def _check_norms(
 ) -> None:
     refs: dict[int, tuple[float, float] | None] = {}
     for n, info in head.items():
-        if len(info.shape) != 1 or info.dtype not in ("BF16", "F16", "F32"):  # the norms are the 1-D ones
+        if len(info.shape) != 1 or info.dtype not in FLOAT_DTYPES:  # the norms are the 1-D ones
             continue
         width = info.shape[0]
         if width not in refs:
             means = _trunk_norm_means(tensors, width)
             refs[width] = (min(means), max(means)) if means else None
         ref = refs[width]
-        x = _read_f32(info)
+        x = read_f32(info)
         m = float(x.mean()) if x.size else 0.0
         lo, hi = (ref[0] - NORM_MARGIN, ref[1] + NORM_MARGIN) if ref else (-0.75, 0.75)
         if not np.isfinite(x).all():

@@ -19,10 +19,9 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -31,20 +30,18 @@ from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import check_free_space, ensure_writable_dir
 from qwythos.core.model import qwen35
 from qwythos.core.model.arch import ARCH
-from qwythos.core.model.checkpoint import (
-    ST_DTYPES,
-    Checkpoint,
-    TensorInfo,
-    open_checkpoint,
-    read_safetensors_header,
-    to_f32,
+from qwythos.core.model.checkpoint import INDEX, Checkpoint, TensorInfo, open_checkpoint, read_f32
+from qwythos.core.model.safetensors_writer import (
+    SafetensorsEntry,
+    Writer,
+    copy_bytes,
+    write_pieces,
+    write_safetensors,
 )
 from qwythos.core.model.structure import HeadDims, head_table
 from qwythos.mtp.sources import KIND_LABEL, HeadSource, HeadTensor, dequantize, open_head
 
 MTP_SHARD = "model-mtp.safetensors"
-INDEX = "model.safetensors.index.json"
-COPY_CHUNK = 64 * 2**20
 # head tensors llama.cpp allows that Qwen3.5's HF layout has no place for (vLLM/SGLang use the trunk's)
 NO_HF_NAME = ("nextn.embed_tokens.weight", "nextn.shared_head_head.weight")
 
@@ -73,66 +70,6 @@ class HFRestoreResult:
     notes: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------- safetensors writing
-
-
-@dataclass
-class _Entry:
-    """One tensor to write: HF name, safetensors dtype, shape, and a writer of exactly nbytes."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-    write: Callable[[BinaryIO], None]
-
-
-def _copy_range(path: Path, offset: int, nbytes: int) -> Callable[[BinaryIO], None]:
-    def write(out: BinaryIO) -> None:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            left = nbytes
-            while left:
-                buf = f.read(min(COPY_CHUNK, left))
-                if not buf:
-                    raise QwythosError(f"{path} is truncated", "download the file again")
-                out.write(buf)
-                left -= len(buf)
-
-    return write
-
-
-def _write_bytes(data: Callable[[], bytes]) -> Callable[[BinaryIO], None]:
-    return lambda out: out.write(data())
-
-
-def write_safetensors(path: Path, entries: list[_Entry]) -> int:
-    """Write `entries` as one safetensors file (header padded to 8 bytes); returns the data bytes."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for e in entries:
-        header[e.name] = {
-            "dtype": e.dtype,
-            "shape": list(e.shape),
-            "data_offsets": [offset, offset + e.nbytes],
-        }
-        offset += e.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for e in entries:
-            start = f.tell()
-            e.write(f)
-            if f.tell() - start != e.nbytes:
-                raise QwythosError(
-                    f"{path}: tensor {e.name} came out as {f.tell() - start} bytes, expected {e.nbytes}",
-                    "report this as a bug",
-                )
-    return offset
-
-
 # ---------------------------------------------------------------- the head in HF form
 
 
@@ -146,48 +83,32 @@ def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
     raise QwythosError(f"cannot write a head as {dtype}", "use a BF16, F16 or F32 trunk")
 
 
-def _hf_source_infos(head: HeadSource) -> dict[str, TensorInfo]:
-    infos: dict[str, TensorInfo] = {}
-    for name in head.files_read:
-        infos.update(read_safetensors_header(head.path / name))
-    return infos
-
-
-def _from_hf(info: TensorInfo, dtype: str) -> tuple[Callable[[BinaryIO], None], str]:
+def _from_hf(info: TensorInfo, dtype: str) -> tuple[Writer, str]:
     if info.dtype == dtype:
-        return _copy_range(info.file, info.offset, info.nbytes), "copy"
-
-    def data() -> bytes:
-        with open(info.file, "rb") as f:
-            f.seek(info.offset)
-            raw = np.frombuffer(f.read(info.nbytes), dtype=np.dtype(ST_DTYPES[info.dtype][0]))
-        return _cast(to_f32(raw, info.dtype), dtype).tobytes()
-
-    return _write_bytes(data), f"{info.dtype}->{dtype}"
+        return copy_bytes(info.file, info.offset, info.nbytes), "copy"
+    return write_pieces(lambda: [_cast(read_f32(info), dtype).tobytes()]), f"{info.dtype}->{dtype}"
 
 
-def _from_gguf(
-    t: HeadTensor, rule: qwen35.Rule, cfg: qwen35.TextConfig, dtype: str
-) -> tuple[Callable[[BinaryIO], None], str]:
+def _from_gguf(t: HeadTensor, rule: qwen35.Rule, cfg: qwen35.TextConfig, dtype: str) -> tuple[Writer, str]:
     if not rule.transforms and t.ggml_type == GGMLQuantizationType.BF16 and dtype == "BF16":
-        return _write_bytes(lambda: bytes(t.load())), "copy"  # GGUF bf16 bits are safetensors' BF16
+        return write_pieces(lambda: [bytes(t.load())]), "copy"  # GGUF bf16 bits are safetensors' BF16
 
     def data() -> bytes:
         return _cast(qwen35.hf_value(dequantize(t), rule, cfg), dtype).tobytes()
 
     steps = [f"undo {x}" for x in reversed(rule.transforms)]
-    return _write_bytes(data), ", ".join([f"{t.ggml_type.name}->{dtype}", *steps])
+    return write_pieces(lambda: [data()]), ", ".join([f"{t.ggml_type.name}->{dtype}", *steps])
 
 
 def head_entries(
     head: HeadSource, cfg: qwen35.TextConfig, dtype: str, src: str
-) -> tuple[list[_Entry], list[dict[str, Any]], list[str]]:
+) -> tuple[list[SafetensorsEntry], list[dict[str, Any]], list[str]]:
     """The head's tensors as `mtp.*` safetensors entries in `dtype`, checked against `cfg`."""
     notes: list[str] = []
     dims = HeadDims(ARCH, cfg.n_embd, cfg.n_vocab, cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.n_ff)
     table = head_table(dims)
-    hf_infos = _hf_source_infos(head) if head.kind == "hf" else {}
-    entries: list[_Entry] = []
+    hf_infos = head.checkpoint.tensors if head.checkpoint is not None else {}
+    entries: list[SafetensorsEntry] = []
     rows: list[dict[str, Any]] = []
     for t in head.tensors:
         if t.name in NO_HF_NAME:
@@ -215,8 +136,7 @@ def head_entries(
             write, how = _from_hf(hf_infos[t.source], dtype)
         else:
             write, how = _from_gguf(t, rule, cfg, dtype)
-        nbytes = int(np.prod(want, dtype=np.int64)) * ST_DTYPES[dtype][1]
-        entries.append(_Entry(hf_name, dtype, want, nbytes, write))
+        entries.append(SafetensorsEntry(hf_name, dtype, want, write))
         rows.append({"name": hf_name, "shape": list(want), "dtype": dtype, "how": how})
     missing = [qwen35.mtp_hf_name(n)[0] for n, (_, req) in table.items() if req and n not in head.names]
     if missing:
@@ -343,9 +263,7 @@ def restore_hf(
                     write_safetensors(
                         tmp / f.name,
                         [
-                            _Entry(
-                                i.name, i.dtype, i.shape, i.nbytes, _copy_range(i.file, i.offset, i.nbytes)
-                            )
+                            SafetensorsEntry(i.name, i.dtype, i.shape, copy_bytes(i.file, i.offset, i.nbytes))
                             for i in keep
                         ],
                     )
@@ -360,8 +278,7 @@ def restore_hf(
 
         all_infos = {n: i for n, i in ckpt.tensors.items() if not _is_mtp(n)}
         total = sum(i.nbytes for i in all_infos.values()) + head_bytes
-        old_index = ckpt.path / INDEX
-        index = json.loads(old_index.read_text()) if old_index.is_file() else {}
+        index = ckpt.index or {}
         meta = dict(index.get("metadata") or {})
         meta["total_size"] = total
         if "total_parameters" in meta:

@@ -41,7 +41,7 @@ from qwythos.core.model.structure import (
     n_trunk_layers,
     split_block_name,
 )
-from qwythos.mtp.sources import KIND_LABEL, HeadSource, HeadTensor, dequantize, open_head
+from qwythos.mtp.sources import KIND_LABEL, HeadSource, HeadTensor, byte_loader, dequantize, open_head
 
 T = GGMLQuantizationType
 # --type -> GGML type of the head's matrices (types gguf-py can quantize to in Python)
@@ -62,6 +62,7 @@ HEAD_TYPES: dict[str, GGMLQuantizationType] = {
     "q2_k": T.Q2_K,
 }
 GGML_QUANTIZED = {T.Q6_K, T.Q5_K, T.Q4_K, T.Q3_K, T.Q2_K}
+DEFAULT_HEAD_TYPE = "bf16"  # the head's matrices as the base model ships them
 
 
 def ggml_quantize(x: np.ndarray, out: GGMLQuantizationType) -> np.ndarray:
@@ -233,17 +234,12 @@ def _kvs(hdr: GGUFHeader, n_layer: int) -> list[KV]:
 
 
 def _raw_plan(hdr: GGUFHeader, t: Any) -> TensorPlan:
-    def load(path: Path = hdr.path, off: int = t.offset, n: int = t.nbytes) -> bytes:
-        with open(path, "rb") as f:
-            f.seek(off)
-            return f.read(n)
-
     return TensorPlan(
         t.name,
         t.shape,
         T(t.ggml_type),
         t.nbytes,
-        load,
+        byte_loader(hdr.path, t.offset, t.nbytes),
         raw=RawSource(hdr.path, t.offset, t.nbytes),
         transform="copy",
     )
@@ -260,7 +256,7 @@ def restore(
     out: str | Path | None = None,
     *,
     separate: bool = False,
-    head_type: str = "bf16",
+    head_type: str = DEFAULT_HEAD_TYPE,
     force: bool = False,
     replace: bool = False,
     types: dict[str, GGMLQuantizationType] | None = None,

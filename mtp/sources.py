@@ -14,7 +14,6 @@ llama.cpp's on-disk form, so the grafter can put it at any block index.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from qwythos.core.gguf.file import RawSource
 from qwythos.core.gguf.view import read_view
 from qwythos.core.model import qwen35
 from qwythos.core.model.arch import ARCH, check_arch
-from qwythos.core.model.checkpoint import Checkpoint, read_safetensors_header
+from qwythos.core.model.checkpoint import Checkpoint, read_checkpoint
 from qwythos.core.model.structure import HeadDims, dims_from_header, split_block_name
 
 
@@ -55,6 +54,7 @@ class HeadSource:
     tensors: list[HeadTensor] = field(default_factory=list)
     hub_id: str | None = None
     files_read: list[str] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None  # kind "hf": the head's safetensors headers, read once
 
     @property
     def names(self) -> list[str]:
@@ -101,30 +101,14 @@ def _is_mtp_name(name: str) -> bool:
 
 def open_hf_head(src: str | Path) -> HeadSource:
     folder, hub_id = _hf_folder(str(src))
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise QwythosError(f"{folder} has no config.json", "pass the folder of a Hugging Face checkpoint")
-    config = json.loads(cfg_path.read_text())
-    tcfg = qwen35.text_config_from(config, where=str(cfg_path))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        wmap = json.loads(index.read_text()).get("weight_map", {})
-        files = sorted({folder / f for n, f in wmap.items() if _is_mtp_name(n)})
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-    tensors = {}
-    for f in files:
-        if not f.is_file():
-            raise QwythosError(f"{f} is missing (it holds the mtp.* tensors)", "download that shard")
-        tensors.update({n: i for n, i in read_safetensors_header(f).items() if _is_mtp_name(n)})
-    if not tensors:
+    ckpt = read_checkpoint(folder, hub_id=hub_id, select=_is_mtp_name)
+    ckpt.tensors = dict(sorted(ckpt.tensors.items()))
+    tcfg = qwen35.text_config_from(ckpt.config, where=str(folder / "config.json"))
+    if not ckpt.tensors:
         raise QwythosError(
             f"{folder} has no mtp.* tensors (config promises {tcfg.mtp_layers} MTP layer(s))",
             "use a checkpoint that ships its head, e.g. the base Qwen/Qwen3.5-9B, or a GGUF with a nextn block",
         )
-    ckpt = Checkpoint(
-        path=folder, config=config, files=files, tensors=dict(sorted(tensors.items())), hub_id=hub_id
-    )
     if qwen35.mtp_layer_count(ckpt) != 1:
         raise QwythosError(
             f"{folder} carries {qwen35.mtp_layer_count(ckpt)} MTP blocks",
@@ -138,13 +122,15 @@ def open_hf_head(src: str | Path) -> HeadSource:
             raise QwythosError(f"{folder}: unexpected head tensor {p.source}", "check the checkpoint")
         head.append(HeadTensor(sb[1], tuple(p.shape), p.ggml_type, p.nbytes, p.load, p.raw, p.source))
     dims = HeadDims(ARCH, tcfg.n_embd, tcfg.n_vocab, tcfg.n_head, tcfg.n_head_kv, tcfg.head_dim, tcfg.n_ff)
-    return HeadSource("hf", folder, dims, head, hub_id, [f.name for f in files])
+    return HeadSource("hf", folder, dims, head, hub_id, [f.name for f in ckpt.files], ckpt)
 
 
 # ---------------------------------------------------------------- GGUF files
 
 
-def _gguf_loader(path: Path, offset: int, nbytes: int) -> Callable[[], bytes]:
+def byte_loader(path: Path, offset: int, nbytes: int) -> Callable[[], bytes]:
+    """A loader of `nbytes` bytes of `path` from `offset` (one tensor of a GGUF)."""
+
     def load() -> bytes:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -171,7 +157,7 @@ def open_gguf_head(src: str | Path) -> HeadSource:
             gt = GGMLQuantizationType(t.ggml_type)
             head.append(
                 HeadTensor(
-                    sb[1], t.shape, gt, t.nbytes, _gguf_loader(hdr.path, t.offset, t.nbytes), raw, t.name
+                    sb[1], t.shape, gt, t.nbytes, byte_loader(hdr.path, t.offset, t.nbytes), raw, t.name
                 )
             )
     if not head:

@@ -1,5 +1,10 @@
-"""Validate an MTP head: structure first (nothing is loaded if it is broken), then the acceptance
-llama.cpp's own MTP context reaches on a calibration text, with a pass/fail gate at depth 1."""
+"""`qwythos mtp validate`: the pass/fail gate for a GGUF's MTP head (grafted, or a separate draft).
+
+Structure first, from the header alone (core/model/structure.py; nothing is loaded if it is
+broken), then the acceptance llama.cpp's own MTP context reaches on a calibration text (measured
+by mtp/acceptance.py), passed or failed at depth 1 against `--min-accept`. An HF folder's head, as
+vLLM and SGLang will load it, is checked by mtp/hf_check.py instead (headers only, nothing runs).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import read_text_input
 from qwythos.core.model.release import CALIBRATION_TEXT
 from qwythos.core.model.structure import StructureReport, check_structure
-from qwythos.mtp.acceptance import measure_acceptance
+from qwythos.mtp.acceptance import DEFAULT_DEPTH, measure_acceptance
 
 DEFAULT_TEXT = CALIBRATION_TEXT
 # A head that belongs to its trunk agrees with it far more often than this (0.53 on the trained tiny
@@ -80,7 +85,7 @@ def validate(
     *,
     draft: str | Path | None = None,
     text: str | Path | None = None,
-    depth: int = 3,
+    depth: int = DEFAULT_DEPTH,
     min_accept: float = DEFAULT_MIN_ACCEPT,
     max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> ValidationReport:

@@ -18,11 +18,16 @@ import numpy as np
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output
-from qwythos.core.gguf.file import GGUFHeader, read_header
+from qwythos.core.gguf.file import GGUFHeader
 from qwythos.core.gguf.ftypes import ftype_by_id
+from qwythos.core.gguf.view import GGUFView, read_view
 from qwythos.core.llamacpp.handles import load_model
 from qwythos.core.llamacpp.log import llama_log_to
 from qwythos.core.model.release import CALIBRATION_TEXT
+
+EVAL_CTX = 256  # tokens per window (the second half is scored)
+EVAL_MAX_WINDOWS = 8
+EVAL_THREADS = 2
 
 
 def default_text() -> Path:
@@ -78,32 +83,32 @@ class _Scorer:
         self.model.close()
 
 
-def _type_name(hdr: GGUFHeader) -> str:
-    ft = ftype_by_id(int(hdr.kv.get("general.file_type", -1)))
+def _type_name(view: GGUFView) -> str:
+    ft = ftype_by_id(view.file_type if view.file_type is not None else -1)
     return ft.name if ft else "?"
 
 
-def bits_per_weight(hdr: GGUFHeader) -> float:
+def bits_per_weight(view: GGUFView | GGUFHeader) -> float:
     """Tensor bytes * 8 over the number of weights, over every tensor of the file."""
-    tensors = hdr.tensors
+    tensors = view.tensors
     n = sum(math.prod(t.ne) for t in tensors)
     return 8 * sum(t.nbytes for t in tensors) / n if n else 0.0
 
 
 def evaluate(
-    base_gguf: str | Path,
-    quant_ggufs: list[str | Path],
+    base_gguf: str | Path | GGUFView,
+    quant_ggufs: list[str | Path] | list[GGUFView],
     text: str,
     *,
-    n_ctx: int = 256,
-    max_windows: int = 8,
-    threads: int = 2,
+    n_ctx: int = EVAL_CTX,
+    max_windows: int = EVAL_MAX_WINDOWS,
+    threads: int = EVAL_THREADS,
     text_name: str = "",
 ) -> EvalReport:
-    """PPL, mean KLD and top-1 agreement of each quantization against `base_gguf` on `text`."""
-    base = Path(base_gguf)
-    for p in [base, *map(Path, quant_ggufs)]:
-        read_header(p)  # validates before llama.cpp sees it
+    """PPL, mean KLD and top-1 agreement of each quantization against `base_gguf` on `text`.
+    Paths or header views (read once by the caller, as `qwythos eval` does) are taken."""
+    base = as_view(base_gguf).path  # every header read (and so validated) before llama.cpp sees it
+    views = [as_view(g) for g in quant_ggufs]
     with llama_log_to(None):
         s = _Scorer(base, n_ctx, threads)
         try:
@@ -124,7 +129,8 @@ def evaluate(
         n_scored = sum(len(t) for t in targets)
         base_nll = -sum(lp[np.arange(len(t)), t].sum() for lp, t in zip(base_sel, targets, strict=True))
         report = EvalReport(str(base), n_scored, win, float(np.exp(base_nll / n_scored)), text=text_name)
-        for q in map(Path, quant_ggufs):
+        for q_view in views:
+            q = q_view.path
             qs = _Scorer(q, n_ctx, threads)
             try:
                 if qs.n_vocab != n_vocab:
@@ -139,13 +145,12 @@ def evaluate(
                     same += (b.argmax(axis=1) == lq.argmax(axis=1)).sum()
             finally:
                 qs.close()
-            hdr = read_header(q)  # one header read for the type and the bits per weight
             report.rows.append(
                 EvalRow(
                     file=str(q),
-                    type=_type_name(hdr),
+                    type=_type_name(q_view),
                     gib=round(q.stat().st_size / 2**30, 4),
-                    bpw=round(bits_per_weight(hdr), 4),
+                    bpw=round(bits_per_weight(q_view), 4),
                     ppl=float(np.exp(nll / n_scored)),
                     mean_kld=float(kld / n_scored),
                     top1_agreement=float(same / n_scored),
@@ -239,3 +244,51 @@ def plot_figure(report: EvalReport):  # noqa: ANN201 - a matplotlib Figure (opti
         fontsize=10,
     )
     return fig
+
+
+# ---------------------------------------------------------------- before the work
+
+
+def check_same_model(base: Path | GGUFView, quants: list[Path] | list[GGUFView]) -> None:
+    """eval compares files of one model: same vocabulary and the same trunk tensors and shapes.
+    Paths or header views (read once by the caller) are taken."""
+
+    def shape(view: GGUFView) -> tuple[list, dict[str, tuple[int, ...]]]:
+        n_nextn, n_layer = view.n_nextn, (view.n_trunk or 0)
+        head = tuple(f"blk.{n_layer + k}." for k in range(n_nextn))
+        tensors = {t.name: tuple(t.ne) for t in view.tensors if not (head and t.name.startswith(head))}
+        return list(view.tokens or []), tensors
+
+    base_v = as_view(base)
+    b_vocab, b_tensors = shape(base_v)
+    for q_v in map(as_view, quants):
+        q = q_v.path
+        if q.resolve() == base_v.path.resolve():
+            raise QwythosError(
+                f"{q} is the base itself", "pass the BF16 GGUF as BASE and its quantizations after it"
+            )
+        q_vocab, q_tensors = shape(q_v)
+        if q_vocab != b_vocab:
+            raise QwythosError(
+                f"{q} has another vocabulary than the base {base_v.path} ({len(q_vocab)} vs {len(b_vocab)} tokens)",
+                "compare quantizations of the same model as BASE",
+            )
+        diff = sorted(set(b_tensors) ^ set(q_tensors)) or [
+            n for n in b_tensors if b_tensors[n] != q_tensors[n]
+        ]
+        if diff:
+            n = diff[0]
+            what = (
+                f"{n} is {list(q_tensors[n])} there, {list(b_tensors[n])} in the base"
+                if n in b_tensors and n in q_tensors
+                else f"{n} is in only one of them"
+            )
+            raise QwythosError(
+                f"{q} is not a quantization of {base_v.path}: {what}",
+                "compare quantizations of the same model as BASE",
+            )
+
+
+def as_view(gguf: str | Path | GGUFView) -> GGUFView:
+    """A header view: the one given, or the file's header read now."""
+    return gguf if isinstance(gguf, GGUFView) else read_view(gguf)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import re
 import struct
 import time
@@ -21,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from qwythos.core.errors import QwythosError
+from qwythos.core.gguf.file import GGUFTensorInfo
 from qwythos.core.gguf.ftypes import FType, GGMLType, ggml_types
+from qwythos.core.gguf.view import read_view
 from qwythos.core.llamacpp import interrupt
 from qwythos.core.llamacpp.log import llama_log_to
 
@@ -76,21 +80,31 @@ class QuantizeCall:
 # ---------------------------------------------------------------- imatrix files
 
 
-def _imatrix_from_gguf(path: Path) -> Imatrix:
-    from gguf import GGUFReader
+# the tensor types an imatrix GGUF stores its sums and counts in -> numpy dtype of the raw bytes
+IMATRIX_DTYPES = {int(GGMLQuantizationType.F32): "<f4", int(GGMLQuantizationType.F16): "<f2"}
 
-    try:
-        r = GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - not a GGUF: caller tries the legacy form
-        raise ValueError(str(e)) from e
+
+def _imatrix_from_gguf(path: Path) -> Imatrix:
+    """The GGUF form: `<tensor>.in_sum2` and `<tensor>.counts` per matrix, `imatrix.*` metadata,
+    read through our own header view (core/gguf/view.py), each tensor's floats from its offset."""
+    view = read_view(path)
+
+    def floats(t: GGUFTensorInfo) -> np.ndarray:
+        dtype = IMATRIX_DTYPES.get(t.ggml_type)
+        if dtype is None:
+            raise QwythosError(
+                f"{path}: {t.name} is stored as type {t.ggml_type}, not F32", "use a llama-imatrix output"
+            )
+        n = math.prod(t.ne)
+        return np.fromfile(path, dtype=dtype, count=n, offset=t.offset).astype(np.float32)
+
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
-    for t in r.tensors:
-        arr = np.asarray(t.data, dtype=np.float32).reshape(-1)
+    for t in view.tensors:
         if t.name.endswith(".in_sum2"):
-            sums[t.name[: -len(".in_sum2")]] = arr
+            sums[t.name[: -len(".in_sum2")]] = floats(t)
         elif t.name.endswith(".counts"):
-            counts[t.name[: -len(".counts")]] = arr
+            counts[t.name[: -len(".counts")]] = floats(t)
     if not sums:
         raise QwythosError(
             f"{path} holds no importance data (no *.in_sum2 tensors)", "use a llama-imatrix output"
@@ -104,15 +118,11 @@ def _imatrix_from_gguf(path: Path) -> Imatrix:
         per = s.reshape(c.size, ne0)
         cnt = np.round(c).reshape(-1, 1)
         entries[name] = np.where(cnt > 0, per / np.maximum(cnt, 1), 1.0).astype(np.float32).reshape(-1)
-    fields = r.fields
-    datasets: list[str] = []
-    if "imatrix.datasets" in fields:
-        f = fields["imatrix.datasets"]
-        datasets = [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]
-    if "imatrix.chunk_count" not in fields or "imatrix.chunk_size" not in fields or not datasets:
+    datasets = [d for d in view.kv.get("imatrix.datasets") or [] if isinstance(d, str)]
+    chunks = view.kv.get("imatrix.chunk_count")
+    if not isinstance(chunks, int) or "imatrix.chunk_size" not in view.kv or not datasets:
         raise QwythosError(f"{path}: imatrix metadata missing", "regenerate it with a current llama-imatrix")
-    chunks = int(fields["imatrix.chunk_count"].parts[-1][0])
-    return Imatrix(path, entries, datasets, chunks, legacy=False)
+    return Imatrix(path, entries, datasets, int(chunks), legacy=False)
 
 
 def _imatrix_from_dat(path: Path) -> Imatrix:

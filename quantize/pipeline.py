@@ -1,7 +1,8 @@
 """`qwythos quantize`: one BF16 GGUF -> every requested llama.cpp type, checked and recorded.
 
 SRC is an HF folder / Hub id (converted to `<Name>-BF16.gguf` first; that intermediate is reused
-while its recorded source fingerprint still matches) or a BF16/F16/F32 qwen35 GGUF. Each output
+while its recorded source fingerprint still matches) or a BF16/F16/F32 qwen35 GGUF; it is resolved
+once into a `quantize.source.Source` (path, kind, header view) that every step below takes. Each output
 goes to `<Name>-<Type>.gguf` through a temp name; a rerun skips outputs whose manifest entry
 (source fingerprint + parameters + size) still matches. The MTP block keeps `mtp_type` through
 llama.cpp's per-tensor overrides (default q8_0: drafts as well as bf16 with half the head's bytes,
@@ -11,7 +12,6 @@ llama-cpp-python to decode a few tokens before it is reported.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -35,20 +35,19 @@ from qwythos.core.fileio import (
     sha256_file,
     write_text_atomic,
 )
-from qwythos.core.gguf.file import read_header
-from qwythos.core.gguf.ftypes import FType, ggml_type_by_id, parse_ggml_type, parse_types
-from qwythos.core.gguf.view import GGUFView
+from qwythos.core.gguf.file import ggml_type_name
+from qwythos.core.gguf.ftypes import FType, parse_ggml_type, parse_types
+from qwythos.core.gguf.view import GGUFView, read_view
 from qwythos.core.llamacpp.handles import load_model
 from qwythos.core.llamacpp.log import llama_log_to
 from qwythos.core.model.arch import check_arch
-from qwythos.core.model.checkpoint import resolve_source as resolve_ckpt
 from qwythos.quantize.llama_quant import Imatrix, llama_quantize, load_imatrix
 from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES, check_mtp_type, dry_run, mtp_overrides
+from qwythos.quantize.source import GGUF, Source, file_fingerprint, open_source
 
 MANIFEST = "quantize-manifest.json"
 SUMS = "SHA256SUMS"
 SOURCE_TYPES = ("f32", "f16", "bf16")
-TYPE_SUFFIX = re.compile(r"-(BF16|F16|F32)$", re.IGNORECASE)
 VERIFY_TOKENS = 4
 
 
@@ -91,18 +90,6 @@ def tool_version() -> str:
     return f"qwythos {ours} / llama-cpp-python {llama_cpp.__version__}"
 
 
-def fingerprint(path: Path) -> str:
-    """A cheap identity of a (possibly 17 GB) file: size, mtime and its first and last MiB."""
-    st = path.stat()
-    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(2**20))
-        if st.st_size > 2**20:
-            f.seek(max(0, st.st_size - 2**20))
-            h.update(f.read(2**20))
-    return h.hexdigest()
-
-
 def _load_manifest(out_dir: Path) -> dict[str, Any]:
     p = out_dir / MANIFEST
     if not p.is_file():
@@ -116,69 +103,32 @@ def _load_manifest(out_dir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- the source
 
 
-@dataclass
-class _Source:
-    gguf: Path
-    name: str
-    n_layer: int
-    n_nextn: int
-    converted: bool
-    notes: list[str]
-
-
-def check_source_gguf(path: Path, requantize: bool) -> tuple[int, int]:
-    """Validate a GGUF before llama.cpp sees it: qwen35, not already quantized. -> (n_layer, n_nextn)."""
-    hdr = read_header(path)
-    view = GGUFView(hdr)
-    check_arch(view, "quantize")
+def check_source_gguf(view: GGUFView, requantize: bool) -> None:
+    """A GGUF llama.cpp may quantize: not already quantized (qwen35 was checked when it was opened)."""
     quantized = sorted(
         {
-            ggml_type_name(t.ggml_type)
-            for t in hdr.tensors
-            if len(t.ne) >= 2 and ggml_type_name(t.ggml_type) not in SOURCE_TYPES
+            name
+            for t in view.tensors
+            if len(t.ne) >= 2 and (name := ggml_type_name(t.ggml_type).lower()) not in SOURCE_TYPES
         }
     )
     if quantized and not requantize:
         raise QwythosError(
-            f"{path} is already quantized ({', '.join(quantized)})",
+            f"{view.path} is already quantized ({', '.join(quantized)})",
             "quantize from the BF16 GGUF or the safetensors; --requantize forces it (quality suffers)",
         )
-    return (view.n_trunk or 0), view.n_nextn
 
 
-def ggml_type_name(type_id: int) -> str:
-    try:
-        return ggml_type_by_id(type_id).name.lower()
-    except KeyError:
-        return f"type{type_id}"
-
-
-def _hf_fingerprint(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.suffix in (".json", ".safetensors", ".txt", ".model", ".jinja") and p.is_file():
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
-
-
-def resolve_source(src: str | Path, out_dir: Path, requantize: bool, progress: Callable | None) -> _Source:
-    p = Path(src)
-    if p.is_file():
-        if p.suffix != ".gguf":
-            raise QwythosError(
-                f"{p} is neither a GGUF nor a model folder", "pass a .gguf, an HF folder or a repo id"
-            )
-        n_layer, n_nextn = check_source_gguf(p, requantize)
-        name = TYPE_SUFFIX.sub("", p.stem)
-        return _Source(p, name, n_layer, n_nextn, False, [])
-
-    folder, hub_id = resolve_ckpt(src)
-    name = hub_id.split("/")[-1] if hub_id else folder.name
-    inter = out_dir / f"{name}-BF16.gguf"
-    marker = out_dir / f".{inter.name}.source"
-    fp = _hf_fingerprint(folder)
+def with_bf16_gguf(
+    source: Source, out_dir: Path, progress: Callable | None
+) -> tuple[Source, bool, list[str]]:
+    """An HF source with the BF16 GGUF converted from it (`<Name>-BF16.gguf` in `out_dir`, reused
+    while the checkpoint's fingerprint matches the one recorded beside it).
+    -> (the source with that GGUF's view, converted in this run, notes)"""
     notes: list[str] = []
+    inter = out_dir / f"{source.name}-BF16.gguf"
+    marker = out_dir / f".{inter.name}.source"
+    fp = source.checkpoint_fingerprint
     converted = False
     if inter.is_file() and marker.is_file() and marker.read_text().strip() == fp:
         notes.append(f"reused the BF16 intermediate {inter.name} (source unchanged)")
@@ -190,12 +140,15 @@ def resolve_source(src: str | Path, out_dir: Path, requantize: bool, progress: C
             def conv_progress(_tensor: str, done: int, total: int) -> None:
                 progress("convert to BF16", done, total)
 
-        res = convert(folder, inter, outtype="bf16", force=True, name=name, progress=conv_progress)
+        res = convert(
+            source.checkpoint, inter, outtype="bf16", force=True, name=source.name, progress=conv_progress
+        )
         write_text_atomic(marker, fp + "\n")
         notes += res.notes
         converted = True
-    n_layer, n_nextn = check_source_gguf(inter, requantize)
-    return _Source(inter, name, n_layer, n_nextn, converted, notes)
+    view = read_view(inter)
+    check_arch(view, "quantize")
+    return source.with_view(view), converted, notes
 
 
 # ---------------------------------------------------------------- verification
@@ -207,8 +160,7 @@ def verify_output(path: Path, ft: FType, source: Path | None = None) -> dict[str
     `path` is the temporary file (checked before it gets its final name). When it fails to load or
     decode, the source is put through the same probe so the message blames the right file.
     """
-    hdr = read_header(path)
-    got = hdr.kv.get("general.file_type")
+    got = read_view(path).file_type
     if got != ft.id:
         raise QwythosError(
             f"the {ft.name} output of {source or path} has general.file_type {got}, expected {ft.id}",
@@ -286,18 +238,16 @@ def check_out_dir(out: Path) -> None:
         )
 
 
-def check_imatrix(im: Imatrix, source: Path) -> None:
+def check_imatrix(im: Imatrix, source: Source) -> None:
     """An importance matrix must be for this model: it covers most of the matrices llama.cpp would
     use it for, with the right row lengths (one from another model matches none of them)."""
-    hdr = read_header(source)
-    view = GGUFView(hdr)
-    n_nextn, n_layer = view.n_nextn, (view.n_trunk or 0)
+    head = tuple(f"blk.{source.n_layer + k}." for k in range(source.n_nextn))
     wanted = {
         t.name: t.ne[0]
-        for t in hdr.tensors
+        for t in source.view.tensors
         if len(t.ne) >= 2
         and t.name.startswith("blk.")
-        and not t.name.startswith(tuple(f"blk.{n_layer + k}." for k in range(n_nextn)))
+        and not (head and t.name.startswith(head))
         and "norm" not in t.name
     }
     covered = [n for n in wanted if n in im.entries]
@@ -305,14 +255,14 @@ def check_imatrix(im: Imatrix, source: Path) -> None:
     if wrong:
         n = wrong[0]
         raise QwythosError(
-            f"the imatrix {im.path} does not fit {source}: {n} has {im.entries[n].size} values for rows of "
+            f"the imatrix {im.path} does not fit {source.gguf}: {n} has {im.entries[n].size} values for rows of "
             f"{wanted[n]} ({len(wrong)} tensor(s) differ)",
             "it was made for another model: run llama-imatrix on this model (its BF16 GGUF)",
         )
     if wanted and len(covered) < 0.5 * len(wanted):
         missing = next(n for n in wanted if n not in im.entries)
         raise QwythosError(
-            f"the imatrix {im.path} covers {len(covered)} of the {len(wanted)} matrices of {source} "
+            f"the imatrix {im.path} covers {len(covered)} of the {len(wanted)} matrices of {source.gguf} "
             f"(no data for {missing}, ...)",
             "it was made for another model: run llama-imatrix on this model (its BF16 GGUF)",
         )
@@ -336,7 +286,7 @@ class Job:
 
 
 def _params_key(ft: FType, mtp_type: str, ott: str | None, tet: str | None, imatrix: Imatrix | None) -> str:
-    im = fingerprint(imatrix.path) if imatrix else None
+    im = file_fingerprint(imatrix.path) if imatrix else None
     return json.dumps([ft.name, mtp_type, ott, tet, im])
 
 
@@ -351,7 +301,7 @@ def _current(entry: dict[str, Any] | None, path: Path, src_fp: str, key: str) ->
 
 
 def quantize(
-    src: str | Path,
+    src: str | Path | Source,
     out_dir: str | Path | None = None,
     types: list[str] | str = DEFAULT_TYPES,
     imatrix: str | Path | None = None,
@@ -381,20 +331,25 @@ def quantize(
     out = Path(out_dir) if out_dir is not None else Path.cwd()
     check_out_dir(out)
     ensure_writable_dir(out, "output folder")
-    register_inputs(src if Path(src).exists() else None, imatrix)
+    given = src.path if isinstance(src, Source) else Path(src)
+    register_inputs(given if given.exists() else None, imatrix)
 
-    source = resolve_source(src, out, requantize, progress)
+    source = open_source(src, "quantize")
+    converted, notes = False, []
+    if source.kind != GGUF:
+        source, converted, notes = with_bf16_gguf(source, out, progress)
+    check_source_gguf(source.view, requantize)
     register_inputs(source.gguf)
     if im is not None:
-        check_imatrix(im, source.gguf)
-    src_fp = fingerprint(source.gguf)
+        check_imatrix(im, source)
+    src_fp = source.fingerprint
     report = QuantizeReport(
-        source=str(src),
+        source=source.given,
         source_gguf=str(source.gguf),
         source_fingerprint=src_fp,
-        converted=source.converted,
+        converted=converted,
         out_dir=str(out),
-        notes=list(source.notes),
+        notes=notes,
     )
     entries = _load_entries(out)
 
@@ -494,18 +449,16 @@ def quantize(
             "tool_version": tool_version(),
         }
         entries = _record(out, entry)
-    _place_projector(src, out, source.name, mmproj_type, src_fp, report)
+    _place_projector(source, out, mmproj_type, report)
     report.manifest = str(out / MANIFEST)
     report.sums = str(out / SUMS)
     return report
 
 
-def _place_projector(
-    src: str | Path, out: Path, name: str, mmproj_type: str | None, src_fp: str, report: QuantizeReport
-) -> None:
+def _place_projector(source: Source, out: Path, mmproj_type: str | None, report: QuantizeReport) -> None:
     """The vision projector next to the quants (converted from an HF source, or the mmproj*.gguf
     beside a GGUF source), recorded in the manifest and SHA256SUMS like a quant."""
-    projector = place_projector(src, out, name, mmproj_type=mmproj_type)
+    projector = place_projector(source.checkpoint or source.path, out, source.name, mmproj_type=mmproj_type)
     if projector is None:
         return
     entry = {
@@ -513,8 +466,8 @@ def _place_projector(
         "file": projector.path.name,
         "bytes": projector.path.stat().st_size,
         "sha256": sha256_file(projector.path),
-        "source": Path(str(src)).name,
-        "source_fingerprint": src_fp,
+        "source": Path(source.given).name,
+        "source_fingerprint": source.fingerprint,
         "params": f"mmproj {projector.mmproj_type}",
         "mtp_type": "-",
         "imatrix": None,
@@ -573,42 +526,3 @@ def _hint_for(error: str) -> str:
     if "invalid data" in error:
         return "the source holds NaN/Inf values in that tensor: convert it again from an intact checkpoint"
     return "check the source GGUF (qwythos inspect)"
-
-
-def check_same_model(base: Path, quants: list[Path]) -> None:
-    """eval compares files of one model: same vocabulary and the same trunk tensors and shapes."""
-
-    def shape(p: Path) -> tuple[list, dict[str, tuple[int, ...]]]:
-        hdr = read_header(p)
-        view = GGUFView(hdr)
-        n_nextn, n_layer = view.n_nextn, (view.n_trunk or 0)
-        head = tuple(f"blk.{n_layer + k}." for k in range(n_nextn))
-        tensors = {t.name: tuple(t.ne) for t in hdr.tensors if not (head and t.name.startswith(head))}
-        return list(hdr.kv.get("tokenizer.ggml.tokens") or []), tensors
-
-    b_vocab, b_tensors = shape(base)
-    for q in quants:
-        if Path(q).resolve() == Path(base).resolve():
-            raise QwythosError(
-                f"{q} is the base itself", "pass the BF16 GGUF as BASE and its quantizations after it"
-            )
-        q_vocab, q_tensors = shape(q)
-        if q_vocab != b_vocab:
-            raise QwythosError(
-                f"{q} has another vocabulary than the base {base} ({len(q_vocab)} vs {len(b_vocab)} tokens)",
-                "compare quantizations of the same model as BASE",
-            )
-        diff = sorted(set(b_tensors) ^ set(q_tensors)) or [
-            n for n in b_tensors if b_tensors[n] != q_tensors[n]
-        ]
-        if diff:
-            n = diff[0]
-            what = (
-                f"{n} is {list(q_tensors[n])} there, {list(b_tensors[n])} in the base"
-                if n in b_tensors and n in q_tensors
-                else f"{n} is in only one of them"
-            )
-            raise QwythosError(
-                f"{q} is not a quantization of {base}: {what}",
-                "compare quantizations of the same model as BASE",
-            )

@@ -14,10 +14,10 @@ f32, per sequence). Compute buffers are not included.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,14 @@ from gguf import GGUFValueType
 from qwythos.convert.mmproj import planned_projector
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.file import KV, encode_header, normalize_kv, pad
-from qwythos.core.gguf.ftypes import FType, GGMLType, ggml_types, parse_ggml_type, parse_types
-from qwythos.core.gguf.view import read_view
+from qwythos.core.gguf.ftypes import FType, GGMLType, parse_ggml_type, parse_types
 from qwythos.core.model import qwen35
-from qwythos.core.model.arch import ARCH, check_arch
-from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from qwythos.core.model.arch import ARCH
+from qwythos.core.model.checkpoint import Checkpoint, TensorInfo
+from qwythos.core.model.memory import KV_TYPES, kv_cache_bytes, recurrent_state_bytes
+from qwythos.core.model.release import START_CONTEXT
 from qwythos.quantize.llama_quant import Imatrix, TensorChoice, llama_quantize, output_meta_size
+from qwythos.quantize.source import CONFIG_FILE, GGUF, Source, open_plan_source
 
 DEFAULT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16")
 MTP_TYPES = ("bf16", "q8_0", "same")
@@ -42,8 +44,6 @@ MTP_TYPES = ("bf16", "q8_0", "same")
 # bytes: the 9B head 0.453 -> 0.241 GiB, so a draft step (head + the shared 0.777 GiB q6_K output
 # matrix) reads 1.23 -> 1.02 GiB.
 DEFAULT_MTP_TYPE = "q8_0"
-# bytes per KV-cache element for each --kv-type
-KV_TYPES = ("f16", "q8_0", "q4_0")
 # Tokenizer metadata of a bare config.json (no tokenizer files): bytes per vocab entry, for the
 # Qwen3.5 byte-level BPE (token string + length, token type, ~one merge per token).
 TOKENIZER_BYTES_PER_TOKEN = 40
@@ -130,48 +130,34 @@ def write_sparse_gguf(path: Path, kvs: list[KV], plans: list) -> int:
 
 
 @dataclass
-class _View:
+class DryRunFile:
+    """The GGUF llama.cpp's dry run reads for a source: the file itself, or a sparse header-only
+    GGUF built from a checkpoint's headers or a bare config (removed when its `with` ends)."""
+
     gguf: Path
-    kind: str
     cfg: qwen35.TextConfig
     n_nextn: int
     notes: list[str]
-    cleanup: bool
+    temporary: bool
+
+    def __enter__(self) -> DryRunFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.temporary:
+            self.gguf.unlink(missing_ok=True)
+            os.rmdir(self.gguf.parent)
 
 
-def _load_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise QwythosError(f"cannot read {path}: {e}", "pass a Qwen3.5 config.json") from e
-
-
-def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None = None) -> _View:
-    """A GGUF the dry run can read: the file itself, or a sparse GGUF built from a folder/config."""
-    p = Path(src)
-    if p.is_file() and p.suffix == ".gguf":
-        view = read_view(p)
-        check_arch(view, "plan")
-        return _View(p, "gguf", qwen35.config_from_gguf(view), view.n_nextn, [], False)
+def dry_run_file(source: Source, *, mtp: bool | None = None, tmpdir: Path | None = None) -> DryRunFile:
+    """A GGUF the dry run can read: the GGUF source itself (its header view read once when the
+    source was opened), or a sparse GGUF built from a checkpoint's headers or a config.json."""
+    if source.kind == GGUF:
+        return DryRunFile(source.path, qwen35.config_from_gguf(source.view), source.n_nextn, [], False)
     notes: list[str] = []
-    if p.is_dir():
-        ckpt = open_checkpoint(p)
-        cfg = qwen35.text_config_from(ckpt.config, where=str(p / "config.json"))
-        in_files = qwen35.mtp_layer_count(ckpt)
-        want = in_files > 0 if mtp is None else mtp
-        if want and not in_files:
-            ckpt_h = _config_checkpoint(ckpt.config, cfg, True, p / "config.json")
-            notes.append("the folder has no MTP tensors: the head is sized from config.json")
-            plans = qwen35.plan_tensors(ckpt, cfg, include_mtp=False) + qwen35.plan_tensors(
-                ckpt_h, cfg, mtp_only=True
-            )
-        else:
-            plans = qwen35.plan_tensors(ckpt, cfg, include_mtp=want)
-        n_nextn = max(1, cfg.mtp_layers) if want else 0
-        kvs = qwen35.metadata(cfg, ckpt, n_nextn=n_nextn)
-        kind = "hf-folder"
-    elif p.is_file():
-        config = _load_config(p)
+    config = source.config or {}
+    if source.kind == CONFIG_FILE:
+        p = source.path
         cfg = qwen35.text_config_from(config, where=str(p))
         want = cfg.mtp_layers > 0 if mtp is None else mtp
         ckpt_h = _config_checkpoint(config, cfg, want, p)
@@ -180,7 +166,7 @@ def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None
         kvs = [
             KV("general.architecture", GGUFValueType.STRING, ARCH),
             KV("general.type", GGUFValueType.STRING, "model"),
-            KV("general.name", GGUFValueType.STRING, p.parent.name or "model"),
+            KV("general.name", GGUFValueType.STRING, source.name),
             *qwen35.hparams_kv(cfg, n_nextn=n_nextn),
             KV("general.quantization_version", GGUFValueType.UINT32, 2),
             _tokenizer_estimate(cfg),
@@ -189,32 +175,28 @@ def source_view(src: str | Path, *, mtp: bool | None = None, tmpdir: Path | None
             f"no tokenizer files: tokenizer metadata estimated at {TOKENIZER_BYTES_PER_TOKEN} bytes x "
             f"{cfg.n_vocab} tokens"
         )
-        kind = "config"
     else:
-        raise QwythosError(f"{p} not found", "pass a GGUF, an HF folder or a config.json")
+        ckpt = source.checkpoint
+        cfg = qwen35.text_config_from(config, where=str(source.path / "config.json"))
+        in_files = qwen35.mtp_layer_count(ckpt)
+        want = in_files > 0 if mtp is None else mtp
+        if want and not in_files:
+            ckpt_h = _config_checkpoint(config, cfg, True, source.path / "config.json")
+            notes.append("the folder has no MTP tensors: the head is sized from config.json")
+            plans = qwen35.plan_tensors(ckpt, cfg, include_mtp=False) + qwen35.plan_tensors(
+                ckpt_h, cfg, mtp_only=True
+            )
+        else:
+            plans = qwen35.plan_tensors(ckpt, cfg, include_mtp=want)
+        n_nextn = max(1, cfg.mtp_layers) if want else 0
+        kvs = qwen35.metadata(cfg, ckpt, n_nextn=n_nextn)
     tmp = Path(tempfile.mkdtemp(prefix="qwythos-plan-", dir=tmpdir))
     out = tmp / "header-only.gguf"
     write_sparse_gguf(out, kvs, plans)
-    return _View(out, kind, cfg, n_nextn, notes, True)
+    return DryRunFile(out, cfg, n_nextn, notes, True)
 
 
-# ---------------------------------------------------------------- memory
-
-
-def kv_cache_bytes(cfg: qwen35.TextConfig, ctx: int, kv_type: str, n_nextn: int) -> int:
-    if kv_type not in KV_TYPES:
-        raise QwythosError(f"unknown --kv-type {kv_type}", "use " + ", ".join(KV_TYPES))
-    t = ggml_types()[kv_type]
-    n_full = sum(1 for k in cfg.layer_types if k == "full_attention") + n_nextn
-    row = cfg.n_head_kv * cfg.head_dim
-    return 2 * n_full * ctx * t.row_bytes(row)
-
-
-def recurrent_state_bytes(cfg: qwen35.TextConfig, n_seq: int = 1) -> int:
-    n_lin = sum(1 for k in cfg.layer_types if k == "linear_attention")
-    conv = (cfg.conv_kernel - 1) * cfg.conv_dim
-    ssm = cfg.lin_v_heads * cfg.lin_k_dim * cfg.lin_v_dim
-    return 4 * n_lin * (conv + ssm) * n_seq
+# ---------------------------------------------------------------- memory: core/model/memory.py
 
 
 # ---------------------------------------------------------------- per type
@@ -277,31 +259,40 @@ def dry_run(
 
 
 def plan(
-    src_or_config: str | Path,
+    src_or_config: str | Path | Source,
     types: list[str] | str = DEFAULT_TYPES,
-    ctx: int = 32768,
-    kv_type: str = "f16",
+    ctx: int = START_CONTEXT,
+    kv_type: str = KV_TYPES[0],
     *,
     mtp_type: str = DEFAULT_MTP_TYPE,
     mtp: bool | None = None,
     output_tensor_type: str | None = None,
     token_embedding_type: str | None = None,
 ) -> Plan:
-    """Sizes of each quantization of `src_or_config` (GGUF, HF folder or config.json) and memory at `ctx`."""
+    """Sizes of each quantization of `src_or_config` (GGUF, HF folder or config.json, or a Source
+    opened already) and memory at `ctx`."""
     ftypes_ = parse_types(list(types) if not isinstance(types, str) else types)
     mtp_type = check_mtp_type(mtp_type)
     if ctx <= 0:
-        raise QwythosError(f"--ctx {ctx} must be positive", "e.g. --ctx 32768")
+        raise QwythosError(f"--ctx {ctx} must be positive", f"e.g. --ctx {START_CONTEXT}")
     ott = parse_ggml_type(output_tensor_type, "--output-tensor-type") if output_tensor_type else None
     tet = parse_ggml_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else None
-    view = source_view(src_or_config, mtp=mtp)
-    try:
+    source = open_plan_source(src_or_config)
+    is_config = source.kind == CONFIG_FILE
+    with ExitStack() as temporary:
+        view = temporary.enter_context(dry_run_file(source, mtp=mtp))
         cfg, n_nextn = view.cfg, view.n_nextn
-        kv_b = kv_cache_bytes(cfg, ctx, kv_type, n_nextn if (view.kind != "config" or mtp) else 0)
+        # the trunk alone, for the file size the official repo ships (no head): a second dry run
+        trunk_view = (
+            temporary.enter_context(dry_run_file(source, mtp=False))
+            if n_nextn and source.kind != GGUF
+            else None
+        )
+        kv_b = kv_cache_bytes(cfg, ctx, kv_type, n_nextn if (not is_config or mtp) else 0)
         rs_b = recurrent_state_bytes(cfg)
         result = Plan(
-            source=str(src_or_config),
-            source_kind=view.kind,
+            source=source.given,
+            source_kind=source.kind,
             n_params=0,
             n_layer=cfg.n_layer,
             mtp_layers=n_nextn,
@@ -311,8 +302,8 @@ def plan(
             recurrent_state_bytes=rs_b,
             notes=list(view.notes),
         )
-        trunk_view = source_view(src_or_config, mtp=False) if view.n_nextn and view.kind != "gguf" else None
         mtp_prefix = tuple(f"blk.{cfg.n_layer + k}." for k in range(n_nextn))
+        primary_with_head = bool(n_nextn) and (not is_config or mtp is True)
         for ft in ftypes_:
             ov = mtp_overrides(cfg.n_layer, n_nextn, mtp_type, ft)
             choices, size = dry_run(
@@ -325,7 +316,6 @@ def plan(
             result.n_params = n_params
             head = [c for c in choices if c.name.startswith(mtp_prefix)] if mtp_prefix else []
             trunk_w = sum(c.nbytes() for c in choices if c not in head)
-            primary_with_head = bool(n_nextn) and (view.kind != "config" or mtp is True)
             weights = trunk_w + (sum(c.nbytes() for c in head) if primary_with_head else 0)
             counts: dict[str, int] = {}
             for c in choices:
@@ -350,21 +340,14 @@ def plan(
                     memory_gib=round(mem / GIB, 3),
                 )
             )
-        if trunk_view is not None:
-            trunk_view.gguf.unlink(missing_ok=True)
-            os.rmdir(trunk_view.gguf.parent)
-        if view.kind == "config" and n_nextn and mtp is not True:
-            result.notes.append(
-                "file size = trunk only, as the official GGUF repo ships its quants (the MTP head is a "
-                "separate MTP-BF16 file); the +MTP column adds the head at --mtp-type"
-            )
-        projector = planned_projector(src_or_config)
-        if projector is not None:
-            result.mmproj_bytes = projector.bytes
-            result.mmproj_type = projector.mmproj_type
-            result.mmproj_source = projector.how
-        return result
-    finally:
-        if view.cleanup:
-            view.gguf.unlink(missing_ok=True)
-            os.rmdir(view.gguf.parent)
+    if is_config and n_nextn and mtp is not True:
+        result.notes.append(
+            "file size = trunk only, as the official GGUF repo ships its quants (the MTP head is a "
+            "separate MTP-BF16 file); the +MTP column adds the head at --mtp-type"
+        )
+    projector = planned_projector(source.path, config=source.config)
+    if projector is not None:
+        result.mmproj_bytes = projector.bytes
+        result.mmproj_type = projector.mmproj_type
+        result.mmproj_source = projector.how
+    return result

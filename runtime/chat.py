@@ -25,10 +25,6 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from qwythos.core.model.chat_template import TURN_END, load_tools, render_chat  # noqa: F401 - re-exported
-from qwythos.runtime.sampling import CARD_DEFAULTS
-
-#: The model card's defaults (temperature 0.6, top-p 0.95, top-k 20, repetition penalty 1.05).
-CARD_SAMPLING = CARD_DEFAULTS
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

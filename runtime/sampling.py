@@ -18,7 +18,7 @@ from qwythos.core.model import release
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings. Defaults are the model card's (temperature 0.6, top-p 0.95, top-k 20, rp 1.05)."""
+    """Sampling settings. Defaults are the model card's (core/model/release.py)."""
 
     temperature: float = release.TEMPERATURE
     top_k: int = release.TOP_K  # 0 = off
@@ -36,7 +36,8 @@ class SamplingParams:
         return asdict(self)
 
 
-CARD_DEFAULTS = SamplingParams()
+#: The model card's sampling (what `run` and `chat` use unless a flag says otherwise).
+CARD_SAMPLING = SamplingParams()
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 
 

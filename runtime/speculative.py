@@ -5,7 +5,8 @@ logits at n-1) is pending, and `h_{n-1}` (the target's post-norm hidden state th
 MTP context holds the pairs (x_p, h_{p-1}) for the positions it has caught up on; the pairs it
 still lacks wait in a catch-up list.
 
-One step with draft length N (`Engine._step`):
+One step with draft length N (`Engine._speculative`; N comes from the engine's `DraftPlan`,
+runtime/draft_plan.py, settled by the caller):
 1. draft (`_draft`): the MTP context decodes the catch-up rows plus (x_n, h_{n-1}) in one batch and
    reads the hidden state of that batch's *last* row, then chains single rows (d_j, h'_j) - its own
    hidden output - to draft d_1..d_N (stopping after an end-of-generation token);
@@ -18,8 +19,8 @@ One step with draft length N (`Engine._step`):
    recurrent state, restored from the snapshots `n_rs_seq` keeps); the MTP context drops its
    draft rows.
 Greedy output is the plain greedy output; sampled output follows plain sampling's distribution,
-whatever N each step uses - which is what lets `draft="auto"` (runtime/draft_policy.py) change N
-from step to step on measured costs and acceptance.
+whatever N each step uses - which is what lets `--draft auto`'s policy (runtime/draft_policy.py)
+change N from step to step on measured costs and acceptance.
 
 One caveat on "identical": llama.cpp computes a batch of tokens with different kernels than a
 single token (the recurrent layers' chunked scan, batched matmuls), so a verify batch's logits
@@ -40,12 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.core.drafting import costs as draft_costs
-from qwythos.core.drafting.lengths import AUTO_MAX_DRAFT, MAX_DRAFT
+from qwythos.core.drafting.costs import DraftCosts
+from qwythos.core.drafting.lengths import MAX_DRAFT
 from qwythos.core.drafting.rates import depth_rates, rate
 from qwythos.core.errors import QwythosError
-from qwythos.core.llamacpp.handles import Context, Model, default_threads
-from qwythos.runtime.draft_policy import DraftCosts, DraftPolicy, best_draft
+from qwythos.core.llamacpp.handles import Context, Model
+from qwythos.core.model.release import START_CONTEXT
+from qwythos.runtime.draft_plan import AUTO, Drafter, DraftPlan, draft_plan
 from qwythos.runtime.sampling import (
     GREEDY,
     Dist,
@@ -57,15 +59,12 @@ from qwythos.runtime.sampling import (
 )
 from qwythos.runtime.vision import Layout, Segment, Vision
 
-DEFAULT_N_CTX = 32768
-AUTO = "auto"
-
 
 @dataclass
 class GenStats:
     """Speed and acceptance of one generation."""
 
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # KV cells the prompt fills (an image fills more than its positions)
     gen_tokens: int = 0
     prompt_seconds: float = 0.0
     gen_seconds: float = 0.0
@@ -208,14 +207,11 @@ def check_max_tokens(max_tokens: int) -> None:
 
 
 class Engine:
-    """A model with a target context (and an MTP context) reused across generations.
+    """A model with a target context (and an MTP context) reused across generations: the loop.
 
-    draft: "auto" (the default) chooses each step's draft length from measured costs and
-    acceptance (plain decoding when the GGUF has no MTP head); N forces N drafts a step; 0 is plain
-    decoding. costs: where auto starts from - "cache" (what `qwythos bench` stored for this file,
-    machine and thread count; measure as it goes when there is none), a DraftCosts, or None.
-    p_min: stop a draft chain when the head's top probability falls below it (0: never).
-    drafter: replaces the MTP head (history, n) -> n draft tokens (a point-mass q); for tests.
+    plan: how it drafts (runtime/draft_plan.py: plain, a fixed N, or auto's policy, and a stand-in
+    drafter if any), settled by the caller. p_min: stop a draft chain when the head's top
+    probability falls below it (0: never).
     vision: a runtime/vision.Vision on this model; `generate` then also takes a Layout (text and
     image segments). Images go to the target only: the MTP context skips their positions, and the
     first token after an image pairs with the hidden state of the image's last row (llama.cpp's MTP
@@ -224,69 +220,28 @@ class Engine:
     positions: the room check is on cells, truncation and rollback on positions.
     """
 
-    _split_catchup = False  # bench/bench_mtp_rows.py: catch-up rows and x_n as two decodes
-
     def __init__(
         self,
         model: Model,
+        plan: DraftPlan,
         *,
-        n_ctx: int = DEFAULT_N_CTX,
-        draft: int | str = AUTO,
+        n_ctx: int = START_CONTEXT,
         threads: int | None = None,
-        drafter: Callable[[list[int], int], list[int]] | None = None,
-        costs: DraftCosts | str | None = "cache",
         p_min: float = 0.0,
         vision: Vision | None = None,
     ):
-        can_draft = drafter is not None or model.has_mtp
-        self.auto_reason = ""
-        if draft == AUTO:
-            self.mode = "auto" if can_draft else "plain"
-            self.max_draft = AUTO_MAX_DRAFT if can_draft else 0
-            if not can_draft:
-                self.auto_reason = f"{model.path.name} has no MTP head: plain decoding"
-        elif isinstance(draft, int) and not isinstance(draft, bool):
-            if draft < 0 or draft > MAX_DRAFT:
-                raise QwythosError(
-                    f"--draft {draft} is out of range", f"use 1..{MAX_DRAFT}, auto, or 0 for plain decoding"
-                )
-            if draft > 0 and not can_draft:
-                raise QwythosError(
-                    f"{model.path} has no MTP (nextn) layer, so it cannot draft tokens",
-                    "use a GGUF with the MTP head (`qwythos mtp restore`) or run with --no-mtp",
-                )
-            self.mode = "fixed" if draft > 0 else "plain"
-            self.max_draft = draft
-        else:
-            raise QwythosError(f"--draft {draft!r} is not a number", f"use auto or 0..{MAX_DRAFT}")
         self.model = model
+        self.plan = plan
+        self.max_draft = plan.max_draft
+        self.drafter = plan.drafter
         self.vision = vision
         self._extra_cells = 0  # KV cells in the target beyond its positions (images)
-        self.draft = self.max_draft
         self.n_ctx = n_ctx
         self.p_min = p_min
-        self.threads = threads or default_threads()
         self.target: Context = model.new_target(n_ctx, n_draft=self.max_draft, threads=threads)
-        self.drafter = drafter
         self.mtp: Context | None = None
-        if self.max_draft > 0 and drafter is None:
+        if self.max_draft > 0 and self.drafter is None:
             self.mtp = model.new_draft(n_ctx, n_batch=self.target.n_batch, threads=threads)
-        self.policy: DraftPolicy | None = None
-        self._keep_learned = False  # auto on the cache: keep what a policy that started cold measures (once)
-        if self.mode == "auto":
-            start = costs if isinstance(costs, DraftCosts) else None
-            self._keep_learned = costs == "cache" and drafter is None
-            if self._keep_learned:
-                rec = draft_costs.lookup(model.path, self.threads, model.placement)
-                if rec is not None:
-                    start = rec.costs  # the policy then has nothing of its own to keep
-                    by = "`qwythos bench`" if rec.source == "bench" else "an earlier run's first steps"
-                    self.auto_reason = f"costs measured by {by} ({time.ctime(rec.measured_at)})"
-            if not self.auto_reason:
-                self.auto_reason = (
-                    "costs given by the caller" if start is not None else "no cached costs: measuring"
-                )
-            self.policy = DraftPolicy(self.max_draft, start)
         self._reset_mtp_state()
 
     def close(self) -> None:
@@ -421,7 +376,7 @@ class Engine:
                 f"the prompt has {n_cells} tokens{what} but the context holds {self.n_ctx}",
                 f"raise --ctx above {n_cells + max_tokens} or shorten the prompt",
             )
-        stats = GenStats(prompt_tokens=n_cells, draft=self.max_draft, draft_mode=self.mode)
+        stats = GenStats(prompt_tokens=n_cells, draft=self.max_draft, draft_mode=self.plan.mode)
         stats.drafted_per_depth = [0] * self.max_draft
         stats.accepted_per_depth = [0] * self.max_draft
         stats.steps_per_draft = [0] * (self.max_draft + 1)
@@ -462,32 +417,8 @@ class Engine:
         out.close()
         stats.gen_tokens = len(out.tokens)
         stats.t_python = max(0.0, stats.gen_seconds - stats.t_draft - stats.t_verify - stats.t_rollback)
-        if self.policy is not None:
-            stats.auto = {"reason": self.auto_reason, **self.policy.explain()}
-            self._store_learned()
-        elif self.auto_reason:
-            stats.auto = {"reason": self.auto_reason}
+        stats.auto = self.plan.done()
         return Generation(out.tokens, out.text, out.finish or "length", stats)
-
-    def _store_learned(self) -> None:
-        """Keep what a run without cached costs measured, so that the next run starts from it
-        (once per engine; a bench entry is never replaced; a cache that cannot be written only
-        means measuring again next time)."""
-        learned = self.policy.learned() if self._keep_learned else None
-        if learned is None:
-            return
-        self._keep_learned = False
-        try:
-            draft_costs.store(
-                self.model.path,
-                self.threads,
-                learned,
-                best_draft(learned, self.max_draft),
-                self.model.placement,
-                source="run",
-            )
-        except (QwythosError, OSError):
-            pass
 
     def _room(self) -> int:
         """KV cells left in the target (an image fills more cells than positions)."""
@@ -529,11 +460,7 @@ class Engine:
         mtp = self.mtp
         toks = [*self._cu_tokens, x]
         hid = np.stack([*self._cu_hidden, self._h_last])
-        if self._split_catchup and len(toks) > 1:
-            mtp.decode_rows(toks[:-1], n - len(toks) + 1, hid[:-1])
-            mtp.decode(toks[-1:], n, outputs="last", hidden=hid[-1:])
-        else:
-            mtp.decode_rows(toks, n - len(toks) + 1, hid)
+        mtp.decode_rows(toks, n - len(toks) + 1, hid)
         self._cu_tokens, self._cu_hidden = [], []
         drafts: list[int] = []
         qs: list[Dist] = []
@@ -578,7 +505,7 @@ class Engine:
         self, x: int, history: list[int], sp: SamplingParams, rng, out: _Output, stats: GenStats
     ) -> None:
         perf = time.perf_counter
-        policy = self.policy
+        plan = self.plan
         while True:
             history.append(x)
             if out.emit(x):
@@ -589,7 +516,7 @@ class Engine:
                 out.finish = "context"
                 return
             limit = min(room, out.max_tokens - len(out.tokens))
-            n_draft = policy.choose(limit) if policy is not None else min(self.max_draft, limit)
+            n_draft = plan.choose(limit)
             a = perf()
             fed = n_draft > 0 and self.mtp is not None  # the MTP context takes the catch-up rows
             drafts, qs = self._draft(x, n, n_draft, history, sp, rng)
@@ -619,8 +546,7 @@ class Engine:
                 if j < acc:
                     stats.accepted += 1
                     stats.accepted_per_depth[j] += 1
-            if policy is not None:
-                policy.record(len(drafts), acc, c - b, b - a)
+            plan.record(len(drafts), acc, c - b, b - a)
             for d in drafts[:acc]:
                 history.append(d)
                 if out.emit(d):
@@ -670,13 +596,15 @@ def generate(
     n_ctx: int | None = None,
     on_text: Callable[[str], None] | None = None,
     threads: int | None = None,
-    drafter: Callable[[list[int], int], list[int]] | None = None,
+    drafter: Drafter | None = None,
     costs: DraftCosts | str | None = "cache",
 ) -> Generation:
-    """Generate up to max_tokens after prompt_tokens; draft: "auto" (default), N drafts a step, 0 plain."""
+    """Generate up to max_tokens after prompt_tokens on a fresh engine; draft: "auto" (default), N
+    drafts a step, 0 plain; costs and drafter: as runtime/draft_plan.draft_plan takes them."""
     check_max_tokens(max_tokens)
-    ctx = n_ctx or min(DEFAULT_N_CTX, max(512, len(prompt_tokens) + max_tokens + MAX_DRAFT + 2))
-    with Engine(model, n_ctx=ctx, draft=draft, threads=threads, drafter=drafter, costs=costs) as eng:
+    plan = draft_plan(model, draft, threads=threads, costs=costs, drafter=drafter)
+    ctx = n_ctx or min(START_CONTEXT, max(512, len(prompt_tokens) + max_tokens + MAX_DRAFT + 2))
+    with Engine(model, plan, n_ctx=ctx, threads=threads) as eng:
         return eng.generate(
             prompt_tokens, max_tokens=max_tokens, sampling=sampling, stop=stop, on_text=on_text
         )

@@ -17,9 +17,10 @@ from qwythos.core.drafting.costs import DraftCosts
 from qwythos.core.drafting.rates import depth_rates, rate, sum_counts
 from qwythos.core.errors import QwythosError
 from qwythos.core.llamacpp.handles import Model, default_threads, load_model
+from qwythos.runtime.draft_plan import AUTO, draft_plan
 from qwythos.runtime.draft_policy import best_draft, fill_verify, predicted_tps
 from qwythos.runtime.sampling import GREEDY, SamplingParams
-from qwythos.runtime.speculative import AUTO, Engine, Generation
+from qwythos.runtime.speculative import Engine, Generation
 
 #: A fixed prompt set (plain text: the bench measures decoding, not chat formatting).
 BENCH_PROMPTS: tuple[str, ...] = (
@@ -83,10 +84,11 @@ class BenchReport:
 
 def _run_mode(model: Model, prompts: list[list[int]], draft, max_tokens: int, sp, threads, n_ctx, costs):
     gens = []
-    with Engine(model, n_ctx=n_ctx, draft=draft, threads=threads, costs=costs) as eng:
+    plan = draft_plan(model, draft, threads=threads, costs=costs)
+    with Engine(model, plan, n_ctx=n_ctx, threads=threads) as eng:
         eng.generate(prompts[0], max_tokens=4, sampling=sp)  # warm-up (allocations, first-touch)
-        if eng.policy is not None and costs is None:  # auto measured from nothing: not the warm-up
-            eng.policy = type(eng.policy)(eng.max_draft, None)
+        if costs is None:  # auto measured from nothing: not the warm-up
+            plan.restart()
         for p in prompts:
             gens.append(eng.generate(p, max_tokens=max_tokens, sampling=sp))
             if gens[-1].finish_reason == "interrupted":  # Ctrl-C stops the bench, not one prompt

@@ -17,6 +17,11 @@ The model is saved in the real HF layout of Qwen3_5ForConditionalGeneration
 (model.language_model.*, lm_head.weight, mtp.*), in bf16, next to its tokenizer files.
 
     nice -n 5 python scripts/train_tiny.py --out data/tiny-trained --seed 0
+    nice -n 10 python scripts/train_tiny.py --shape wide --out data/tiny-wide --seed 0
+
+`--shape wide` trains the same architecture at hidden 256 (every matrix row a multiple of 256, so
+llama.cpp's k-quants and IQ4_XS apply instead of falling back to other types), for measuring
+quantization quality (quants with and without an importance matrix).
 """
 
 from __future__ import annotations
@@ -55,6 +60,20 @@ TEXT_CONFIG = {k: v for k, v in TINY_TEXT_CONFIG.items() if k != "mamba_ssm_dtyp
     "vocab_size": VOCAB,
 }
 
+#: Shapes on top of TEXT_CONFIG. "wide": hidden 256 and every matrix's input width (hidden, the
+#: 4 x 64 attention output, the 4 x 64 linear-attention value width, the FFN's 512) a multiple of
+#: 256, the k-quant block, so Q4_K_M / Q3_K_M / Q2_K / IQ4_XS quantize every matrix as named.
+SHAPES: dict[str, dict] = {
+    "tiny": {},
+    "wide": {
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "head_dim": 64,
+        "linear_value_head_dim": 64,
+        "rope_parameters": {**TEXT_CONFIG["rope_parameters"], "mrope_section": [3, 3, 2]},
+    },
+}
+
 
 # ---------------------------------------------------------------- corpus and tokenizer
 
@@ -87,14 +106,22 @@ def save_tokenizer(out: Path) -> None:
 # ---------------------------------------------------------------- model
 
 
-def text_config(tok):
+def text_dict(tok, shape: str = "tiny") -> dict:
+    """The text config (as written to config.json) of a shape."""
+    return TEXT_CONFIG | SHAPES[shape] | {"eos_token_id": tok.token_to_id("<|im_end|>")}
+
+
+def text_config(tok, shape: str = "tiny"):
+    return config_from_dict(text_dict(tok, shape))
+
+
+def config_from_dict(d: dict):
     from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5TextConfig
 
-    d = dict(TEXT_CONFIG)
-    d["eos_token_id"] = tok.token_to_id("<|im_end|>")
-    d.pop("model_type")
+    d = {k: v for k, v in d.items() if k != "model_type"}
     cfg = Qwen3_5TextConfig(**d)
     cfg._attn_implementation = "sdpa"
+    cfg.qwythos_text_dict = d  # written back to config.json by save_checkpoint
     return cfg
 
 
@@ -128,6 +155,7 @@ class TinyQwen35(nn.Module):
         super().__init__()
         from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5ForCausalLM
 
+        self.text_dict = {"model_type": TEXT_CONFIG["model_type"], **cfg.qwythos_text_dict}
         self.lm = Qwen3_5ForCausalLM(cfg)
         self.mtp = MTPHead(cfg)
         # Qwen3.5 norms store w with output = x * (1 + w): start at 0 like the HF init
@@ -307,13 +335,12 @@ def save_checkpoint(model, tok, out: Path, seed: int, stats: dict) -> None:
             total += v.numel() * v.element_size()
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    tc = dict(TEXT_CONFIG)
-    tc["eos_token_id"] = tok.token_to_id("<|im_end|>")
+    tc = dict(model.text_dict)
     from qwythos.testing.tiny import TINY_VISION_CONFIG, generation_config
     from qwythos.testing.tokenizer_build import special_token_ids
 
     sp = special_token_ids()
-    vision = {**TINY_VISION_CONFIG, "out_hidden_size": TEXT_CONFIG["hidden_size"]}
+    vision = {**TINY_VISION_CONFIG, "out_hidden_size": tc["hidden_size"]}
     config = {
         "architectures": ["Qwen3_5ForConditionalGeneration"],
         "image_token_id": sp["<|image_pad|>"],
@@ -336,13 +363,8 @@ def load_trained(folder: Path) -> TinyQwen35:
     """A saved tiny model back in torch (float32), for cross-checks against llama.cpp."""
     from safetensors.torch import load_file
 
-    from qwythos.testing.tokenizer_build import special_token_ids
-
-    class _Tok:
-        def token_to_id(self, s: str) -> int:
-            return special_token_ids()[s]
-
-    model = TinyQwen35(text_config(_Tok()))
+    text = json.loads((Path(folder) / "config.json").read_text())["text_config"]
+    model = TinyQwen35(config_from_dict(text))
     sd: dict[str, torch.Tensor] = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
         sd.update(load_file(str(f)))
@@ -366,7 +388,8 @@ def round_to_bf16(model) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "tiny-trained")
+    ap.add_argument("--out", type=Path, default=None, help="default: data/tiny-trained (data/tiny-wide)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trunk-steps", type=int, default=1500)
     ap.add_argument("--head-steps", type=int, default=800)
@@ -375,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-accept", type=float, default=0.15, help="refuse to save below this depth-1 rate")
     args = ap.parse_args(argv)
+    data = Path(__file__).resolve().parents[1] / "data"
+    args.out = args.out or data / ("tiny-trained" if args.shape == "tiny" else f"tiny-{args.shape}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -391,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(held_files)} held-out ({held_stream.numel()} tokens used)"
     )
 
-    model = TinyQwen35(text_config(tok))
+    model = TinyQwen35(text_config(tok, args.shape))
     model.train()
     train_trunk(model, train_stream, args.trunk_steps, args.seq, args.batch, gen, log)
     for p in model.lm.parameters():
@@ -409,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     if stats["accept"][0] < args.min_accept:
         log(f"depth-1 acceptance {stats['accept'][0]:.3f} < {args.min_accept}: not saving")
         return 1
-    stats = {"trunk_steps": args.trunk_steps, "head_steps": args.head_steps, **stats}
+    stats = {"shape": args.shape, "trunk_steps": args.trunk_steps, "head_steps": args.head_steps, **stats}
     save_checkpoint(model, tok, args.out, args.seed, stats)
     log(f"saved {args.out}")
     return 0

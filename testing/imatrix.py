@@ -1,4 +1,5 @@
-"""An importance matrix for a GGUF, written as llama-imatrix writes it (GGUF form or legacy .dat)."""
+"""A random importance matrix for a GGUF, written as llama-imatrix writes it (GGUF form through
+quantize/imatrix_file.py, or the legacy .dat)."""
 
 from __future__ import annotations
 
@@ -36,18 +37,12 @@ def write_imatrix(path: Path, src: Path, *, legacy: bool = False, skip_head: boo
         out += struct.pack("<i", 10) + struct.pack("<i", 4) + b"text"
         path.write_bytes(bytes(out))
         return path
-    import gguf
+    from qwythos.quantize.imatrix_file import ImatrixData
+    from qwythos.quantize.imatrix_file import write_imatrix as write_gguf_imatrix
 
-    w = gguf.GGUFWriter(str(path), arch="imatrix")
-    w.add_type("imatrix")
-    w.add_array("imatrix.datasets", ["text.txt"])
-    w.add_uint32("imatrix.chunk_count", 10)
-    w.add_uint32("imatrix.chunk_size", 512)
+    data = ImatrixData(datasets=["text.txt"], chunk_count=10, chunk_size=512)
     for name, v in entries.items():
-        w.add_tensor(name + ".in_sum2", (v * 5120).reshape(1, -1))
-        w.add_tensor(name + ".counts", np.array([[5120.0]], dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        data.sums[name] = (v * 5120).reshape(1, -1)
+        data.counts[name] = np.array([5120.0])
+    write_gguf_imatrix(path, data)
     return path

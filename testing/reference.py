@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import cache_dir
 
-DEFAULT_SRC = Path.home() / ".cache/qwythos/src/llama_cpp_python-0.3.36/vendor/llama.cpp"
+#: Where install.sh unpacks the llama-cpp-python source distribution, inside the cache folder.
+SDIST_TREE = "src/llama_cpp_python-0.3.36/vendor/llama.cpp"
 ENV_VAR = "QWYTHOS_LLAMA_CPP_SRC"
 FALLBACK_PRE = "qwen35"
 
@@ -45,9 +47,15 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def default_source() -> Path:
+    """The tree install.sh unpacked: in the cache folder, by core/fileio.cache_dir's rule (which
+    install.sh follows too). The test suite records it before pointing QWYTHOS_CACHE elsewhere."""
+    return cache_dir(*SDIST_TREE.split("/"))
+
+
 def llama_cpp_source() -> Path:
-    """The vendored llama.cpp tree ($QWYTHOS_LLAMA_CPP_SRC or the sdist cache)."""
-    src = Path(os.environ.get(ENV_VAR) or DEFAULT_SRC)
+    """The vendored llama.cpp tree ($QWYTHOS_LLAMA_CPP_SRC, else the sdist in the cache folder)."""
+    src = Path(os.environ.get(ENV_VAR) or default_source())
     if not (src / "convert_hf_to_gguf.py").is_file() or not (src / "gguf-py").is_dir():
         raise QwythosError(
             f"llama.cpp source not found at {src} (need convert_hf_to_gguf.py and gguf-py/)",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qwythos.core.model.safetensors_writer import SafetensorsEntry, write_pieces, write_safetensors
 from qwythos.testing.tokenizer_build import N_REGULAR, SPECIAL_TOKENS, build_tokenizer, special_token_ids
 
 VARIANTS = ("mtp", "no-mtp", "qwythos")
@@ -326,7 +327,7 @@ def random_tensor(spec: TensorSpec, seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# safetensors writing (own writer: numpy has no bf16, and we stream).
+# safetensors writing (core/model/safetensors_writer.py; numpy has no bf16: our own encoder).
 
 _DTYPES = {"bf16": ("BF16", 2), "f16": ("F16", 2), "f32": ("F32", 4)}
 
@@ -368,34 +369,19 @@ def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
 
 
 def _write_safetensors(path: Path, entries: list[_Entry], dtype: str) -> int:
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for e in entries:
-        n = _nbytes(e.shape, dtype)
-        header[e.name] = {
-            "dtype": _DTYPES[dtype][0],
-            "shape": list(e.shape),
-            "data_offsets": [offset, offset + n],
-        }
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for e in entries:
-            written = 0
-            for chunk in e.chunks():
-                data = _encode(np.asarray(chunk), dtype)
-                f.write(data)
-                written += len(data)
-            if written != _nbytes(e.shape, dtype):
-                raise ValueError(
-                    f"tensor {e.name}: wrote {written} bytes, expected {_nbytes(e.shape, dtype)}"
-                )
-    tmp.replace(path)
-    return offset
+    """One shard through the package's own writer, each tensor encoded a chunk at a time."""
+    return write_safetensors(
+        path,
+        [
+            SafetensorsEntry(
+                e.name,
+                _DTYPES[dtype][0],
+                e.shape,
+                write_pieces(lambda e=e: (_encode(np.asarray(c), dtype) for c in e.chunks())),
+            )
+            for e in entries
+        ],
+    )
 
 
 def _write_sharded(out: Path, entries: list[_Entry], dtype: str, max_shard_bytes: int) -> list[Path]:

@@ -25,6 +25,11 @@ def pytest_configure(config):
     import shutil
     import tempfile
 
+    from qwythos.testing import reference
+
+    # the llama.cpp source install.sh unpacked lives in the user's cache folder: found before the
+    # suite points the cache elsewhere
+    os.environ.setdefault(reference.ENV_VAR, str(reference.default_source()))
     folder = tempfile.mkdtemp(prefix="qwythos-test-cache-")
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
     os.environ["QWYTHOS_CACHE"] = folder

@@ -8,12 +8,12 @@ import pytest
 
 from qwythos.core.errors import QwythosError
 from qwythos.runtime.chat import (
-    CARD_SAMPLING,
     ThinkStream,
     assistant_message,
     parse_output,
     render_chat,
 )
+from qwythos.runtime.sampling import CARD_SAMPLING
 
 
 def test_card_defaults():

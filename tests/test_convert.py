@@ -198,36 +198,38 @@ def _a_shard(d: Path) -> Path:
     return sorted(d.glob("*.safetensors"))[0]
 
 
-def test_header_length_beyond_file(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
-    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
-    shard = _a_shard(d)
+def _claim_a_longer_header(shard: Path) -> None:
     data = bytearray(shard.read_bytes())
     data[:8] = struct.pack("<Q", len(data) * 4)
     shard.write_bytes(bytes(data))
-    with pytest.raises(QwythosError, match="truncated or corrupt") as e:
-        convert(d, tmp_path / "o.gguf")
-    assert shard.name in str(e.value)
 
 
-def test_data_offsets_beyond_file(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
-    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
-    shard = _a_shard(d)
-    size = shard.stat().st_size
+def _cut_the_data(shard: Path) -> None:
     with open(shard, "r+b") as f:
-        f.truncate(size - 64)
-    with pytest.raises(QwythosError, match="truncated: tensor") as e:
-        convert(d, tmp_path / "o.gguf")
-    assert shard.name in str(e.value)
+        f.truncate(shard.stat().st_size - 64)
 
 
-def test_corrupt_header_json(tiny_nomtp_dir: Path, tmp_path: Path) -> None:
-    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
-    shard = _a_shard(d)
+def _garble_the_header_json(shard: Path) -> None:
     data = bytearray(shard.read_bytes())
     data[8:12] = b"!!!!"
     shard.write_bytes(bytes(data))
-    with pytest.raises(QwythosError, match="not valid JSON"):
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_claim_a_longer_header, "truncated or corrupt"),  # header length beyond the file
+        (_cut_the_data, "truncated: tensor"),  # data offsets beyond the file
+        (_garble_the_header_json, "not valid JSON"),
+    ],
+)
+def test_damaged_shard_is_named(damage, message: str, tiny_nomtp_dir: Path, tmp_path: Path) -> None:
+    d = copy_dir(tiny_nomtp_dir, tmp_path / "m")
+    shard = _a_shard(d)
+    damage(shard)
+    with pytest.raises(QwythosError, match=message) as e:
         convert(d, tmp_path / "o.gguf")
+    assert shard.name in str(e.value)
 
 
 def test_missing_shard(tiny_nomtp_dir: Path, tmp_path: Path) -> None:

@@ -10,50 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from gguf import GGUFReader
 
 from qwythos.convert.text import RESTORE_HINT, convert
+from qwythos.testing.gguf_compare import assert_same_gguf as compare
 
 pytestmark = pytest.mark.reference
 
-PROVENANCE_KEEP = {
-    "general.architecture",
-    "general.type",
-    "general.file_type",
-    "general.quantization_version",
-    "general.alignment",
-}
-
-
-def _kvs(r: GGUFReader) -> dict:
-    out = {}
-    for f in r.fields.values():
-        if f.name.startswith("GGUF.") or (f.name.startswith("general.") and f.name not in PROVENANCE_KEEP):
-            continue
-        out[f.name] = (list(f.types), f.contents())
-    return out
-
 
 def assert_same_gguf(ours: Path, ref: Path) -> None:
-    a, b = GGUFReader(ours), GGUFReader(ref)
-    ka, kb = _kvs(a), _kvs(b)
-    assert list(ka) == list(kb), (
-        f"metadata keys differ: ours-only {set(ka) - set(kb)}, ref-only {set(kb) - set(ka)}"
-    )
-    for k in ka:
-        assert ka[k] == kb[k], f"metadata {k}: ours {str(ka[k])[:200]} != ref {str(kb[k])[:200]}"
-    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
-    for ta, tb in zip(a.tensors, b.tensors, strict=True):
-        assert ta.tensor_type == tb.tensor_type, ta.name
-        assert list(ta.shape) == list(tb.shape), ta.name
-        xa, xb = ta.data.tobytes(), tb.data.tobytes()
-        if xa == xb:
-            continue
-        assert ta.name.endswith(".ssm_a"), f"tensor {ta.name} bytes differ"
-        ia, ib = np.frombuffer(xa, np.int32), np.frombuffer(xb, np.int32)
-        assert np.abs(ia.astype(np.int64) - ib).max() <= 1, f"{ta.name} differs by more than 1 ulp"
+    compare(ours, ref, ulp_tolerant=(".ssm_a",))
 
 
 @pytest.fixture(scope="module")

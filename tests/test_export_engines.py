@@ -13,11 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
+from qwythos.core.drafting.lengths import DEFAULT_DRAFT
 from qwythos.core.errors import QwythosError
 from qwythos.core.model import qwen35
-from qwythos.export.engines import check_tp, tp_fits
-from qwythos.export.sglang import export_sglang
-from qwythos.export.vllm import export_vllm
+from qwythos.export.engines import check_tp, export_engine, tp_fits
+from qwythos.export.sglang import SGLANG
+from qwythos.export.vllm import VLLM
 from qwythos.mtp.hf_out import restore_hf
 from qwythos.testing.tiny import write_checkpoint
 
@@ -163,7 +164,8 @@ def nine_b_folder(tmp_path, *, yarn: bool = True, mtp_layers: int = 1):
 
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_vllm_commands_parse_with_the_pinned_definitions(served_copy, tmp_path, nodes):
-    r = export_vllm(
+    r = export_engine(
+        VLLM,
         served_copy,
         tmp_path / "out",
         gpus=1 if nodes == 2 else 2,
@@ -201,8 +203,8 @@ def test_vllm_commands_parse_with_the_pinned_definitions(served_copy, tmp_path, 
 
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_sglang_commands_parse_with_the_pinned_definitions(served_copy, tmp_path, nodes):
-    r = export_sglang(
-        served_copy, tmp_path / "out", gpus=2 // nodes, nodes=nodes, master_addr="10.0.0.1", draft=3
+    r = export_engine(
+        SGLANG, served_copy, tmp_path / "out", gpus=2 // nodes, nodes=nodes, master_addr="10.0.0.1", draft=3
     )
     parsed = [sglang_parser().parse_args(n.argv[3:]) for n in r.launches]
     for rank, (n, a) in enumerate(zip(r.launches, parsed, strict=True)):
@@ -223,20 +225,22 @@ def test_sglang_commands_parse_with_the_pinned_definitions(served_copy, tmp_path
 
 
 def test_drafting_off_and_from_bench(served_copy, tmp_path):
-    r = export_vllm(served_copy, tmp_path / "off", draft=0)
+    r = export_engine(VLLM, served_copy, tmp_path / "default")
+    assert (r.draft, r.draft_source) == (DEFAULT_DRAFT, "default")  # the length every export writes
+    r = export_engine(VLLM, served_copy, tmp_path / "off", draft=0)
     assert "--speculative-config" not in r.launches[0].argv and r.draft_source == "off"
     assert (
         "--speculative-algorithm"
-        not in export_sglang(served_copy, tmp_path / "s-off", draft=0).launches[0].argv
+        not in export_engine(SGLANG, served_copy, tmp_path / "s-off", draft=0).launches[0].argv
     )
     from qwythos.core.drafting import costs as draft_costs
 
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
     with pytest.raises(QwythosError, match="qwythos bench"):
-        export_vllm(served_copy, tmp_path / "b", bench_gguf=gguf)
+        export_engine(VLLM, served_copy, tmp_path / "b", bench_gguf=gguf)
     draft_costs.store(gguf, 2, draft_costs.DraftCosts([0.01, 0.012], 0.002, [0.7, 0.5]), recommended=3)
-    r = export_vllm(served_copy, tmp_path / "b", bench_gguf=gguf)
+    r = export_engine(VLLM, served_copy, tmp_path / "b", bench_gguf=gguf)
     assert (r.draft, r.draft_source) == (3, "bench")
     assert vllm_parser().parse_args(r.launches[0].argv[2:]).speculative_config["num_speculative_tokens"] == 3
 
@@ -246,12 +250,12 @@ def test_yarn_for_1m_is_written_into_config_json(tmp_path):
     because vLLM would apply --hf-overrides to the target but not to the MTP draft layer."""
     folder = nine_b_folder(tmp_path, yarn=False)
     before = json.loads((folder / "config.json").read_text())
-    r = export_vllm(folder, tmp_path / "o", gpus=8, ctx=1048576, write_config=False)
+    r = export_engine(VLLM, folder, tmp_path / "o", gpus=8, ctx=1048576, write_config=False)
     assert r.config_changes and r.warnings and json.loads((folder / "config.json").read_text()) == before
     with pytest.raises(QwythosError, match="already exists"):  # refused before config.json is touched
-        export_vllm(folder, tmp_path / "o", gpus=8, ctx=1048576)
+        export_engine(VLLM, folder, tmp_path / "o", gpus=8, ctx=1048576)
     assert json.loads((folder / "config.json").read_text()) == before
-    r = export_vllm(folder, tmp_path / "o", gpus=8, ctx=1048576, force=True)
+    r = export_engine(VLLM, folder, tmp_path / "o", gpus=8, ctx=1048576, force=True)
     after = json.loads((folder / "config.json").read_text())
     rope = after["text_config"]["rope_parameters"]
     assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == (
@@ -270,7 +274,8 @@ def test_yarn_for_1m_is_written_into_config_json(tmp_path):
     # the Qwythos config already reaches 1M: nothing to write
     q = nine_b_folder(tmp_path / "q")
     assert (
-        export_sglang(q, tmp_path / "s", gpus=4, nodes=2, master_addr="h", ctx=1048576).config_changes == []
+        export_engine(SGLANG, q, tmp_path / "s", gpus=4, nodes=2, master_addr="h", ctx=1048576).config_changes
+        == []
     )
 
 
@@ -280,25 +285,25 @@ def test_tensor_parallel_sizes_of_the_9b_model(tmp_path):
     with pytest.raises(QwythosError, match="tensor parallel size 6") as e:
         check_tp(cfg, 6)
     assert "1, 2, 4, 8, 16" in str(e.value)
-    r = export_vllm(nine_b_folder(tmp_path), tmp_path / "o", gpus=8, nodes=2, master_addr="10.1.1.1")
+    r = export_engine(VLLM, nine_b_folder(tmp_path), tmp_path / "o", gpus=8, nodes=2, master_addr="10.1.1.1")
     assert r.tensor_parallel == 16 and [n.rank for n in r.launches] == [0, 1]
 
 
 def test_refusals(tiny_qwythos_dir, served_copy, tmp_path):
     with pytest.raises(QwythosError, match="no mtp.* tensors") as e:
-        export_vllm(tiny_qwythos_dir, tmp_path / "a")
+        export_engine(VLLM, tiny_qwythos_dir, tmp_path / "a")
     assert "qwythos mtp restore" in e.value.hint
     with pytest.raises(QwythosError, match="--master-addr"):
-        export_sglang(served_copy, tmp_path / "b", nodes=2)
+        export_engine(SGLANG, served_copy, tmp_path / "b", nodes=2)
     with pytest.raises(QwythosError, match="--draft 9"):
-        export_vllm(served_copy, tmp_path / "c", draft=9)
+        export_engine(VLLM, served_copy, tmp_path / "c", draft=9)
     with pytest.raises(QwythosError, match="exactly one MTP layer"):
-        export_sglang(nine_b_folder(tmp_path, mtp_layers=2), tmp_path / "d")
+        export_engine(SGLANG, nine_b_folder(tmp_path, mtp_layers=2), tmp_path / "d")
     assert not any((tmp_path / x).exists() for x in "abcd")
-    export_vllm(served_copy, tmp_path / "e")
+    export_engine(VLLM, served_copy, tmp_path / "e")
     with pytest.raises(QwythosError, match="already exists"):
-        export_vllm(served_copy, tmp_path / "e")
-    export_vllm(served_copy, tmp_path / "e", force=True)
+        export_engine(VLLM, served_copy, tmp_path / "e")
+    export_engine(VLLM, served_copy, tmp_path / "e", force=True)
 
 
 def test_cli(served_copy, tmp_path):

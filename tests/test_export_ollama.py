@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from qwythos.cli import app
+from qwythos.core.drafting.lengths import DEFAULT_DRAFT
 from qwythos.core.errors import QwythosError
 from qwythos.core.model import release, summary
 from qwythos.export.modelfile import Command, parse_modelfile, render_modelfile, to_request
 from qwythos.export.ollama import (
-    DEFAULT_DRAFT,
     ModelfileSpec,
     default_spec,
     export_ollama,
@@ -205,7 +205,7 @@ def test_from_is_relative_to_the_modelfile_folder(mtp_gguf: Path, tmp_path: Path
 
 def test_stop_tokens_come_from_the_file_vocabulary(tmp_path: Path) -> None:
     g = stubs.write_stub_gguf(tmp_path / "m.gguf", tokens=["a", "<|im_end|>"], eos_token="<|im_end|>")
-    assert summary.read_gguf_summary(g).turn_end_tokens == ["<|im_end|>"]
+    assert summary.exportable(g).turn_end_tokens == ["<|im_end|>"]
     assert "PARAMETER stop <|endoftext|>" not in export_ollama(g).text
 
 
@@ -349,8 +349,8 @@ def test_declared_but_missing_head_gets_no_drafting_anywhere(export_real_gguf, t
     from qwythos.export.lmstudio import export_lmstudio
 
     g = Path(export_real_gguf("qwythos-ref"))
-    s = summary.read_gguf_summary(g)
-    assert s.nextn_predict_layers == 1 and s.nextn_tensor_count == 0 and not s.has_mtp
+    s = summary.exportable(g)
+    assert s.nextn_predict_layers == 1 and s.nextn_tensor_count == 0 and not s.mtp_present
     r = export_ollama(g, tmp_path / "Modelfile")
     req = to_request(parse_modelfile(r.text), tmp_path)
     assert "draft_num_predict" not in req.parameters and any("no nextn tensors" in w for w in r.warnings)

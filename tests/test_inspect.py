@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader, GGUFValueType
 
-from qwythos.commands.inspect import inspect_gguf
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.file import KV, RawSource, TensorPlan, read_header, write_gguf
+from qwythos.core.model.summary import summarize
 
 
 def test_summary_of_mtp_gguf(tiny_mtp_dir: Path, tiny_mtp_gguf: Path) -> None:
     tc = json.loads((tiny_mtp_dir / "config.json").read_text())["text_config"]
-    s = inspect_gguf(tiny_mtp_gguf)
+    s = summarize(tiny_mtp_gguf)
     assert s.arch == "qwen35" and s.file_type == "BF16"
     assert s.context_length == tc["max_position_embeddings"]
     assert s.trunk_layers == tc["num_hidden_layers"] and s.block_count == tc["num_hidden_layers"] + 1
@@ -35,18 +35,18 @@ def test_summary_of_mtp_gguf(tiny_mtp_dir: Path, tiny_mtp_gguf: Path) -> None:
 
 
 def test_summary_of_trunk(tiny_trunk_gguf: Path) -> None:
-    s = inspect_gguf(tiny_trunk_gguf)
+    s = summarize(tiny_trunk_gguf)
     assert not s.mtp_present and s.nextn_predict_layers == 0 and "restore" in s.mtp_note
     assert s.ok and s.issues == []
 
 
 def test_refuses_non_gguf(tiny_mtp_dir: Path) -> None:
     with pytest.raises(QwythosError, match="not a GGUF file") as e:
-        inspect_gguf(tiny_mtp_dir / "config.json")
+        summarize(tiny_mtp_dir / "config.json")
     assert "config.json" in str(e.value)
     shard = sorted(tiny_mtp_dir.glob("*.safetensors"))[0]
     with pytest.raises(QwythosError, match="not a GGUF file"):
-        inspect_gguf(shard)
+        summarize(shard)
 
 
 def test_refuses_truncated(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
@@ -54,10 +54,10 @@ def test_refuses_truncated(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(QwythosError, match="truncated"):
-        inspect_gguf(cut)
+        summarize(cut)
     cut.write_bytes(data[:200])
     with pytest.raises(QwythosError, match="truncated"):
-        inspect_gguf(cut)
+        summarize(cut)
 
 
 def test_cli_inspect(tiny_mtp_gguf: Path, tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def rewrite(src: Path, dst: Path, *, kv=None, add=(), drop=(), shapes=None, type
 
 
 def _only_issue(path: Path, needle: str) -> str:
-    s = inspect_gguf(path)
+    s = summarize(path)
     assert not s.ok
     assert needle in s.issues[0], s.issues
     return s.issues[0]

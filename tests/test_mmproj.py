@@ -24,13 +24,8 @@ from qwythos.convert import mmproj as mm
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.mmproj import check_pair, find_mmproj, read_mmproj_summary
 from qwythos.testing import tiny
+from qwythos.testing.gguf_compare import assert_same_gguf
 
-PROVENANCE_KEEP = {
-    "general.architecture",
-    "general.type",
-    "general.file_type",
-    "general.quantization_version",
-}
 F16, F32, BF16, Q8_0 = (
     GGMLQuantizationType.F16,
     GGMLQuantizationType.F32,
@@ -263,27 +258,6 @@ def test_pair_refuses_other_width(tiny_trunk_gguf: Path, tmp_path: Path) -> None
 # ---- llama.cpp's converter ----------------------------------------------------------------------------
 
 
-def _kvs(r: GGUFReader) -> dict:
-    return {
-        f.name: (list(f.types), f.contents())
-        for f in r.fields.values()
-        if not f.name.startswith("GGUF.") and (not f.name.startswith("general.") or f.name in PROVENANCE_KEEP)
-    }
-
-
-def assert_same_mmproj(ours: Path, ref: Path) -> None:
-    a, b = GGUFReader(ours), GGUFReader(ref)
-    ka, kb = _kvs(a), _kvs(b)
-    assert list(ka) == list(kb), f"metadata keys: ours-only {set(ka) - set(kb)}, ref-only {set(kb) - set(ka)}"
-    for k in ka:
-        assert ka[k] == kb[k], f"metadata {k}: ours {ka[k]} != ref {kb[k]}"
-    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
-    for ta, tb in zip(a.tensors, b.tensors, strict=True):
-        assert ta.tensor_type == tb.tensor_type, ta.name
-        assert list(ta.shape) == list(tb.shape), ta.name
-        assert ta.data.tobytes() == tb.data.tobytes(), f"tensor {ta.name} bytes differ"
-
-
 REF_CASES = [
     ("qwythos", "f16"),
     ("qwythos", "bf16"),
@@ -307,7 +281,7 @@ def test_matches_llama_cpp(request, vision_dirs, variant: str, kind: str, tmp_pa
     src = _src(request, variant, vision_dirs)
     ref = reference.run_reference_mmproj(src, tmp_path / "ref.gguf", kind)
     ours = mm.convert_mmproj(src, tmp_path / "ours.gguf", mmproj_type=kind).output
-    assert_same_mmproj(ours, ref)
+    assert_same_gguf(ours, ref)
 
 
 def test_place_projector_beside_quants(
@@ -410,6 +384,43 @@ def test_upload_lists_projector_and_card(mtp_gguf: Path, qwythos_f16: Path) -> N
     assert f"--mmproj {proj.name}" in text and sha256_file(proj) in text and "F16 vision projector" in text
     modelfile = next(i for i in plan.items if i.path_in_repo == "Modelfile")
     assert f"FROM ./{proj.name}" in (modelfile.data or b"").decode()
+
+
+@pytest.mark.parametrize("command", ["ollama", "lmstudio", "koboldcpp", "upload", "inspect"])
+def test_every_header_is_read_once(
+    command: str, mtp_gguf: Path, qwythos_f16: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The view is what is passed: an export (with a projector beside the model), an upload and
+    inspect parse each GGUF's header once, however many facts they need from it."""
+    from qwythos.commands.inspect import inspect
+    from qwythos.core.gguf import file
+    from qwythos.export.koboldcpp import export_koboldcpp
+    from qwythos.export.lmstudio import export_lmstudio
+    from qwythos.export.ollama import export_ollama
+    from qwythos.export.upload import plan_upload
+
+    proj = Path(shutil.copy(qwythos_f16, mtp_gguf.parent / "mmproj-Qwythos-F16.gguf"))
+    reads: list[Path] = []
+    start = file._Reader.__init__  # every header parse, whichever function asks for it
+
+    def counted(self, f, path: Path) -> None:  # noqa: ANN001
+        reads.append(Path(path))
+        start(self, f, path)
+
+    def inspect_both() -> None:
+        inspect(proj, json_out=True)
+        with pytest.raises(QwythosError, match="not a loadable"):  # the stub has no layers to load
+            inspect(mtp_gguf, json_out=True)
+
+    monkeypatch.setattr(file._Reader, "__init__", counted)
+    {
+        "ollama": lambda: export_ollama(mtp_gguf),
+        "lmstudio": lambda: export_lmstudio(mtp_gguf, home=tmp_path / "lms", models_dir=tmp_path / "m"),
+        "koboldcpp": lambda: export_koboldcpp(mtp_gguf),
+        "upload": lambda: plan_upload(mtp_gguf.parent, "me/x", dry_run=True),
+        "inspect": inspect_both,
+    }[command]()
+    assert sorted(reads) == sorted([mtp_gguf, proj])
 
 
 # ---- quantize ------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ from qwythos.convert.text import convert
 from qwythos.core.errors import QwythosError
 from qwythos.core.model import qwen35
 from qwythos.core.model.checkpoint import open_checkpoint, read_safetensors_header, to_f32
+from qwythos.core.model.safetensors_writer import SafetensorsEntry, write_pieces, write_safetensors
 from qwythos.mtp.hf_check import check_hf, expected_head
-from qwythos.mtp.hf_out import INDEX, MTP_SHARD, _Entry, _write_bytes, restore_hf, write_safetensors
+from qwythos.mtp.hf_out import INDEX, MTP_SHARD, restore_hf
 from qwythos.mtp.restore import restore
 
 
@@ -283,7 +284,10 @@ def _rewrite_head(folder, change):
     tmp = folder / "tmp.safetensors"
     write_safetensors(
         tmp,
-        [_Entry(n, "BF16", i.shape, i.nbytes, _write_bytes(lambda b=arrays[n]: b)) for n, i in infos.items()],
+        [
+            SafetensorsEntry(n, "BF16", i.shape, write_pieces(lambda b=arrays[n]: [b]))
+            for n, i in infos.items()
+        ],
     )
     os.replace(tmp, shard)
 

@@ -237,21 +237,26 @@ def test_iq_type_with_headless_imatrix(tiny_gguf: Path, tmp_path: Path, mtp_type
     assert (mtp_type == "same") == any("no data for the MTP block" in n for n in rep.notes)
 
 
-def test_verification_catches_a_broken_output(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
-    """A file that parses but computes NaN is reported broken, not passed on as done."""
+def _with_nan_output_norm(src: Path, dst: Path) -> Path:
+    """A copy of `src` whose output_norm.weight is all NaN (it parses; it computes NaN)."""
     import shutil
 
     from gguf import GGUFReader
 
+    shutil.copyfile(src, dst)
+    t = next(t for t in GGUFReader(dst).tensors if t.name == "output_norm.weight")
+    with open(dst, "r+b") as f:
+        f.seek(t.data_offset)
+        f.write(np.full(t.n_elements, np.nan, dtype=np.float32).tobytes())
+    return dst
+
+
+def test_verification_catches_a_broken_output(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
+    """A file that parses but computes NaN is reported broken, not passed on as done."""
     from qwythos.quantize.pipeline import decode_probe
 
     assert decode_probe(tiny_trunk_gguf, 3) == 3
-    bad = tmp_path / "nan.gguf"
-    shutil.copyfile(tiny_trunk_gguf, bad)
-    t = next(t for t in GGUFReader(bad).tensors if t.name == "output_norm.weight")
-    with open(bad, "r+b") as f:
-        f.seek(t.data_offset)
-        f.write(np.full(t.n_elements, np.nan, dtype=np.float32).tobytes())
+    bad = _with_nan_output_norm(tiny_trunk_gguf, tmp_path / "nan.gguf")
     with pytest.raises(QwythosError, match="NaN"):
         decode_probe(bad, 3)
 
@@ -288,16 +293,7 @@ def test_output_failing_verification_never_gets_its_name(
 
 
 def test_nan_in_the_source_is_blamed_on_the_source(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
-    import shutil
-
-    from gguf import GGUFReader
-
-    bad = tmp_path / "nan-BF16.gguf"
-    shutil.copyfile(tiny_trunk_gguf, bad)
-    t = next(t for t in GGUFReader(bad).tensors if t.name == "output_norm.weight")
-    with open(bad, "r+b") as f:
-        f.seek(t.data_offset)
-        f.write(np.full(t.n_elements, np.nan, dtype=np.float32).tobytes())
+    bad = _with_nan_output_norm(tiny_trunk_gguf, tmp_path / "nan-BF16.gguf")
     with pytest.raises(QwythosError) as e:
         quantize(bad, tmp_path / "out", types="Q8_0")
     assert "output_norm.weight" in e.value.message and "NaN" in (e.value.hint or "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qwythos.runtime.chat import TURN_END, render_chat
+from qwythos.runtime.draft_plan import draft_plan
 from qwythos.runtime.session import ChatSession
 from qwythos.runtime.speculative import Engine, generate
 
@@ -16,7 +17,7 @@ def test_turns_prefill_only_the_new_part_and_match_fresh_runs(rt_trained_f32_mod
     m = rt_trained_f32_model
     msgs: list[dict] = []
     prompts: list[list[int]] = []
-    with Engine(m, n_ctx=2048, draft=draft) as eng:
+    with Engine(m, draft_plan(m, draft), n_ctx=2048) as eng:
         session = ChatSession(eng)
         for turn, user in enumerate(USER_TURNS[:3]):
             msgs.append({"role": "user", "content": user})

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from qwythos.core.errors import QwythosError
+from qwythos.runtime.draft_plan import draft_plan
 from qwythos.runtime.draft_policy import DraftPolicy
 from qwythos.runtime.sampling import GREEDY, SamplingParams, distribution
 from qwythos.runtime.speculative import Engine, generate
@@ -86,7 +87,7 @@ def _chi2_critical(df: int, z: float = 3.09) -> float:
 
 def _exact_joint(m, toks, sp) -> dict[tuple[int, int], float]:
     """Plain sampling's exact distribution of the first two tokens, from the model's logits."""
-    eng = Engine(m, n_ctx=256, draft=0)
+    eng = Engine(m, draft_plan(m, 0), n_ctx=256)
     try:
         eng.target.clear()
         eng.target.decode(toks, 0)
@@ -121,12 +122,13 @@ def test_sampled_speculative_follows_plain_distribution(request, dtype, mode):
         drafter = lambda hist, n: [int(rng.choice(sorted({k[1] for k in joint})))] * n  # noqa: E731
     counts: dict[tuple[int, int], int] = {}
     accepted = drafted = 0
-    with Engine(m, n_ctx=128, draft="auto" if mode == "auto" else 3, drafter=drafter, costs=None) as eng:
+    plan = draft_plan(m, "auto" if mode == "auto" else 3, drafter=drafter, costs=None)
+    with Engine(m, plan, n_ctx=128) as eng:
         for seed in range(n_runs):
             if mode == "auto" and seed % 5 == 0:
                 # a fresh policy every 5 runs: its exploration steps take the lengths 4, 0, 1, 2, 3
                 # whatever this machine's timings (which decide what it does after exploring)
-                eng.policy = DraftPolicy(eng.max_draft, None)
+                eng.plan.policy = DraftPolicy(eng.max_draft, None)
             g = eng.generate(toks, max_tokens=2, sampling=SamplingParams(**{**sp.to_dict(), "seed": seed}))
             key = (g.tokens[0], g.tokens[1])
             assert key in joint, key
@@ -229,7 +231,7 @@ def test_ctrl_c_returns_what_was_generated_and_the_stats(rt_trained_model, draft
         if len("".join(seen)) >= 20:
             raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
 
-    with Engine(m, n_ctx=256, draft=draft) as eng:
+    with Engine(m, draft_plan(m, draft), n_ctx=256) as eng:
         g = eng.generate(toks, max_tokens=40, on_text=stop_after_a_while)
         assert g.finish_reason == "interrupted"
         assert 0 < len(g.tokens) < len(full.tokens) and g.tokens == full.tokens[: len(g.tokens)]
@@ -258,7 +260,7 @@ def test_every_draft_equals_a_fresh_head_fed_one_row_at_a_time(rt_trained_f32_mo
     previous_accepts: set[tuple[int, int]] = set()
     for n in (1, 2, 3, 4):
         for prompt in PROMPTS[:6]:
-            eng = Engine(m, n_ctx=512, draft=n)
+            eng = Engine(m, draft_plan(m, n), n_ctx=512)
             rows: dict[int, tuple[int, np.ndarray]] = {}
             steps: list[tuple[int, list[int]]] = []
             feed, draft = eng.mtp.decode_rows, eng._draft
@@ -306,7 +308,7 @@ def test_max_tokens_zero_reads_the_prompt_only(rt_trained_model):
     m = rt_trained_model
     toks = m.tokenize(PROMPTS[0])
     for n in (0, 2, "auto"):
-        with Engine(m, n_ctx=256, draft=n) as eng:
+        with Engine(m, draft_plan(m, n), n_ctx=256) as eng:
             g = eng.generate(toks, max_tokens=0)
             assert g.tokens == [] and g.text == "" and g.finish_reason == "length"
             assert eng.target.n_past == len(toks) and g.stats.prompt_tokens == len(toks)
@@ -342,16 +344,16 @@ def test_auto_keeps_what_a_cold_run_measured_for_the_next_run(rt_trained_model):
 
     m = rt_trained_model
     toks = m.tokenize(PROMPTS[0])
-    with Engine(m, n_ctx=256, threads=1) as eng:  # auto, no cached costs
-        assert eng.auto_reason == "no cached costs: measuring"
+    with Engine(m, draft_plan(m, threads=1), n_ctx=256, threads=1) as eng:  # auto, no cached costs
+        assert eng.plan.reason == "no cached costs: measuring"
         short = eng.generate(toks, max_tokens=2)  # stopped before every length was timed
         assert draft_costs.lookup(m.path, 1, m.placement) is None
         g = eng.generate(toks, max_tokens=48)
     rec = draft_costs.lookup(m.path, 1, m.placement)
     assert rec is not None and rec.source == "run" and len(rec.costs.verify_s) == eng.max_draft + 1
     assert draft_costs.recommended_draft(m.path, 1) is None and short.tokens == g.tokens[:2]
-    with Engine(m, n_ctx=256, threads=1) as again:
-        assert "earlier run" in again.auto_reason and again.policy.start == rec.costs
+    with Engine(m, draft_plan(m, threads=1), n_ctx=256, threads=1) as again:
+        assert "earlier run" in again.plan.reason and again.plan.policy.start == rec.costs
         h = again.generate(toks, max_tokens=48)
     assert h.tokens == g.tokens and h.stats.auto["started_from"] == "cache"
     assert draft_costs.lookup(m.path, 1, m.placement).measured_at == rec.measured_at  # kept, not redone

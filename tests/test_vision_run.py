@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from qwythos.core.errors import QwythosError
 from qwythos.runtime.chat import TURN_END, render_chat
+from qwythos.runtime.draft_plan import draft_plan
 from qwythos.runtime.speculative import Engine
 from qwythos.testing.images import picture, write_png
 
@@ -67,7 +68,7 @@ def _layout(m, vis, text: str, imgs: list[Path], *, system: str | None = None):
 
 
 def _gen(m, vis, layout, draft, n=32, n_ctx=1024):
-    with Engine(m, n_ctx=n_ctx, draft=draft, vision=vis, costs=None) as eng:
+    with Engine(m, draft_plan(m, draft, costs=None), n_ctx=n_ctx, vision=vis) as eng:
         return eng.generate(layout, max_tokens=n, stop=list(TURN_END))
 
 
@@ -113,7 +114,7 @@ def test_the_image_changes_the_generation(rt_trained_f32_model, projector, image
             assert g0 != ga and ga != gb and g0 != gb, d
         # the text-only layout runs exactly like its plain token list
         toks = [t for s in layouts[0].segments for t in s.tokens]
-        with Engine(m, n_ctx=1024, draft=0) as eng:
+        with Engine(m, draft_plan(m, 0), n_ctx=1024) as eng:
             plain = eng.generate(toks, max_tokens=32, stop=list(TURN_END)).tokens
         assert plain == _gen(m, vis, layouts[0], 0).tokens
         for lay in layouts:
@@ -133,11 +134,11 @@ def test_cells_and_positions_are_counted_apart(rt_trained_model, projector, imag
         (img,) = layout.images
         assert (img.nx, img.ny, img.n_tokens, img.n_pos) == (8, 8, 64, 8)
         assert layout.n_tokens - layout.n_pos == 56
-        with Engine(m, n_ctx=layout.n_pos + 16, draft=draft, vision=vis, costs=None) as eng:
+        with Engine(m, draft_plan(m, draft, costs=None), n_ctx=layout.n_pos + 16, vision=vis) as eng:
             with pytest.raises(QwythosError, match=r"1 image\(s\) included"):
                 eng.generate(layout, max_tokens=4)
         n_ctx = layout.n_tokens + 6
-        with Engine(m, n_ctx=n_ctx, draft=draft, vision=vis, costs=None) as eng:
+        with Engine(m, draft_plan(m, draft, costs=None), n_ctx=n_ctx, vision=vis) as eng:
             g = eng.generate(layout, max_tokens=0)
             assert eng.target.n_past == layout.n_pos and eng._room() == n_ctx - layout.n_tokens
             g = eng.generate(layout, max_tokens=50)
@@ -155,7 +156,7 @@ def test_chat_session_reuses_earlier_images(rt_trained_f32_model, projector, ima
     from qwythos.runtime.vision import IMAGE_PLACEHOLDER, Vision
 
     m = rt_trained_f32_model
-    with Vision(m, projector, threads=1) as vis, Engine(m, n_ctx=2048, draft=2, vision=vis) as eng:
+    with Vision(m, projector, threads=1) as vis, Engine(m, draft_plan(m, 2), n_ctx=2048, vision=vis) as eng:
         session = ChatSession(eng)
         msgs = [{"role": "user", "content": IMAGE_PLACEHOLDER + "Describe it."}]
 
@@ -210,11 +211,17 @@ def test_engine_refuses_images_it_cannot_run(rt_trained_model, projector, images
     m = rt_trained_model
     with Vision(m, projector, threads=1) as vis:
         layout = _layout(m, vis, "hi", [images["a"]])
-        with Engine(m, n_ctx=512, draft=0) as eng, pytest.raises(QwythosError, match="no vision projector"):
+        with (
+            Engine(m, draft_plan(m, 0), n_ctx=512) as eng,
+            pytest.raises(QwythosError, match="no vision projector"),
+        ):
             eng.generate(layout)
         # libmtmd closes an image with <|vision_end|>, so only a hand-made layout can end with one
         ends_with_image = Layout([Segment("text", 2, 2, tokens=[1, 2]), layout.images[0]])
-        with Engine(m, n_ctx=512, draft=0, vision=vis) as eng, pytest.raises(QwythosError, match="ends with"):
+        with (
+            Engine(m, draft_plan(m, 0), n_ctx=512, vision=vis) as eng,
+            pytest.raises(QwythosError, match="ends with"),
+        ):
             eng.generate(ends_with_image)
         vis.free_layout(layout)
 

@@ -1,10 +1,11 @@
 """What an mmproj (vision projector) GGUF holds, read from its header, and finding one beside a model.
 
 An mmproj is a GGUF of architecture `clip` (llama.cpp's libmtmd loads it next to the text model).
-`read_mmproj_summary` describes one (encoder, projector, image size, patch size, bytes by type) and
-refuses anything else with one message; `check_pair` refuses a projector made for another model
-(its output width must equal the text model's embedding width); `find_mmproj` picks the
-`mmproj*.gguf` lying beside a model file, as the exports and `run` do when no `--mmproj` is given.
+`read_mmproj_summary` describes one from its header view (encoder, projector, image size, patch
+size, bytes by type) and refuses anything else with one message; `check_pair` refuses a projector
+made for another model (its output width must equal the text model's embedding width);
+`find_mmproj` picks the `mmproj*.gguf` lying beside a model file, as the exports and `run` do when
+no `--mmproj` is given. Each takes a view already read, or a path.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gguf import Keys
+
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf.file import GGUFHeader, file_type_name, ggml_type_name, read_header
-from qwythos.core.gguf.view import GGUFView, _as_int
+from qwythos.core.gguf.file import GGUFHeader
+from qwythos.core.gguf.view import GGUFView, _as_int, as_view, read_view
 
 MMPROJ_ARCH = "clip"
 MMPROJ_GLOB = "mmproj*.gguf"
@@ -55,29 +58,31 @@ class MmprojSummary:
         return sum(self.bytes_by_type.values())
 
 
-def is_mmproj(hdr: GGUFHeader) -> bool:
-    return hdr.kv.get("general.architecture") == MMPROJ_ARCH
+def is_mmproj(src: GGUFView | GGUFHeader) -> bool:
+    """The header is a vision projector's (architecture `clip`)."""
+    return src.kv.get(Keys.General.ARCHITECTURE) == MMPROJ_ARCH
 
 
-def summarize(hdr: GGUFHeader) -> MmprojSummary:
-    """The description of an already-read clip header."""
-    kv = hdr.kv
+def read_mmproj_summary(src: GGUFView | str | Path) -> MmprojSummary:
+    """Describe an mmproj file from its view (read from the path when given one); a GGUF of another
+    kind (or not a GGUF) gets one clear message."""
+    view = as_view(src)
+    if not is_mmproj(view):
+        raise QwythosError(
+            f"{view.path} is a {view.kv.get(Keys.General.ARCHITECTURE)!r} GGUF, not a vision projector "
+            "(an mmproj GGUF has architecture 'clip')",
+            "pass the mmproj file (`qwythos convert SRC -o MODEL.gguf --mmproj MMPROJ.gguf` writes one)",
+        )
+    kv = view.kv
 
     def u(key: str) -> int | None:
         return _as_int(kv.get(key))
 
-    by_count: dict[str, int] = {}
-    by_bytes: dict[str, int] = {}
-    for t in hdr.tensors:
-        n = ggml_type_name(t.ggml_type)
-        by_count[n] = by_count.get(n, 0) + 1
-        by_bytes[n] = by_bytes.get(n, 0) + t.nbytes
-    ft = kv.get("general.file_type")
-    return MmprojSummary(
-        path=hdr.path,
-        file_size=hdr.file_size,
-        name=kv.get("general.name"),
-        file_type=file_type_name(ft) if isinstance(ft, int) else None,
+    s = MmprojSummary(
+        path=view.path,
+        file_size=view.file_size,
+        name=view.name,
+        file_type=view.file_type_name,
         projector_type=str(kv.get("clip.projector_type") or kv.get("clip.vision.projector_type") or "?"),
         has_vision_encoder=bool(kv.get("clip.has_vision_encoder", False)),
         image_size=u("clip.vision.image_size"),
@@ -90,70 +95,59 @@ def summarize(hdr: GGUFHeader) -> MmprojSummary:
         projection_dim=u("clip.vision.projection_dim"),
         image_mean=[float(x) for x in kv.get("clip.vision.image_mean") or []],
         image_std=[float(x) for x in kv.get("clip.vision.image_std") or []],
-        n_tensors=len(hdr.tensors),
-        tensors_by_type=dict(sorted(by_count.items())),
-        bytes_by_type=dict(sorted(by_bytes.items(), key=lambda kv_: -kv_[1])),
+        n_tensors=len(view.tensors),
+        tensors_by_type=dict(sorted(view.tensors_by_type.items())),
+        bytes_by_type=dict(sorted(view.bytes_by_type.items(), key=lambda kv_: -kv_[1])),
     )
-
-
-def read_mmproj_summary(path: str | Path) -> MmprojSummary:
-    """Describe an mmproj file; a GGUF of another kind (or not a GGUF) gets one clear message."""
-    path = Path(path)
-    hdr = read_header(path)
-    arch = hdr.kv.get("general.architecture")
-    if arch != MMPROJ_ARCH:
-        raise QwythosError(
-            f"{path} is a {arch!r} GGUF, not a vision projector (an mmproj GGUF has architecture 'clip')",
-            "pass the mmproj file (`qwythos convert SRC -o MODEL.gguf --mmproj MMPROJ.gguf` writes one)",
-        )
-    s = summarize(hdr)
     if not s.has_vision_encoder:
         raise QwythosError(
-            f"{path} is a projector without a vision encoder (audio only?)", "pass a vision mmproj file"
+            f"{view.path} is a projector without a vision encoder (audio only?)", "pass a vision mmproj file"
         )
     return s
 
 
-def model_embedding_length(model: str | Path) -> int | None:
-    """The text model's embedding width from its GGUF header (None if it does not say)."""
-    return GGUFView(read_header(model)).embedding_length
-
-
-def check_pair(model: str | Path, mmproj: MmprojSummary) -> None:
+def check_pair(model: GGUFView | str | Path, mmproj: MmprojSummary) -> None:
     """Refuse a projector whose output width differs from the text model's embedding width."""
-    width = model_embedding_length(model)
+    view = as_view(model)
+    width = view.embedding_length
     if width is not None and mmproj.projection_dim is not None and width != mmproj.projection_dim:
         raise QwythosError(
-            f"{mmproj.path} projects images to width {mmproj.projection_dim}, but {model} has embedding "
+            f"{mmproj.path} projects images to width {mmproj.projection_dim}, but {view.path} has embedding "
             f"width {width}: the projector belongs to another model",
             "use the mmproj converted from the same checkpoint as the model",
         )
 
 
-def find_mmproj(model_path: str | Path) -> Path | None:
-    """The `mmproj*.gguf` beside `model_path` that is a clip GGUF (None when there is none).
-
-    More than one is a QwythosError naming them (pass --mmproj to choose)."""
-    model_path = Path(model_path)
+def _projector_beside(model_path: Path) -> GGUFView | None:
+    """The view of the `mmproj*.gguf` beside `model_path` that is a clip GGUF (None when none is)."""
     folder = model_path.parent
     found = []
     for p in sorted(folder.glob(MMPROJ_GLOB)):
         if not p.is_file() or p.resolve() == model_path.resolve():
             continue
         try:
-            if is_mmproj(read_header(p)):
-                found.append(p)
+            view = read_view(p)
         except QwythosError:  # not a GGUF, truncated: not a projector
             continue
+        if is_mmproj(view):
+            found.append(view)
     if not found:
         return None
     if len(found) > 1:
-        names = ", ".join(p.name for p in found)
+        names = ", ".join(v.path.name for v in found)
         raise QwythosError(
             f"{folder} holds {len(found)} vision projectors ({names}) beside {model_path.name}",
             "choose one with --mmproj FILE",
         )
     return found[0]
+
+
+def find_mmproj(model_path: str | Path) -> Path | None:
+    """The `mmproj*.gguf` beside `model_path` that is a clip GGUF (None when there is none).
+
+    More than one is a QwythosError naming them (pass --mmproj to choose)."""
+    view = _projector_beside(Path(model_path))
+    return view.path if view is not None else None
 
 
 @dataclass
@@ -169,16 +163,16 @@ class ProjectorChoice:
         return f"vision projector: {self.path.name} ({self.how})"
 
 
-def choose_mmproj(model: str | Path, explicit: str | Path | None = None) -> ProjectorChoice | None:
-    """`explicit` (--mmproj), else the mmproj*.gguf beside `model`; checked against the model's width.
-    None when no projector is given or found."""
+def choose_mmproj(model: GGUFView | str | Path, explicit: str | Path | None = None) -> ProjectorChoice | None:
+    """`explicit` (--mmproj), else the mmproj*.gguf beside `model`; checked against the model's width
+    (from its view when given one: no header is read twice). None when no projector is given or found."""
     if explicit is not None:
-        path, how = Path(explicit), "--mmproj"
+        view, how = read_view(explicit), "--mmproj"
     else:
-        found = find_mmproj(model)
+        found = _projector_beside(model.path if isinstance(model, GGUFView) else Path(model))
         if found is None:
             return None
-        path, how = found, "found beside the model"
-    summary = read_mmproj_summary(path)
+        view, how = found, "found beside the model"
+    summary = read_mmproj_summary(view)
     check_pair(model, summary)
-    return ProjectorChoice(path, how, summary)
+    return ProjectorChoice(view.path, how, summary)

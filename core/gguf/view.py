@@ -7,8 +7,11 @@ type, context and embedding length, vocabulary, chat template. Everything else t
 metadata (inspect, the structural check, the runtime's `ModelInfo`, restore, quantize, the
 exporters) asks this view instead of typing key strings.
 
-This room knows the GGUF format only: which model a file must be is core/model's business
-(`core/model/summary.py` for the exporters' facts, `core/model/arch.py` for the allow-list).
+`read_view` is the one reader: a command reads each header once and passes the view down (the
+summaries, core/model/summary.py and core/gguf/mmproj.py, are built from it; `as_view` lets a
+function take a view or a path). This room knows the GGUF format only: which model a file must be
+is core/model's business (`core/model/summary.py` for what inspect and the exporters read,
+`core/model/arch.py` for the allow-list).
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from typing import Any
 from gguf import Keys
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf.file import GGUFHeader, GGUFTensorInfo, file_type_name, read_header
+from qwythos.core.gguf.file import (
+    GGUFHeader,
+    GGUFTensorInfo,
+    file_type_name,
+    ggml_type_name,
+    read_header,
+)
 
 #: `{arch}.attention.recurrent_layers` (llama.cpp's LLM_KV_ATTENTION_RECURRENT_LAYERS; PyPI's gguf
 #: 0.19 `Keys` has no symbol for it yet). Every other key is a `gguf.Keys` symbol.
@@ -57,6 +66,10 @@ class GGUFView:
     @property
     def tensors(self) -> list[GGUFTensorInfo]:
         return self.header.tensors
+
+    @property
+    def file_size(self) -> int:
+        return self.header.file_size
 
     @property
     def arch(self) -> str:
@@ -153,6 +166,24 @@ class GGUFView:
             if (m := _BLK_RE.match(n)) and (il is None or int(m.group(1)) < il)
         }
 
+    @cached_property
+    def tensors_by_type(self) -> dict[str, int]:
+        """Tensor count per GGML type name ("Q8_0": 12), in the order the types first appear."""
+        count: dict[str, int] = {}
+        for t in self.tensors:
+            n = ggml_type_name(t.ggml_type)
+            count[n] = count.get(n, 0) + 1
+        return count
+
+    @cached_property
+    def bytes_by_type(self) -> dict[str, int]:
+        """Tensor bytes per GGML type name, in the order the types first appear."""
+        size: dict[str, int] = {}
+        for t in self.tensors:
+            n = ggml_type_name(t.ggml_type)
+            size[n] = size.get(n, 0) + t.nbytes
+        return size
+
     # ---- sizes and tokenizer
     @property
     def context_length(self) -> int | None:
@@ -180,10 +211,12 @@ class GGUFView:
 
 
 def read_view(path: str | Path) -> GGUFView:
-    """Parse a GGUF's header into a `GGUFView` (QwythosError naming the file if it is not one)."""
+    """Parse a GGUF's header into a `GGUFView` (QwythosError naming the file if it is not one).
+
+    The one reader: every summary (core/model/summary, core/gguf/mmproj) is built from the view it
+    returns, and a function that needs a file's facts takes the view, so one command reads each
+    header once."""
     path = Path(path)
-    if path.is_dir():
-        raise QwythosError(f"{path} is a directory, not a GGUF file", "pass the path of a .gguf file")
     try:
         return GGUFView(read_header(path))
     except QwythosError:
@@ -194,3 +227,9 @@ def read_view(path: str | Path) -> GGUFView:
         raise QwythosError(
             f"{path} has an unreadable GGUF header: {e}", "re-download or re-convert the file"
         ) from e
+
+
+def as_view(src: GGUFView | str | Path) -> GGUFView:
+    """`src` itself when it is a view already read, else the view of the file at that path: for the
+    functions that take either, so a caller holding a view never has the file read again."""
+    return src if isinstance(src, GGUFView) else read_view(src)

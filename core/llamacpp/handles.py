@@ -27,6 +27,7 @@ from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.view import read_view
 from qwythos.core.llamacpp import interrupt
 from qwythos.core.llamacpp import rpc as _rpc
+from qwythos.core.llamacpp.devices import note_missing_gpu
 from qwythos.core.llamacpp.log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
 from qwythos.core.llamacpp.probe import safe_model_kwargs
 from qwythos.core.model.arch import check_arch
@@ -43,6 +44,7 @@ def _init_backend() -> None:
     global _BACKEND_READY
     if not _BACKEND_READY:
         quiet_llama_logs()
+        note_missing_gpu()  # a GPU build without its GPU here: one note that the CPU runs everything
         _llama().llama_backend_init()
         _BACKEND_READY = True
 
@@ -193,6 +195,7 @@ class Context:
         self.n_past = 0  # positions held in this context's memory
         self.n_last = 0  # rows in the last llama_decode call
         self._closed = False
+        self.eval_callback = None  # the cb_eval it was built with: alive as long as the context
         interrupt.attach(handle)  # Ctrl-C / SIGTERM stop llama.cpp at its next graph node
 
     def decode(self, tokens, pos0: int, *, outputs: str = "last", hidden: np.ndarray | None = None) -> None:
@@ -353,7 +356,7 @@ class Model:
         return ids[0] if len(ids) == 1 else None
 
     # -- contexts ---------------------------------------------------------------------------
-    def _context_params(self, n_ctx: int, n_batch: int, threads: int | None):
+    def _context_params(self, n_ctx: int, n_batch: int, threads: int | None, eval_callback=None):
         lc = _llama()
         cp = lc.llama_context_default_params()
         cp.n_ctx = n_ctx
@@ -363,16 +366,27 @@ class Model:
         t = threads or default_threads()
         cp.n_threads = cp.n_threads_batch = t
         cp.no_perf = True
+        if eval_callback is not None:  # the scheduler's per-node callback (quantize/imatrix_collect.py)
+            cp.cb_eval = eval_callback
+            cp.cb_eval_user_data = None
         return cp
 
     def new_target(
-        self, n_ctx: int, *, n_draft: int = 0, n_batch: int = 512, threads: int | None = None
+        self,
+        n_ctx: int,
+        *,
+        n_draft: int = 0,
+        n_batch: int = 512,
+        threads: int | None = None,
+        eval_callback=None,
     ) -> Context:
-        """The target context: logits + hidden states, `n_draft` recurrent snapshots for rollback."""
+        """The target context: logits + hidden states, `n_draft` recurrent snapshots for rollback.
+        eval_callback: a ggml_backend_sched_eval_callback that sees every graph node (kept alive by
+        the context)."""
         lc = _llama()
         if not 0 <= n_draft <= MAX_DRAFT:
             raise QwythosError(f"draft length {n_draft} is out of range", f"use 0..{MAX_DRAFT}")
-        cp = self._context_params(n_ctx, max(n_batch, n_draft + 1), threads)
+        cp = self._context_params(n_ctx, max(n_batch, n_draft + 1), threads, eval_callback)
         cp.n_rs_seq = n_draft
         handle = lc.llama_init_from_model(self.handle, cp)
         if not handle:
@@ -381,6 +395,7 @@ class Model:
                 "lower --ctx (the KV cache may not fit in memory)",
             )
         ctx = Context(self, handle, n_ctx, cp.n_batch, "target")
+        ctx.eval_callback = eval_callback
         if n_draft > 0:
             _ext().llama_set_embeddings_nextn(handle, True, False)
             if lc.llama_n_rs_seq(handle) < n_draft:
@@ -389,8 +404,11 @@ class Model:
         self._contexts.append(ctx)
         return ctx
 
-    def new_draft(self, n_ctx: int, *, n_batch: int = 64, threads: int | None = None) -> Context:
-        """The MTP draft context (own KV for the nextn block), on this model or the draft GGUF."""
+    def new_draft(
+        self, n_ctx: int, *, n_batch: int = 64, threads: int | None = None, eval_callback=None
+    ) -> Context:
+        """The MTP draft context (own KV for the nextn block), on this model or the draft GGUF.
+        eval_callback: as for `new_target`."""
         lc = _llama()
         owner = self.draft_model or self
         if not (self.mtp_loaded or self.draft_model):
@@ -398,7 +416,7 @@ class Model:
                 f"{self.path} was loaded without an MTP layer",
                 "use a GGUF with the MTP head (blk.N.nextn.*) or run with --no-mtp",
             )
-        cp = owner._context_params(n_ctx, n_batch, threads)
+        cp = owner._context_params(n_ctx, n_batch, threads, eval_callback)
         cp.ctx_type = lc.LLAMA_CONTEXT_TYPE_MTP
         cp.n_rs_seq = 0
         handle = lc.llama_init_from_model(owner.handle, cp)
@@ -406,6 +424,7 @@ class Model:
             raise QwythosError(f"{owner.path}: llama.cpp could not create the MTP draft context", None)
         _ext().llama_set_embeddings_nextn(handle, True, False)  # unmasked: see Context.last_hidden
         ctx = Context(owner, handle, n_ctx, n_batch, "mtp")
+        ctx.eval_callback = eval_callback
         owner._contexts.append(ctx)
         return ctx
 

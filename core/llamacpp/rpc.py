@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwythos.core.errors import QwythosError
+from qwythos.core.llamacpp.ggml import ggml as _ggml
 
 #: The RPC protocol of the llama.cpp inside llama-cpp-python 0.3.36 (ggml/include/ggml-rpc.h).
 PROTO_MAJOR = 7
@@ -203,38 +204,11 @@ def spawn_worker(port: int, threads: int = 1, timeout: float = 60.0) -> tuple[su
 
 # --- the ggml side ---------------------------------------------------------------------------
 
-_GGML: ctypes.CDLL | None = None
 _START = ctypes.CFUNCTYPE(
     None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)
 )
 _ADD = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
 _REGISTERED: dict[str, list[int]] = {}  # endpoint -> its device handles, registered once per process
-
-
-def _ggml() -> ctypes.CDLL:
-    """libggml of the installed llama-cpp-python (the copy libllama already uses)."""
-    global _GGML
-    if _GGML is None:
-        import llama_cpp
-
-        lib = ctypes.CDLL(
-            str(Path(llama_cpp.__file__).parent / "lib" / "libggml.so"), mode=ctypes.RTLD_GLOBAL
-        )
-        for name, res, args in (
-            ("ggml_backend_reg_by_name", ctypes.c_void_p, [ctypes.c_char_p]),
-            ("ggml_backend_reg_get_proc_address", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
-            ("ggml_backend_register", None, [ctypes.c_void_p]),
-            ("ggml_backend_reg_dev_count", ctypes.c_size_t, [ctypes.c_void_p]),
-            ("ggml_backend_reg_dev_get", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t]),
-            ("ggml_backend_dev_by_type", ctypes.c_void_p, [ctypes.c_int]),
-            ("ggml_backend_dev_count", ctypes.c_size_t, []),
-            ("ggml_backend_dev_get", ctypes.c_void_p, [ctypes.c_size_t]),
-            ("ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p]),
-        ):
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = res, args
-        _GGML = lib
-    return _GGML
 
 
 def rpc_available() -> bool:

@@ -1,16 +1,22 @@
-"""Reading a Hugging Face checkpoint folder (config, tokenizer files, safetensors) without torch.
+"""Reading a Hugging Face checkpoint folder (config, index, safetensors headers) without torch.
+
+The one opener of an HF folder: `read_config` and `read_index` (one message for a missing or broken
+file), `read_checkpoint` (a folder, optionally only the tensors a caller selects, as the MTP head
+reader does), `open_checkpoint` (a folder or a Hub repo id). `mtp check` reads the same files with
+the same functions but reports what is wrong instead of stopping at the first problem.
 
 Safetensors headers are parsed here (8-byte length, JSON header, raw data) and validated before any
 byte is used: a truncated or corrupt file, a shard missing from the index, or a tensor whose data
 lies beyond the end of its file ends in a `QwythosError` naming the file. Tensor data is reached by
 file offset, so the converter can copy bytes straight from the source file (no Python objects), or
-memory-map / read one tensor at a time.
+memory-map / read one tensor at a time. The one writer is core/model/safetensors_writer.py.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,11 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
     "BOOL": ("?", 1),
 }
 
+#: the dtypes a converter reads (the weights of every Qwen3.5 checkpoint are one of them)
+FLOAT_DTYPES = ("BF16", "F16", "F32")
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
+CONFIG = "config.json"
+INDEX = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class Checkpoint:
     files: list[Path]
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     hub_id: str | None = None
+    index: dict[str, Any] | None = None  # model.safetensors.index.json as read (None: no index)
 
     @property
     def short_name(self) -> str:
@@ -93,19 +104,41 @@ class Checkpoint:
 
     def read_copy(self, name: str) -> np.ndarray:
         """The tensor read into memory with one pread (no mapping kept alive; BF16 as uint16)."""
-        info = self.tensor_info(name)
-        np_dtype = np.dtype(ST_DTYPES[info.dtype][0])
-        buf = bytearray(info.nbytes)
-        with open(info.file, "rb") as f:
-            f.seek(info.offset)
-            got = f.readinto(buf)
-        if got != info.nbytes:
-            raise QwythosError(f"{info.file} is truncated (tensor {name})", "download the file again")
-        return np.frombuffer(buf, dtype=np_dtype).reshape(info.shape)
+        return read_copy(self.tensor_info(name))
 
     def read_f32(self, name: str) -> np.ndarray:
         """The tensor as float32 (exact for BF16/F16/F32 sources)."""
-        return to_f32(self.read_copy(name), self.tensor_info(name).dtype)
+        return read_f32(self.tensor_info(name))
+
+
+def read_copy(info: TensorInfo) -> np.ndarray:
+    """One tensor read into memory with one pread (no mapping kept alive; BF16 as uint16)."""
+    np_dtype = np.dtype(ST_DTYPES[info.dtype][0])
+    buf = bytearray(info.nbytes)
+    with open(info.file, "rb") as f:
+        f.seek(info.offset)
+        got = f.readinto(buf)
+    if got != info.nbytes:
+        raise QwythosError(f"{info.file} is truncated (tensor {info.name})", "download the file again")
+    return np.frombuffer(buf, dtype=np_dtype).reshape(info.shape)
+
+
+def read_f32(info: TensorInfo) -> np.ndarray:
+    """One tensor as float32 (exact for BF16/F16/F32 sources)."""
+    return to_f32(read_copy(info), info.dtype)
+
+
+def check_tensor(info: TensorInfo, expected: tuple[int, ...]) -> None:
+    """A tensor a converter reads: the shape config.json implies, a float dtype."""
+    if info.shape != expected:
+        raise QwythosError(
+            f"{info.file}: tensor {info.name} has shape {list(info.shape)}, config.json implies {list(expected)}",
+            "the weights do not match config.json; use the config that came with them",
+        )
+    if info.dtype not in FLOAT_DTYPES:
+        raise QwythosError(
+            f"{info.file}: tensor {info.name} is {info.dtype}", "use a BF16, F16 or F32 checkpoint"
+        )
 
 
 def to_f32(arr: np.ndarray, st_dtype: str) -> np.ndarray:
@@ -189,24 +222,46 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     return dict(sorted(out.items()))
 
 
-def _shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
-    """The safetensors files to read (sorted, as llama.cpp does), and the index's weight map if any."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        data = _load_json(index, "index")
-        wmap = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(wmap, dict) or not wmap:
-            raise QwythosError(f"{index} has no weight_map", "re-download the index file")
-        names = sorted(set(wmap.values()))
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise QwythosError(
-                f"{folder / missing[0]} is missing (named in {index.name}; {len(missing)} shard(s) missing in all)",
-                "download the missing shards into the folder",
-            )
-        return [folder / n for n in names], wmap
-    files = sorted(p for p in folder.glob("model*.safetensors") if p.is_file())
-    return files, None
+def read_config(folder: Path) -> dict[str, Any]:
+    """The folder's config.json as a dict: the one message for a folder without one or a broken one."""
+    path = folder / CONFIG
+    if not path.is_file():
+        raise QwythosError(f"{folder} has no config.json", "pass the folder of a Hugging Face checkpoint")
+    config = _load_json(path, "config")
+    if not isinstance(config, dict):
+        raise QwythosError(f"{path} is not a JSON object", "re-download config.json")
+    return config
+
+
+def read_index(folder: Path) -> dict[str, Any] | None:
+    """model.safetensors.index.json (None when the folder has none); its weight_map is checked to
+    be a non-empty map of tensor name -> shard file name."""
+    path = folder / INDEX
+    if not path.is_file():
+        return None
+    data = _load_json(path, "index")
+    wmap = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wmap, dict) or not wmap or not all(isinstance(f, str) and f for f in wmap.values()):
+        raise QwythosError(f"{path} has no weight_map", "re-download the index file")
+    return data
+
+
+def _shard_files(
+    folder: Path, index: dict[str, Any] | None, select: Callable[[str], bool] | None
+) -> list[Path]:
+    """The safetensors files to read (sorted, as llama.cpp does): the index's shards that hold a
+    selected tensor, else the folder's model*.safetensors."""
+    if index is None:
+        return sorted(p for p in folder.glob("model*.safetensors") if p.is_file())
+    wmap: dict[str, str] = index["weight_map"]
+    names = sorted({f for n, f in wmap.items() if select is None or select(n)})
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise QwythosError(
+            f"{folder / missing[0]} is missing (named in {INDEX}; {len(missing)} shard(s) missing in all)",
+            "download the missing shards into the folder",
+        )
+    return [folder / n for n in names]
 
 
 def resolve_source(src: str | Path) -> tuple[Path, str | None]:
@@ -225,17 +280,16 @@ def resolve_source(src: str | Path) -> tuple[Path, str | None]:
     )
 
 
-def open_checkpoint(src: str | Path) -> Checkpoint:
-    """Open and validate a checkpoint folder (or Hub repo id)."""
-    folder, hub_id = resolve_source(src)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise QwythosError(f"{folder} has no config.json", "pass the folder of a Hugging Face checkpoint")
-    config = _load_json(cfg_path, "config")
-    if not isinstance(config, dict):
-        raise QwythosError(f"{cfg_path} is not a JSON object", "re-download config.json")
-    files, wmap = _shard_files(folder)
-    if not files:
+def read_checkpoint(
+    folder: Path, *, hub_id: str | None = None, select: Callable[[str], bool] | None = None
+) -> Checkpoint:
+    """Open and validate the checkpoint in `folder`. With `select`, only the tensors it accepts are
+    kept, and only the shards that hold them are read (or need to be there): the MTP head reader
+    opens a Hub download that holds just the head's shards this way."""
+    config = read_config(folder)
+    index = read_index(folder)
+    files = _shard_files(folder, index, select)
+    if not files and select is None:
         raise QwythosError(f"{folder} has no *.safetensors weights", "download the model's safetensors files")
     tensors: dict[str, TensorInfo] = {}
     for f in files:
@@ -246,12 +300,24 @@ def open_checkpoint(src: str | Path) -> Checkpoint:
                     "remove the stray file",
                 )
             tensors[name] = info
-    if wmap is not None:
-        missing = sorted(set(wmap) - set(tensors))
+    if select is not None:
+        tensors = {n: i for n, i in tensors.items() if select(n)}
+        files = sorted({i.file for i in tensors.values()})
+    if index is not None:
+        wmap: dict[str, str] = index["weight_map"]
+        missing = sorted(n for n in set(wmap) - set(tensors) if select is None or select(n))
         if missing:
             shard = folder / wmap[missing[0]]
             raise QwythosError(
-                f"{shard} lacks tensor {missing[0]} listed in model.safetensors.index.json ({len(missing)} missing)",
+                f"{shard} lacks tensor {missing[0]} listed in {INDEX} ({len(missing)} missing)",
                 "download that shard again",
             )
-    return Checkpoint(path=folder, config=config, files=files, tensors=tensors, hub_id=hub_id)
+    return Checkpoint(folder, config, files, tensors, hub_id, index)
+
+
+def open_checkpoint(src: str | Path | Checkpoint) -> Checkpoint:
+    """Open and validate a checkpoint folder (or Hub repo id); an opened one is passed through."""
+    if isinstance(src, Checkpoint):
+        return src
+    folder, hub_id = resolve_source(src)
+    return read_checkpoint(folder, hub_id=hub_id)

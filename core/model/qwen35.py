@@ -28,7 +28,7 @@ from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.file import KV, RawSource, TensorPlan, type_nbytes
 from qwythos.core.gguf.view import RECURRENT_LAYERS, GGUFView
 from qwythos.core.model.arch import ARCH, HF_ARCHITECTURES
-from qwythos.core.model.checkpoint import ST_DTYPES, Checkpoint, TensorInfo, to_f32
+from qwythos.core.model.checkpoint import ST_DTYPES, Checkpoint, TensorInfo, check_tensor, to_f32
 from qwythos.core.model.vocab import PRE_TOKENIZER, load_vocab
 
 # outtype -> (GGML type of the big matrices, general.file_type)
@@ -632,16 +632,7 @@ def plan_tensors(
                 "the checkpoint holds one weight twice under two names; use the original files",
             )
         sources[gname] = hf_name
-        expected = tuple(int(d) for d in rule.shape(cfg))
-        if info.shape != expected:
-            raise QwythosError(
-                f"{info.file}: tensor {hf_name} has shape {list(info.shape)}, config.json implies {list(expected)}",
-                "the weights do not match config.json; use the config that came with them",
-            )
-        if info.dtype not in ("BF16", "F16", "F32"):
-            raise QwythosError(
-                f"{info.file}: tensor {hf_name} is {info.dtype}", "use a BF16, F16 or F32 checkpoint"
-            )
+        check_tensor(info, tuple(int(d) for d in rule.shape(cfg)))
         out_shape = tuple(d for d in info.shape if d != 1) if "squeeze" in rule.transforms else info.shape
         gtype = GGMLQuantizationType.F32 if stays_f32(gname, rule, out_shape) else big_type
         nbytes = type_nbytes(gtype, out_shape)

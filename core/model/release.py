@@ -14,13 +14,18 @@ from typing import TypeVar
 
 import gguf
 
-#: The model's names, as its Hugging Face repositories spell them.
-MODEL_REPO = "empero-ai/Qwythos-9B-Claude-Mythos-5-1M"
-GGUF_REPO = "empero-ai/Qwythos-9B-Claude-Mythos-5-1M-GGUF"
+#: The publisher (the Hub owner of the release), and the model's names as its Hugging Face
+#: repositories spell them.
+PUBLISHER = "empero-ai"
+MODEL_REPO = f"{PUBLISHER}/Qwythos-9B-Claude-Mythos-5-1M"
+GGUF_REPO = f"{PUBLISHER}/Qwythos-9B-Claude-Mythos-5-1M-GGUF"
 BASE_MODEL_REPO = "Qwen/Qwen3.5-9B"
 BASE_NAME = "Qwythos"
 SIZE_LABEL = "9B"
 FINETUNE = "Claude-Mythos-5-1M"
+#: The name the exports give the model in a local server: Ollama's model name, vLLM's and SGLang's
+#: --served-model-name.
+LOCAL_NAME = "qwythos-9b"
 #: Full context of the released model (YaRN factor 4 over 262144 positions).
 MODEL_CONTEXT = 1_048_576
 #: Where users start (and what the exports configure): grow to 64k, 128k, 256k as memory allows.

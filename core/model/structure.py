@@ -1,5 +1,8 @@
 """What a qwen35 GGUF must hold, tensor by tensor, and a structural check of a file from its header.
 
+Structural only: names, shapes and types read from the header; nothing is loaded or measured
+(the measured acceptance gate is mtp/validate.py; an HF folder's head is mtp/hf_check.py).
+
 The expected tensors come from the qwen35 table (core/model/qwen35.py): the trunk's blocks by
 `layer_types` (read back from `attention.recurrent_layers`), and the MTP (nextn) block
 `blk.{n_layer}` (n_layer = block_count - nextn_predict_layers): a full-attention decoder block (gated

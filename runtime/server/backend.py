@@ -7,8 +7,8 @@ Runtime calls made here (and nowhere else in runtime/server):
   .info.chat_template, .n_vocab, .path, .close()
 - core.gguf.mmproj.choose_mmproj(model_path, mmproj) -> .path; runtime.vision.Vision(model, path,
   threads=), .tokenize(text, paths) -> Layout (.n_tokens), .marker, .free_layout(layout), .close()
-- runtime.speculative.Engine(model, n_ctx=, draft=, threads=, vision=), .n_ctx, .mode, .max_draft,
-  .auto_reason, .close()
+- runtime.draft_plan.draft_plan(model, draft, threads=) -> DraftPlan (.mode, .max_draft, .reason);
+  runtime.speculative.Engine(model, plan, n_ctx=, threads=, vision=), .n_ctx, .plan, .close()
 - runtime.session.ChatSession(engine), .generate(tokens | layout, max_tokens=, sampling=, stop=,
   on_text=) -> Generation (.text, .finish_reason, .stats: prompt_tokens, prefilled_tokens,
   gen_tokens, prompt_seconds, gen_seconds, draft_mode, draft, auto, drafted, accepted, acceptance,
@@ -133,6 +133,7 @@ class Backend:
     def open(cls, opts: BackendOptions) -> Backend:
         from qwythos.core.gguf.mmproj import choose_mmproj
         from qwythos.core.llamacpp.handles import load_model
+        from qwythos.runtime.draft_plan import draft_plan
         from qwythos.runtime.session import ChatSession
         from qwythos.runtime.speculative import Engine
 
@@ -156,7 +157,8 @@ class Backend:
                 from qwythos.runtime.vision import Vision
 
                 vision = Vision(model, projector.path, threads=opts.threads)
-            engine = Engine(model, n_ctx=opts.n_ctx, draft=draft, threads=opts.threads, vision=vision)
+            plan = draft_plan(model, draft, threads=opts.threads)
+            engine = Engine(model, plan, n_ctx=opts.n_ctx, threads=opts.threads, vision=vision)
             session = ChatSession(engine)
         except BaseException:
             if engine is not None:
@@ -190,11 +192,12 @@ class Backend:
 
     def describe(self) -> dict:
         e = self.engine
-        draft = {"plain": "plain decoding", "fixed": f"MTP draft {e.max_draft}", "auto": "MTP draft auto"}
+        plan = e.plan
+        draft = {"plain": "plain decoding", "fixed": f"MTP draft {plan.max_draft}", "auto": "MTP draft auto"}
         return {
             "file": str(self.model.path),
             "n_ctx": e.n_ctx,
-            "draft": draft.get(e.mode, e.mode) + (f" ({e.auto_reason})" if e.auto_reason else ""),
+            "draft": draft.get(plan.mode, plan.mode) + (f" ({plan.reason})" if plan.reason else ""),
             "mmproj": str(self.projector) if self.projector else None,
         }
 

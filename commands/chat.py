@@ -1,0 +1,150 @@
+"""qwythos chat: an interactive conversation, streamed, reusing the cache between turns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from qwythos.commands import engine_flags as flags
+from qwythos.commands.common import app, console, err_console, with_flag_groups
+from qwythos.core.errors import QwythosError
+from qwythos.core.fileio import check_utf8_arg
+from qwythos.runtime.sampling import SamplingParams
+
+
+def _show_pieces(pieces: list[tuple[str, str]], hide_thinking: bool, shown: dict) -> None:
+    """Print streamed (kind, text) pieces: reasoning dimmed (or hidden), a line break where the
+    shown reasoning ends and the answer begins. `shown` remembers the last kind printed."""
+    for kind, text in pieces:
+        if kind == "reasoning":
+            if not hide_thinking:
+                console.print(text, style="dim", end="", markup=False, highlight=False)
+                shown["last"] = kind
+        else:
+            if shown.get("last") == "reasoning":
+                console.print()
+            console.print(text, end="", markup=False, highlight=False)
+            shown["last"] = kind
+
+
+@app.command("chat")
+@with_flag_groups
+def chat_cmd(
+    model_path: Path = typer.Argument(..., help="A qwen35 .gguf."),
+    system: str | None = typer.Option(None, "--system", help="A system message."),
+    engine: flags.EngineFlags = flags.ENGINE_FLAGS,
+    sampling: SamplingParams = flags.SAMPLING_FLAGS,
+    max_tokens: int = typer.Option(4096, "--max-tokens"),
+    hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Hide reasoning (default: dimmed)."),
+    mmproj: Path | None = typer.Option(
+        None, "--mmproj", help="Vision projector GGUF for /image (default: an mmproj*.gguf beside the model)."
+    ),
+    tools_file: Path | None = flags.TOOLS_OPTION,
+    placement: flags.PlacementFlags = flags.PLACEMENT_FLAGS,
+) -> None:
+    """Interactive chat with streaming output. /image PATH attaches a picture to the next message;
+    /exit (or Ctrl-D) quits; Ctrl-C stops a reply."""
+    from qwythos.runtime.chat import (
+        TURN_END,
+        ThinkStream,
+        assistant_message,
+        load_tools,
+        parse_output,
+        render_chat,
+    )
+    from qwythos.runtime.vision import IMAGE_PLACEHOLDER
+
+    check_utf8_arg(system, "--system")
+    if max_tokens < 1:
+        raise QwythosError(f"--max-tokens {max_tokens} must be at least 1", "e.g. --max-tokens 4096")
+    tools = load_tools(tools_file) if tools_file is not None else None
+    projector = flags.choose_projector(model_path, mmproj)
+    model, eng = flags.open_engine(model_path, engine, placement, projector)
+    from qwythos.runtime.session import ChatSession
+
+    session = ChatSession(eng)  # each turn prefills only what is new since the last prompt
+    msgs = [{"role": "system", "content": system}] if system else []
+    images: list[Path] = []  # every picture of the conversation, in order
+    pending: list[Path] = []  # /image pictures for the next message
+    try:
+        while True:
+            try:
+                line = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                break
+            except UnicodeDecodeError:
+                line = "\udcff"  # the check below reports it
+            try:
+                check_utf8_arg(line, "that line")
+            except QwythosError as e:
+                err_console.print(f"[bold red]error:[/] {e.message}; set a UTF-8 terminal (LANG=C.UTF-8)")
+                continue
+            if line.strip() in ("/exit", "/quit"):
+                break
+            if line.strip().startswith("/image"):
+                arg = line.strip()[len("/image") :].strip()
+                try:
+                    pending.append(_chat_image(arg, eng.vision, model_path))
+                    err_console.print(f"[dim]attached {arg} to the next message[/]")
+                except QwythosError as e:
+                    err_console.print(f"[bold red]error:[/] {e.message}" + (f" ({e.hint})" if e.hint else ""))
+                continue
+            if not line.strip():
+                continue
+            msgs.append({"role": "user", "content": IMAGE_PLACEHOLDER * len(pending) + line})
+            images += pending
+            n_new = len(pending)
+            pending = []
+            text = render_chat(model.info.chat_template, msgs, tools=tools)
+            splitter = ThinkStream(thinking=text.rstrip().endswith("<think>"))
+            shown: dict = {}
+
+            def show(piece: str, splitter: ThinkStream = splitter, shown: dict = shown) -> None:
+                _show_pieces(splitter.feed(piece), hide_thinking, shown)
+
+            layout = None
+            try:
+                if images:
+                    layout = eng.vision.tokenize(flags.image_text(text, eng.vision), images)
+                gen = session.generate(
+                    layout if layout is not None else model.tokenize(text),
+                    max_tokens=max_tokens,
+                    sampling=sampling,
+                    stop=list(TURN_END),
+                    on_text=show,
+                )
+            except QwythosError as e:
+                err_console.print(f"[bold red]error:[/] {e.message}")
+                msgs.pop()
+                del images[len(images) - n_new :]
+                continue
+            finally:
+                if layout is not None:
+                    eng.vision.free_layout(layout)
+            _show_pieces(splitter.flush(), hide_thinking, shown)
+            console.print()
+            out = parse_output(gen.text, think_open=text.rstrip().endswith("<think>"), tools=tools)
+            for c in out.tool_calls:
+                console.print(f"[cyan]tool call:[/] {c.name} {json.dumps(c.arguments)}")
+            for e in out.errors:
+                console.print(f"[yellow]warning:[/] {e}")
+            msgs.append(assistant_message(out))
+            err_console.print(f"[dim]{flags.stats_line(gen.stats)}[/]")
+    finally:
+        flags.close_engine(model, eng)
+
+
+def _chat_image(arg: str, vision, model_path: Path) -> Path:
+    """A `/image PATH` line's picture, checked now (decodable, a projector loaded)."""
+    if not arg:
+        raise QwythosError("/image needs a path", "e.g. /image photo.png")
+    if vision is None:
+        raise QwythosError(
+            f"/image needs a vision projector, and none lies beside {model_path.name}",
+            "restart with --mmproj FILE",
+        )
+    path = Path(arg).expanduser()
+    vision.check_image(path)
+    return path
