@@ -174,6 +174,7 @@ def measure(m, eng, srv, reps: int, max_tokens: int) -> dict:  # noqa: ANN001
 
 def main() -> None:
     from qwythos.core.llamacpp.handles import load_model
+    from qwythos.runtime.draft_plan import draft_plan
     from qwythos.runtime.speculative import Engine
     from qwythos.testing.server import running_server
 
@@ -200,7 +201,7 @@ def main() -> None:
                 draft = d if d == "auto" else int(d)
                 with (
                     running_server(path, *args, log_dir=Path(tmp)) as srv,
-                    Engine(m, n_ctx=a.ctx, draft=draft, threads=a.threads) as eng,
+                    Engine(m, draft_plan(m, draft, threads=a.threads), n_ctx=a.ctx, threads=a.threads) as eng,
                 ):
                     rows[d] = measure(m, eng, srv, a.reps, a.max_tokens)
                     if len(rows) == 1:

@@ -143,6 +143,7 @@ def greedy(max_tokens: int, threads: int) -> dict:
     from qwythos.convert.text import convert
     from qwythos.core.llamacpp import devices
     from qwythos.core.llamacpp.handles import load_model
+    from qwythos.runtime.draft_plan import draft_plan
     from qwythos.runtime.speculative import Engine
 
     out: dict = {"tokens": {}}
@@ -155,7 +156,7 @@ def greedy(max_tokens: int, threads: int) -> dict:
         for name, ngl, draft in (("plain", None, 0), ("plain -ngl 999", 999, 0), ("draft 2", None, 2)):
             with (
                 load_model(path, n_gpu_layers=ngl) as m,
-                Engine(m, n_ctx=256, draft=draft, threads=threads) as eng,
+                Engine(m, draft_plan(m, draft, threads=threads), n_ctx=256, threads=threads) as eng,
             ):
                 toks = m.tokenize("def fibonacci(n):\n")
                 out["tokens"][name] = eng.generate(toks, max_tokens=max_tokens).tokens

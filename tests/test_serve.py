@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from qwythos.cli import app
 from qwythos.runtime.chat import TURN_END, parse_output, render_chat
+from qwythos.runtime.draft_plan import draft_plan
 from qwythos.runtime.sampling import SamplingParams
 from qwythos.runtime.speculative import Engine
 from qwythos.testing.images import picture, write_png
@@ -159,7 +160,7 @@ def test_completions_streamed_and_not(server, model):
         if ch.choices
     ]
     assert "".join(parts) == whole.choices[0].text and whole.choices[0].finish_reason == "length"
-    with Engine(model, n_ctx=CTX, draft=0, costs=None) as eng:
+    with Engine(model, draft_plan(model, 0), n_ctx=CTX) as eng:
         lib = eng.generate(
             model.tokenize("def add(a, b):"), max_tokens=N, sampling=SamplingParams(temperature=0)
         )
@@ -185,7 +186,7 @@ def test_a_continued_conversation_prefills_only_what_is_new(server, model):
     assert second.usage.prompt_tokens_details.cached_tokens == at > 0
     # the reply equals a fresh run of the whole rendered conversation
     toks = model.tokenize(render_chat(model.info.chat_template, msgs))
-    with Engine(model, n_ctx=CTX, draft=0, costs=None) as eng:
+    with Engine(model, draft_plan(model, 0), n_ctx=CTX) as eng:
         fresh = eng.generate(toks, max_tokens=N, sampling=SamplingParams(temperature=0), stop=list(TURN_END))
     want = parse_output(fresh.text, think_open=True)
     assert second.choices[0].message.model_extra["reasoning_content"] == want.reasoning
@@ -279,7 +280,7 @@ def test_an_image_as_a_data_url(strict, model, projector, tmp_path):
         text = render_chat(model.info.chat_template, _user(IMAGE_PLACEHOLDER + "Describe it."))
         layout = vis.tokenize(text.replace(IMAGE_PLACEHOLDER, vis.marker), [png])
         try:
-            with Engine(model, n_ctx=CTX, draft=0, vision=vis, costs=None) as eng:
+            with Engine(model, draft_plan(model, 0), n_ctx=CTX, vision=vis) as eng:
                 lib = eng.generate(
                     layout, max_tokens=N, sampling=SamplingParams(temperature=0), stop=list(TURN_END)
                 )
