@@ -161,7 +161,13 @@ cuda_setup() {
   if [ -n "$lib" ]; then
     note "cuBLAS: the toolkit's ($lib)"
   else
-    if [ "$major" = 13 ]; then pkg="nvidia-cublas>=13,<14 nvidia-cuda-runtime>=13,<14"; else pkg="nvidia-cublas-cu12 nvidia-cuda-runtime-cu12"; fi
+    # The same minor version as nvcc: PyPI's newest headers beside an older nvcc stop the build
+    # ("CUDA compiler and CUDA toolkit headers are incompatible", measured with 13.5's beside 13.0).
+    if [ "$major" = 13 ]; then
+      pkg="nvidia-cublas==$version.* nvidia-cuda-runtime==$version.*"
+    else
+      pkg="nvidia-cublas-cu12==$version.* nvidia-cuda-runtime-cu12==$version.*"
+    fi
     note "the CUDA toolkit at $root has no cuBLAS: installing PyPI's ($pkg)"
     # shellcheck disable=SC2086  # two package specs
     "$PY" -m pip install -q $pkg || die "could not install PyPI's cuBLAS ($pkg)" "install the full CUDA toolkit (with cuBLAS); or: $CPU_FIX"

@@ -46,13 +46,14 @@ def chat_cmd(
 ) -> None:
     """Interactive chat with streaming output. /image PATH attaches a picture to the next message;
     /exit (or Ctrl-D) quits; Ctrl-C stops a reply."""
+    from qwythos.core.llamacpp.prompt_tokens import render_for, tokenize_prompt
+    from qwythos.core.model.chat_template import IMAGE_PART
     from qwythos.runtime.chat import (
         TURN_END,
         ThinkStream,
         assistant_message,
         load_tools,
         parse_output,
-        render_chat,
     )
     from qwythos.runtime.vision import IMAGE_PLACEHOLDER
 
@@ -93,12 +94,14 @@ def chat_cmd(
                 continue
             if not line.strip():
                 continue
-            msgs.append({"role": "user", "content": IMAGE_PLACEHOLDER * len(pending) + line})
+            msgs.append(
+                {"role": "user", "content": [IMAGE_PART] * len(pending) + [{"type": "text", "text": line}]}
+            )
             images += pending
             n_new = len(pending)
             pending = []
-            text = render_chat(model.info.chat_template, msgs, tools=tools)
-            splitter = ThinkStream(thinking=text.rstrip().endswith("<think>"))
+            rendered = render_for(model, msgs, tools=tools, image_text=IMAGE_PLACEHOLDER)
+            splitter = ThinkStream(thinking=rendered.text.rstrip().endswith("<think>"))
             shown: dict = {}
 
             def show(piece: str, splitter: ThinkStream = splitter, shown: dict = shown) -> None:
@@ -107,9 +110,9 @@ def chat_cmd(
             layout = None
             try:
                 if images:
-                    layout = eng.vision.tokenize(flags.image_text(text, eng.vision), images)
+                    layout = eng.vision.tokenize(flags.image_text(rendered, eng.vision), images)
                 gen = session.generate(
-                    layout if layout is not None else model.tokenize(text),
+                    layout if layout is not None else tokenize_prompt(model, rendered).tokens,
                     max_tokens=max_tokens,
                     sampling=sampling,
                     stop=list(TURN_END),
@@ -125,7 +128,7 @@ def chat_cmd(
                     eng.vision.free_layout(layout)
             _show_pieces(splitter.flush(), hide_thinking, shown)
             console.print()
-            out = parse_output(gen.text, think_open=text.rstrip().endswith("<think>"), tools=tools)
+            out = parse_output(gen.text, think_open=rendered.text.rstrip().endswith("<think>"), tools=tools)
             for c in out.tool_calls:
                 console.print(f"[cyan]tool call:[/] {c.name} {json.dumps(c.arguments)}")
             for e in out.errors:

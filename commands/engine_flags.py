@@ -215,8 +215,9 @@ def close_engine(model, eng) -> None:
     model.close()
 
 
-def image_text(text: str, vision) -> str:
-    """The rendered prompt with the template's image placeholders turned into libmtmd's marker."""
+def image_text(text, vision):  # noqa: ANN001, ANN201 - a str or a core/model/chat_template.Prompt
+    """The rendered prompt (text or Prompt) with the template's image placeholders turned into
+    libmtmd's marker."""
     from qwythos.runtime.vision import IMAGE_PLACEHOLDER
 
     return text.replace(IMAGE_PLACEHOLDER, vision.marker)

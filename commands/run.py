@@ -48,7 +48,9 @@ def run_cmd(
     json_out: bool = JsonOption,
 ) -> None:
     """Generate one reply (with exact MTP speculative decoding when the GGUF has a head)."""
-    from qwythos.runtime.chat import TURN_END, load_tools, parse_output, render_chat
+    from qwythos.core.llamacpp.prompt_tokens import PromptTokens, render_for, tokenize_prompt
+    from qwythos.core.model.chat_template import IMAGE_PART, Prompt
+    from qwythos.runtime.chat import TURN_END, load_tools, parse_output
     from qwythos.runtime.speculative import check_max_tokens
 
     check_utf8_arg(prompt, "-p")
@@ -69,22 +71,28 @@ def run_cmd(
     model, eng = flags.open_engine(model_path, engine, placement, projector if images else None)
     layout = None
     try:
-        if raw:
-            text, think_open = prompt, False
+        if raw:  # the user writes the whole prompt, control tokens included
+            rendered, think_open = Prompt(prompt), False
         else:
             from qwythos.runtime.vision import IMAGE_PLACEHOLDER
 
+            content = [IMAGE_PART] * len(images) + [{"type": "text", "text": prompt}]
             msgs = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": IMAGE_PLACEHOLDER * len(images) + prompt}
+                {"role": "user", "content": content}
             ]
-            text = render_chat(model.info.chat_template, msgs, tools=tools, enable_thinking=not no_think)
-            think_open = text.rstrip().endswith("<think>")
+            rendered = render_for(
+                model, msgs, tools=tools, enable_thinking=not no_think, image_text=IMAGE_PLACEHOLDER
+            )
+            think_open = rendered.text.rstrip().endswith("<think>")
         if images:
-            layout = eng.vision.tokenize(flags.image_text(text, eng.vision), images)
+            layout = eng.vision.tokenize(flags.image_text(rendered, eng.vision), images)
+            text_tokens = [t for s in layout.segments if s.kind == "text" for t in s.tokens]
+            prompt_tokens = PromptTokens.counted(model, text_tokens, len(rendered.literals))
             gen = eng.generate(layout, max_tokens=max_tokens, sampling=sampling, stop=list(TURN_END))
         else:
+            prompt_tokens = tokenize_prompt(model, rendered)
             gen = eng.generate(
-                model.tokenize(text), max_tokens=max_tokens, sampling=sampling, stop=list(TURN_END)
+                prompt_tokens.tokens, max_tokens=max_tokens, sampling=sampling, stop=list(TURN_END)
             )
     finally:
         if layout is not None:
@@ -95,6 +103,7 @@ def run_cmd(
         print_json(
             {
                 "generation": gen.to_dict(),
+                "prompt": prompt_tokens.to_dict(),
                 "parsed": out.to_dict() if out else None,
                 "draft": _draft_choice(eng, gen),
                 "images": [

@@ -7,7 +7,7 @@ The pieces the engine needs to run a prompt with pictures, kept apart from the s
   so a projector of another model is one message, not a C abort.
 - `Vision.load_image(path)`: decoded by libmtmd (stb_image: PNG, JPEG, BMP, GIF, ...); a missing or
   unreadable file is one message.
-- `image_prompt(...)` / `Vision.tokenize(prompt, images)`: the Qwen3.5 chat format. The template
+- `Vision.tokenize(prompt, images)`: the Qwen3.5 chat format. The template
   renders an image as `<|vision_start|><|image_pad|><|vision_end|>`; libmtmd puts the vision
   start/end tokens around the image itself, so the triple becomes its media marker.
 - `Vision.encode(segment)`: the image's embeddings (n_tokens x n_embd), llama.cpp's tower + merger.
@@ -39,8 +39,11 @@ import numpy as np
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.mmproj import MmprojSummary, check_pair, read_mmproj_summary
 from qwythos.core.llamacpp import interrupt
+from qwythos.core.llamacpp.prompt_tokens import tokenize_prompt
+from qwythos.core.model.chat_template import Prompt
 
-IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"  # what libmtmd writes around an image
+IMAGE_PLACEHOLDER = f"{VISION_START}<|image_pad|>{VISION_END}"
 MAX_IMAGE_BYTES = 64 * 2**20
 
 
@@ -65,7 +68,7 @@ class Segment:
     tokens: list[int] = field(default_factory=list)
     nx: int = 0
     ny: int = 0
-    chunk: Any = None  # the mtmd chunk (images)
+    chunk: Any = None  # the mtmd chunk (None: a text segment qwythos tokenized, Vision._protect)
     source: str = ""  # the image file
     digest: str = ""  # sha256 of the image file's bytes (a chat session's cache key)
 
@@ -145,14 +148,6 @@ def image_positions(nx: int, ny: int, pos0: int) -> np.ndarray:
     """(n_tokens, 3) M-RoPE positions (t, x, y) of an nx x ny image starting at pos0, row-major."""
     i = np.arange(nx * ny)
     return np.stack([np.full_like(i, pos0), pos0 + i % nx, pos0 + i // nx], axis=1)
-
-
-def image_prompt(render: Any, text: str, n_images: int, **kw: Any) -> str:
-    """A user turn with `n_images` pictures before `text`, rendered by `render(messages, **kw)` (the
-    model's chat template), the image placeholders turned into libmtmd's media marker."""
-    marker = _mtmd().mtmd_default_marker().decode()
-    content = IMAGE_PLACEHOLDER * n_images + text
-    return render([{"role": "user", "content": content}], **kw).replace(IMAGE_PLACEHOLDER, marker)
 
 
 @dataclass
@@ -253,9 +248,12 @@ class Vision:
         self._m.mtmd_bitmap_free(bitmap)
         self._bitmaps.remove(bitmap)
 
-    def tokenize(self, prompt: str, images: list[str | Path]) -> Layout:
-        """Split `prompt` (one media marker per image, in order) into text and image segments."""
+    def tokenize(self, prompt: Prompt | str, images: list[str | Path]) -> Layout:
+        """Split `prompt` (one media marker per image, in order) into text and image segments. A
+        rendered `Prompt`'s protected texts stay text (core/llamacpp/prompt_tokens)."""
         m = self._m
+        protected = prompt if isinstance(prompt, Prompt) and prompt.literals else None
+        prompt = prompt.text if isinstance(prompt, Prompt) else prompt
         n_markers = prompt.count(self.marker)
         if n_markers != len(images):
             raise QwythosError(
@@ -298,7 +296,34 @@ class Vision:
             else:
                 m.mtmd_input_chunks_free(chunks)
                 raise QwythosError("the prompt produced an audio chunk", "pass pictures only")
+        if protected is not None:
+            try:
+                self._protect([s for s in segments if s.kind == "text"], protected)
+            except BaseException:
+                m.mtmd_input_chunks_free(chunks)
+                raise
         return Layout(segments, chunks)
+
+    def _protect(self, texts: list[Segment], prompt: Prompt) -> None:
+        """libmtmd parses special tokens in all of the text: its text segments are tokenized again
+        with the prompt's protected texts read as text. Each text segment is what libmtmd tokenized
+        piece by piece: the previous image's end, the text between two markers, the next image's
+        start; such a segment is then decoded from its tokens, not its chunk."""
+        parts = prompt.split(self.marker)
+        start, end = self.model.tokenize(VISION_START), self.model.tokenize(VISION_END)
+        bug = QwythosError(
+            "libmtmd split the prompt otherwise than qwythos expects",
+            "this is a bug in qwythos; please report it",
+        )
+        if len(texts) != len(parts):
+            raise bug
+        for k, (seg, part) in enumerate(zip(texts, parts, strict=True)):
+            before, after = (end if k > 0 else []), (start if k < len(parts) - 1 else [])
+            if seg.tokens != before + self.model.tokenize(part.text) + after:
+                raise bug
+            seg.tokens = before + tokenize_prompt(self.model, part).tokens + after
+            seg.n_tokens = seg.n_pos = len(seg.tokens)
+            seg.chunk = None
 
     def encode(self, seg: Segment) -> np.ndarray:
         """The image's embeddings (n_tokens, n_embd), as llama.cpp's tower + merger compute them."""
@@ -355,6 +380,12 @@ class Vision:
         last_rows = 0
         for i, seg in enumerate(layout.segments):
             logits_last = i == len(layout.segments) - 1
+            if seg.chunk is None:  # a text segment tokenized by qwythos (Vision._protect)
+                for s in range(0, seg.n_tokens, ctx.n_batch):
+                    ctx.decode(seg.tokens[s : s + ctx.n_batch], at.pos + s, outputs="last")
+                at.advance(seg)
+                last_rows = ctx.n_last
+                continue
             new_pos = ctypes.c_int32(at.pos)  # in/out: the text path adds to it, the image path sets it
             rc = m.mtmd_helper_eval_chunk_single(
                 self.ctx, ctx.handle, seg.chunk, at.pos, 0, ctx.n_batch, logits_last, ctypes.byref(new_pos)

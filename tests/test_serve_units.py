@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from qwythos.cli import app
 from qwythos.core.errors import QwythosError
+from qwythos.core.model.chat_template import IMAGE_PART
 from qwythos.runtime.chat import parse_output
 from qwythos.runtime.server import launch, shapes
 from qwythos.runtime.server.errors import APIError
@@ -139,7 +140,8 @@ def test_images_are_data_urls_in_user_messages():
     url = "data:image/png;base64," + base64.b64encode(png).decode()
     content = [{"type": "text", "text": "see "}, {"type": "image_url", "image_url": {"url": url}}]
     r = parse_chat({"messages": [{"role": "user", "content": content}]}, NAMES, IMAGE_PLACEHOLDER)
-    assert r.messages[0]["content"] == "see " + IMAGE_PLACEHOLDER and r.images == [png]
+    # the picture's place is a part the template fills in (never text a client could write)
+    assert r.messages[0]["content"] == [{"type": "text", "text": "see "}, IMAGE_PART] and r.images == [png]
     # no projector loaded: refused with a message that says so
     with pytest.raises(APIError) as e:
         parse_chat({"messages": [{"role": "user", "content": content}]}, NAMES, None)

@@ -32,6 +32,7 @@ from qwythos.core.llamacpp.log import _ext, _llama, llama_log_to, quiet_llama_lo
 from qwythos.core.llamacpp.probe import safe_model_kwargs
 from qwythos.core.model.arch import check_arch
 from qwythos.core.model.structure import check_model
+from qwythos.core.model.vocab import special_texts
 
 #: n_gpu_layers meaning "every layer" (llama.cpp clamps it to the model's layers + output).
 ALL_LAYERS = 999
@@ -76,6 +77,8 @@ class ModelInfo:
     name: str = ""
     file_type: int | None = None
     kv: dict = field(default_factory=dict, repr=False)
+    control_texts: tuple[str, ...] = ()  # the vocabulary's control and user-defined token texts
+    markup_texts: tuple[str, ...] = ()
 
     @property
     def has_mtp(self) -> bool:
@@ -98,6 +101,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
         )
     if not view.vocab_size or "token_embd.weight" not in view.by_name:
         raise QwythosError(f"{path} has no vocabulary or token embedding", "convert the model again")
+    control, markup = special_texts(view.kv)
     return ModelInfo(
         path=path,
         arch=arch,
@@ -111,6 +115,8 @@ def read_model_info(path: str | Path) -> ModelInfo:
         name=view.name or path.stem,
         file_type=view.file_type,
         kv={k: v for k, v in view.kv.items() if not k.startswith("tokenizer.ggml.")},
+        control_texts=control,
+        markup_texts=markup,
     )
 
 
@@ -349,6 +355,12 @@ class Model:
 
     def is_eog(self, token: int) -> bool:
         return int(token) in self._eog_set
+
+    def is_special(self, token: int) -> bool:
+        """A control or user-defined token (what only a template may write: <|im_end|>, <think> ...)."""
+        lc = _llama()
+        attr = int(lc.llama_vocab_get_attr(self.vocab, int(token)))
+        return bool(attr & (lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED))
 
     def token_id(self, text: str) -> int | None:
         """The id of a special token spelled `text` (e.g. '<think>'), or None."""

@@ -104,6 +104,29 @@ class Prompt:
     def endswith(self, suffix: str) -> bool:
         return self.text.endswith(suffix)
 
+    def __add__(self, more: str) -> Prompt:
+        """The prompt followed by text the model itself wrote (a continuation): template-side text,
+        whose special tokens are real. A stray sentinel character in it stays that character."""
+        literals = list(self.literals)
+
+        def keep(m: re.Match) -> str:
+            if len(literals) > _SENTINEL_MAX:
+                raise QwythosError(
+                    "the text holds more private-use characters than one prompt can carry", None
+                )
+            literals.append(m.group())
+            return chr(_SENTINEL_BASE + len(literals) - 1)
+
+        return Prompt(self.text + _SENTINEL_RE.sub(keep, more), literals)
+
+    def replace(self, old: str, new: str) -> Prompt:
+        """Template-side text replaced (e.g. the image placeholder by libmtmd's marker); literals untouched."""
+        return Prompt(self.text.replace(old, new), self.literals)
+
+    def split(self, sep: str) -> list[Prompt]:
+        """The prompt cut at every `sep` the template wrote (literals never contain one)."""
+        return [Prompt(part, self.literals) for part in self.text.split(sep)]
+
 
 class _Protector:
     """Swaps special-token texts (and stray sentinel characters) in untrusted strings for
@@ -273,6 +296,31 @@ def _bound_joins(tpl, budget: _Budget) -> None:  # noqa: ANN001 - jinja2.Templat
 
 
 # ---------------------------------------------------------------- rendering
+IMAGE_PART = {"type": "image"}  # a picture's place in a message's list of parts
+
+
+def _content(content: Any, protect: _Protector, markup: bool, image_text: str | None) -> Any:
+    """A message's content protected; a list of text and image parts joined into one string."""
+    parts = isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") in ("text", "image") for p in content
+    )
+    if not (parts and content):
+        return protect.value(content, markup=markup)
+    if image_text is None and IMAGE_PART in content:
+        raise QwythosError("a message holds an image, but no projector is loaded to read it", "pass --mmproj")
+    out = []
+    for p in content:
+        if p == IMAGE_PART:
+            out.append(image_text)
+        elif isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str):
+            out.append(protect.text(p["text"], markup=markup))
+        else:
+            raise QwythosError(
+                "a message part is neither text nor an image", 'use {"type": "text", "text": ...}'
+            )
+    return "".join(out)
+
+
 def check_messages(messages: list[dict]) -> list[dict]:
     if not isinstance(messages, list):
         raise QwythosError("the messages are not a list", 'pass [{"role": "user", "content": "..."}]')
@@ -301,6 +349,7 @@ def render_prompt(
     eos_token: str = "<|im_end|>",
     control_texts: Iterable[str] = DEFAULT_CONTROL_TEXTS,
     markup_texts: Iterable[str] = (),
+    image_text: str | None = None,
     source: str | Path | None = None,
     limits: RenderLimits = DEFAULT_LIMITS,
 ) -> Prompt:
@@ -309,16 +358,20 @@ def render_prompt(
 
     `control_texts`: the texts of the vocabulary's control tokens (`<|im_start|>` ...), protected
     in every message; `markup_texts`: tokens a tokenizer always matches (`<think>`, `<tool_call>`
-    ...), protected everywhere except in assistant messages. `source` names the file the template
+    ...), protected everywhere except in assistant messages. A message's content may be a list of
+    parts, `{"type": "text", "text": ...}` and `IMAGE_PART`; each image part becomes `image_text`
+    (the text that stands for a picture, e.g. Qwen's vision triple), written as template text: only
+    our own code can place an image, never a message's text. `source` names the file the template
     came from in every error."""
     origin = f"the chat template of {source}" if source else "the chat template"
     protect = _Protector(control_texts, markup_texts)
     msgs = []
     for m in check_messages(messages):
         if m["role"] == "assistant":  # the model's own output: its markup stays, control tokens do not
-            msgs.append({**m, "content": protect.value(m["content"], markup=False)})
+            msgs.append({**m, "content": _content(m["content"], protect, False, image_text)})
         else:
-            msgs.append(protect.value(m))
+            rest = protect.value({k: v for k, v in m.items() if k != "content"})
+            msgs.append({**rest, "content": _content(m["content"], protect, True, image_text)})
     safe_tools = protect.value(tools) if tools else None
     budget = _Budget(limits)
     previous = sys.gettrace()

@@ -248,3 +248,16 @@ def _config_specials(folder: Path, tc: dict[str, Any], added: list[dict[str, Any
         tid = next((int(a["id"]) for a in added if a.get("content") == content), None)
         if tid is not None and kind not in v.special_ids:
             v.special_ids[kind] = tid
+
+
+def special_texts(kv: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(control, user-defined) token texts of a GGUF header's vocabulary: the texts a chat
+    template's user, tool and file strings must not turn into tokens (<|im_end|>; <think>, ...)."""
+    tokens, types = kv.get("tokenizer.ggml.tokens") or [], kv.get("tokenizer.ggml.token_type") or []
+    control = tuple(
+        t for t, k in zip(tokens, types, strict=False) if k == CONTROL and isinstance(t, str) and t
+    )
+    markup = tuple(
+        t for t, k in zip(tokens, types, strict=False) if k == USER_DEFINED and isinstance(t, str) and t
+    )
+    return control, markup

@@ -14,8 +14,8 @@ Runtime calls made here (and nowhere else in runtime/server):
   gen_tokens, prompt_seconds, gen_seconds, draft_mode, draft, auto, drafted, accepted, acceptance,
   acceptance_per_depth, tokens_per_pass), .reset()
 - runtime.sampling.SamplingParams(**fields) (its defaults are the model card's)
-- core.model.chat_template.render_prompt(template, messages, tools=, enable_thinking=) and
-  Prompt.plain() (the one tokenization to switch to Prompt.pieces())
+- core.llamacpp.prompt_tokens.render_for(model, messages, tools=, enable_thinking=, image_text=) ->
+  core.model.chat_template.Prompt (+ text, .replace); tokenize_prompt(model, prompt) -> .tokens
 - core.llamacpp.interrupt.request() (stops a decode in flight at its next graph node)
 - re-exported for the rest of the server: runtime.chat.parse_output / ThinkStream / ChatOutput /
   _partial_suffix (as partial_suffix), TURN_END, IMAGE_PLACEHOLDER, MAX_IMAGE_BYTES, release.MAX_NEW_TOKENS
@@ -36,7 +36,8 @@ from typing import Any
 
 from qwythos.core.errors import QwythosError
 from qwythos.core.llamacpp import interrupt
-from qwythos.core.model.chat_template import TURN_END, Prompt, render_prompt  # noqa: F401 - TURN_END re-exported
+from qwythos.core.llamacpp.prompt_tokens import render_for, tokenize_prompt
+from qwythos.core.model.chat_template import TURN_END, Prompt  # noqa: F401 - TURN_END re-exported
 from qwythos.core.model.release import MAX_NEW_TOKENS, START_CONTEXT
 from qwythos.runtime.chat import ChatOutput, ThinkStream, parse_output  # noqa: F401 - re-exported
 from qwythos.runtime.chat import _partial_suffix as partial_suffix  # noqa: F401 - re-exported
@@ -205,12 +206,12 @@ class Backend:
     def render(self, messages: list[dict], tools: list[dict] | None, enable_thinking: bool) -> Rendered:
         """The chat under the model's own template (bounded; user text's special tokens protected)."""
         try:
-            prompt = render_prompt(
-                self.model.info.chat_template,
+            prompt = render_for(
+                self.model,
                 messages,
                 tools=tools,
                 enable_thinking=enable_thinking,
-                source=self.model.path.name,
+                image_text=self.image_placeholder,
             )
         except QwythosError as e:
             raise bad_request(e.message, "messages", "template_error") from None
@@ -229,10 +230,11 @@ class Backend:
         if isinstance(prompt, list):
             yield self._fits(Prepared(prompt, len(prompt)))
             return
-        # The one tokenization of a rendered chat; it will read prompt.pieces() (literals as text).
-        text = (prompt.prompt.plain() if isinstance(prompt, Rendered) else prompt) + continuation
+        # The one tokenization of a rendered chat: the messages' special-token texts stay text
+        # (core/llamacpp/prompt_tokens); a raw completion prompt and the continuation are template text.
+        text = (prompt.prompt if isinstance(prompt, Rendered) else Prompt(prompt)) + continuation
         if not images:
-            tokens = self.model.tokenize(text)
+            tokens = tokenize_prompt(self.model, text).tokens
             yield self._fits(Prepared(tokens, len(tokens)))
             return
         with tempfile.TemporaryDirectory(prefix="qwythos-serve-") as tmp:

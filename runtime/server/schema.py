@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwythos.core.model.chat_template import IMAGE_PART
 from qwythos.runtime.server.errors import APIError, bad_request
 from qwythos.runtime.server.images import decode_image_url
 
@@ -215,9 +216,10 @@ def check_model(body: dict, names: tuple[str, ...]) -> str | None:
 
 
 # ---------------------------------------------------------------- messages and tools
-def _content(value: Any, where: str, placeholder: str | None) -> tuple[str, list[bytes]]:
-    """A message's content as one string; image parts (placeholder given: user messages with a
-    projector loaded) become the placeholder, their bytes returned in order."""
+def _content(value: Any, where: str, placeholder: str | None) -> tuple[str | list[dict], list[bytes]]:
+    """A message's content as one string, or with images (placeholder given: user messages with a
+    projector loaded) a list of text parts and IMAGE_PART (the template writes the picture's place,
+    core/model/chat_template); the images' bytes in order."""
     if value is None or isinstance(value, str):
         return value or "", []
     if not isinstance(value, list):
@@ -240,12 +242,14 @@ def _content(value: Any, where: str, placeholder: str | None) -> tuple[str, list
                     f"'{at}.image_url.url' must be a string", f"{at}.image_url.url", "invalid_type"
                 )
             images.append(decode_image_url(url, f"{at}.image_url.url"))
-            text.append(placeholder)
+            text.append(IMAGE_PART)
         else:
             raise bad_request(
                 f"'{at}' has type {str(kind)[:40]!r}; use 'text' or 'image_url'", f"{at}.type", "unsupported"
             )
-    return "".join(text), images
+    if not images:
+        return "".join(text), images
+    return [p if p == IMAGE_PART else {"type": "text", "text": p} for p in text], images
 
 
 def _arguments(value: Any, where: str) -> dict:
