@@ -8,8 +8,9 @@ Cost model of one speculative step with N drafts (N = 0 is plain decoding):
 
 `best_draft` picks the N with the highest predicted speed, and 0 unless some N beats plain by a
 margin. `DraftPolicy` runs that during generation: it starts from cached costs (`core.drafting.costs`,
-written by `qwythos bench` or kept by an earlier run) or, without them, measures as it goes (a few exploration steps at each
-length), keeps a window of the acceptance seen so far, switches length only when the predicted
+written by `qwythos bench` or kept by an earlier run) or, without them, measures as it goes (exploration steps: plain, then
+lengths 1, 2, ... for as long as every draft is accepted, so a head that misses costs one wasted
+draft, not a step at every length), keeps a window of the acceptance seen so far, switches length only when the predicted
 gain passes a hysteresis, and now and then drafts one deeper than the current choice (or at all,
 when the choice is 0) so that acceptance it is not measuring can still change its mind: soon
 after a probe that hit, twice as late after one that found nothing, never where not even perfect
@@ -70,6 +71,26 @@ def best_draft(costs: DraftCosts, max_draft: int = AUTO_MAX_DRAFT, margin: float
     return best
 
 
+def break_even(costs: DraftCosts, n: int = 1, margin: float = 0.0) -> float | None:
+    """The acceptance a (the same at every depth) at which drafting n per step starts to beat plain
+    decoding by `margin` on these measured costs: what a head needs to reach on this machine.
+    None when not even a = 1 pays (drafting cannot win here at this length)."""
+
+    def gain(a: float) -> float:
+        return predicted_tps(DraftCosts(costs.verify_s, costs.head_s, [a] * n), n)
+
+    target = predicted_tps(costs, 0) * (1.0 + margin)
+    if gain(1.0) <= target:
+        return None
+    if gain(0.0) >= target:
+        return 0.0
+    lo, hi = 0.0, 1.0  # gain rises with a: bisect to a few decimals
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gain(mid) < target else (lo, mid)
+    return hi
+
+
 def could_pay(costs: DraftCosts, current: int, max_draft: int = AUTO_MAX_DRAFT) -> bool:
     """Whether drafting deeper than `current` could beat it by the hysteresis if every draft
     from depth current+1 on were accepted (the optimistic bound; the costs are measured)."""
@@ -124,7 +145,8 @@ class DraftPolicy:
             for k in range(1, max_draft + 2):
                 self._verify[k - 1].append(start.verify(k))
             self._head.append(start.head_s)
-        self._explore = [] if start is not None else [max_draft, 0, *range(1, max_draft)]
+        # cold: time plain, then each length from 1 up while the drafts keep landing (see `record`)
+        self._explore = [] if start is not None else list(range(max_draft + 1))
         self.current = best_draft(start, max_draft) if start is not None else max_draft
         self._since_probe = 0
         self._probe_every = probe_floor(start, self.current) if start is not None else PROBE_MIN
@@ -177,6 +199,11 @@ class DraftPolicy:
         if n_drafts:
             self._head.append(t_draft / n_drafts)
             self._steps.append((n_drafts, accepted))
+        if self._explore and 0 < n_drafts and accepted < n_drafts:
+            # a cold start stops exploring at the first rejection: a deeper length would mostly
+            # time drafts that are thrown away (on a CPU, a step of 4 rejected drafts costs ~3
+            # decodes for one token); its batch time is extrapolated, and probes still look deeper
+            self._explore = []
         if self._probing:  # judged at the next choice: did what it measured change the decision?
             self._probing = False
             self._judge_probe = "hit" if accepted >= n_drafts else "miss"

@@ -8,7 +8,7 @@ import pytest
 
 from qwythos.core.drafting import costs as draft_costs
 from qwythos.core.drafting.costs import DraftCosts
-from qwythos.runtime.draft_policy import DraftPolicy, best_draft, expected_tokens, predicted_tps
+from qwythos.runtime.draft_policy import DraftPolicy, best_draft, break_even, expected_tokens, predicted_tps
 from qwythos.runtime.sampling import GREEDY, Dist, SamplingParams, accept_drafts, distribution
 
 V = 16
@@ -113,12 +113,27 @@ def _drive(policy: DraftPolicy, steps: int, verify, head: float, accept: float, 
     return chosen
 
 
+def test_break_even_acceptance_from_measured_costs():
+    # draft 1 on a CPU: a 2-token verify costs 1.6 decodes and a draft 0.1: (1 + a) / 1.7 = 1 at a = 0.7
+    cpu = DraftCosts([1.0, 1.6, 2.2], 0.1)
+    assert break_even(cpu, 1) == pytest.approx(0.7, abs=1e-6)
+    assert predicted_tps(DraftCosts(cpu.verify_s, cpu.head_s, [0.69]), 1) < predicted_tps(cpu, 0)
+    assert predicted_tps(DraftCosts(cpu.verify_s, cpu.head_s, [0.71]), 1) > predicted_tps(cpu, 0)
+    # a margin asks for more; deeper drafts need more per depth on these costs
+    assert break_even(cpu, 1, margin=0.03) > 0.7
+    assert break_even(cpu, 2) > break_even(cpu, 1)
+    # a GPU-like verify (4 tokens cost one decode) pays at any acceptance; a verify that costs
+    # more than two decodes never pays for draft 1, not even at a = 1
+    assert break_even(DraftCosts([1.0, 1.0, 1.0, 1.0], 0.0), 1) == 0.0
+    assert break_even(DraftCosts([1.0, 2.1], 0.0), 1) is None
+
+
 def test_policy_measures_then_settles_and_adapts():
     rng = np.random.default_rng(0)
     cpu_verify = lambda k: 1.0 + 0.3 * (k - 1)  # noqa: E731
     p = DraftPolicy(4)
     chosen = _drive(p, 200, cpu_verify, 0.05, 0.0, rng)
-    assert sorted(set(chosen[:5])) == [0, 1, 2, 3, 4]  # cold start: every length is timed once
+    assert chosen[:2] == [0, 1] and 2 not in chosen[:8]  # cold: plain and draft 1, rejected: no deeper
     late = chosen[50:]
     assert late.count(0) > 0.9 * len(late)  # nothing is accepted: plain, with rare probes
     assert p.current == 0 and p.costs().verify(3) == pytest.approx(1.6)
@@ -222,15 +237,28 @@ def test_a_run_keeps_what_it_measured_but_never_replaces_bench(tmp_path):
 
 
 def test_policy_learned_only_after_timing_every_length():
-    p = DraftPolicy(2)  # explores 2, 0, 1
+    p = DraftPolicy(2)  # explores 0, 1, 2 while every draft lands
     assert p.learned() is None
-    for limit in (1, 8, 8):  # the first step has room for one draft only
+    for limit in (8, 8, 1):  # the last step has room for one draft only
         assert p.learned() is None
         n = p.choose(limit)
-        p.record(n, min(n, 1), 0.1 + 0.05 * n, 0.01 * n)
+        p.record(n, n, 0.1 + 0.05 * n, 0.01 * n)
     c = p.learned()  # a batch of 3 was never timed: the last slope
     assert c is not None and c.verify_s == pytest.approx([0.1, 0.15, 0.2]) and c.head_s == pytest.approx(0.01)
     assert DraftPolicy(2, c).learned() is None  # started from costs: nothing new to keep
+
+
+def test_cold_exploration_stops_at_the_first_rejection():
+    p = DraftPolicy(4)
+    seen = []
+    for accepted in (0, 1, 1):  # plain, draft 1 hits, draft 2 misses its second draft
+        n = p.choose(8)
+        seen.append(n)
+        p.record(n, min(n, accepted), 0.1 + 0.05 * n, 0.01 * n)
+    assert seen == [0, 1, 2]
+    c = p.learned()  # exploring is over: lengths 3 and 4 were never timed (extrapolated)
+    assert c is not None and c.verify_s == pytest.approx([0.1, 0.15, 0.2, 0.25, 0.3])
+    assert p.choose(8) in (0, 1, 2)  # from here the policy decides; it never explored 3 or 4
 
 
 def test_probe_interval_keeps_probes_cheap():

@@ -126,7 +126,8 @@ def test_sampled_speculative_follows_plain_distribution(request, dtype, mode):
     with Engine(m, plan, n_ctx=128) as eng:
         for seed in range(n_runs):
             if mode == "auto" and seed % 5 == 0:
-                # a fresh policy every 5 runs: its exploration steps take the lengths 4, 0, 1, 2, 3
+                # a fresh policy every 5 runs: its exploration steps take plain, then lengths 1, 2, ...
+                # while drafts land,
                 # whatever this machine's timings (which decide what it does after exploring)
                 eng.plan.policy = DraftPolicy(eng.max_draft, None)
             g = eng.generate(toks, max_tokens=2, sampling=SamplingParams(**{**sp.to_dict(), "seed": seed}))
