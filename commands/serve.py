@@ -52,7 +52,9 @@ def serve_cmd(
     if warning:
         err_console.print(f"[yellow]warning:[/] {warning}")
     opts = ServeOptions(
-        BackendOptions(model_path, parse_draft(draft), no_mtp, parse_gpu_layers(gpu_layers), ctx, mmproj, threads, alias),
+        BackendOptions(
+            model_path, parse_draft(draft), no_mtp, parse_gpu_layers(gpu_layers), ctx, mmproj, threads, alias
+        ),
         host=host,
         port=port,
         api_key=api_key,

@@ -29,8 +29,8 @@ from qwythos.core.drafting.lengths import MAX_DRAFT
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.view import read_view
 from qwythos.core.llamacpp import interrupt
-from qwythos.core.llamacpp import rpc as _rpc
 from qwythos.core.llamacpp import placement as _placement
+from qwythos.core.llamacpp import rpc as _rpc
 from qwythos.core.llamacpp.devices import Device, list_devices, note_missing_gpu
 from qwythos.core.llamacpp.log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
 from qwythos.core.llamacpp.probe import safe_model_kwargs
