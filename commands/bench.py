@@ -91,3 +91,5 @@ def bench_cmd(
         )
     elif r.note:
         console.print(r.note)
+    if r.placed:
+        console.print(f"placement: -ngl {r.placed['n_gpu_layers']}: {r.placed['reason']}", highlight=False)

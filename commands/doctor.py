@@ -101,5 +101,7 @@ def _print_placement(model: Path, placed) -> None:  # noqa: ANN001 - a placement
     )
     verdict = "fits" if placed.fits else ("partly on the GPU" if placed.n_gpu_layers else "CPU only")
     console.print(
-        f"[bold]{verdict}[/] (-ngl {placed.n_gpu_layers}): {placed.reason}", soft_wrap=True, highlight=False
+        f"[bold]{verdict}[/] (-ngl {placed.n_gpu_layers}, what -ngl auto, the default, loads): {placed.reason}",
+        soft_wrap=True,
+        highlight=False,
     )

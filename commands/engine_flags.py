@@ -5,8 +5,8 @@ as flag groups (commands/common.FlagGroup), and opening an engine from them.
   runtime/draft_plan.parse_draft);
 - SAMPLING_FLAGS: --temp --top-k --top-p --min-p --repeat-penalty --seed -> SamplingParams (the
   model card's values where a flag is not given);
-- PLACEMENT_FLAGS: --rpc -ngl -> PlacementFlags (where the layers run; a placement choice adds its
-  flags here, and run, chat and bench all take them);
+- PLACEMENT_FLAGS: --rpc -ngl -> PlacementFlags (where the layers run, -ngl auto by default; a
+  placement choice adds its flags here, and run, chat and bench all take them);
 - `open_engine`: the model loaded where the placement says, its draft plan, the vision projector,
   and the Engine on them; `close_engine` undoes it.
 """
@@ -20,6 +20,8 @@ import typer
 
 from qwythos.commands.common import FlagGroup, err_console
 from qwythos.core.errors import QwythosError
+from qwythos.core.llamacpp.placement import AUTO as AUTO_LAYERS
+from qwythos.core.llamacpp.placement import parse_gpu_layers
 from qwythos.core.model import release
 from qwythos.runtime.sampling import CARD_SAMPLING, SamplingParams
 
@@ -42,10 +44,25 @@ class EngineFlags:
 
 @dataclass(frozen=True)
 class PlacementFlags:
-    """Where the layers run (core/llamacpp/handles.load_model): rpc-server workers, layers offloaded."""
+    """Where the layers run (core/llamacpp/handles.load_model): rpc-server workers, layers offloaded
+    ("auto": placed from the GPUs' free memory, core/llamacpp/placement.py)."""
 
     rpc: str | None = None
-    gpu_layers: int | None = None
+    gpu_layers: int | str = AUTO_LAYERS
+
+
+def placement_from_flags(rpc: str | None, gpu_layers: str) -> PlacementFlags:
+    """--rpc and -ngl (auto or a number of layers), checked."""
+    return PlacementFlags(rpc, parse_gpu_layers(gpu_layers))
+
+
+GPU_LAYERS_OPTION = typer.Option(
+    AUTO_LAYERS,
+    "-ngl",
+    "--gpu-layers",
+    help="Layers offloaded to GPUs or --rpc workers: auto (default: every layer that fits in the GPUs' "
+    "free memory, else as many as fit; none without a GPU; all with --rpc), 0 (CPU only) or a number.",
+)
 
 
 def engine_from_flags(
@@ -136,7 +153,7 @@ SAMPLING_FLAGS = FlagGroup(
     seed=(int | None, typer.Option(None, "--seed", help="Sampling seed (default: a random one).")),
 )
 PLACEMENT_FLAGS = FlagGroup(
-    PlacementFlags,
+    placement_from_flags,
     rpc=(
         str | None,
         typer.Option(
@@ -146,15 +163,7 @@ PLACEMENT_FLAGS = FlagGroup(
             "`qwythos rpc-server`); each is checked before loading.",
         ),
     ),
-    gpu_layers=(
-        int | None,
-        typer.Option(
-            None,
-            "-ngl",
-            "--gpu-layers",
-            help="Layers offloaded to GPUs or --rpc workers (default: 0; all of them with --rpc).",
-        ),
-    ),
+    gpu_layers=(str, GPU_LAYERS_OPTION),
 )
 
 
@@ -189,9 +198,12 @@ def open_engine(model_path: Path, engine: EngineFlags, placement: PlacementFlags
         draft_path=engine.draft_model,
         rpc=placement.rpc,
         n_gpu_layers=placement.gpu_layers,
+        n_ctx=engine.ctx,
     )
     if model.workers:
         err_console.print(f"[dim]{placement_line(model)}[/]")
+    elif model.gpu_layers and model.placed is not None:  # on a GPU (a CPU-only run says nothing)
+        err_console.print(f"[dim]placement: {model.placed.reason}[/]", soft_wrap=True, highlight=False)
     if engine.draft != 0 and not model.has_mtp:  # auto on a file without a head: plain (the plan says why)
         err_console.print(f"[yellow]warning:[/] {model_path} has no MTP layer; decoding without drafts")
     vision = None

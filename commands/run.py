@@ -112,6 +112,7 @@ def run_cmd(
                 ],
                 "mmproj": str(projector.path) if projector is not None else None,
                 "placement": {
+                    **(model.placed.to_dict() if model.placed is not None else {}),
                     "gpu_layers": model.gpu_layers,
                     "rpc": [w.to_dict() for w in model.workers],
                 },

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from qwythos.commands.common import app, err_console
+from qwythos.commands.engine_flags import GPU_LAYERS_OPTION
+from qwythos.core.llamacpp.placement import parse_gpu_layers
 from qwythos.core.model.release import START_CONTEXT
 from qwythos.runtime.server.launch import DEFAULT_HOST, DEFAULT_MAX_QUEUE, DEFAULT_PORT
 
@@ -25,7 +27,7 @@ def serve_cmd(
         None, "--draft", help="MTP drafts per step: auto (default: measured on this machine) or a number."
     ),
     no_mtp: bool = typer.Option(False, "--no-mtp", help="Plain decoding, no drafts."),
-    gpu_layers: int | None = typer.Option(None, "-ngl", "--gpu-layers", help="Layers offloaded to GPUs."),
+    gpu_layers: str = GPU_LAYERS_OPTION,
     ctx: int = typer.Option(START_CONTEXT, "--ctx", help="Context length shared by every conversation."),
     mmproj: Path | None = typer.Option(
         None, "--mmproj", help="Vision projector GGUF (default: an mmproj*.gguf beside the model)."
@@ -50,7 +52,9 @@ def serve_cmd(
     if warning:
         err_console.print(f"[yellow]warning:[/] {warning}")
     opts = ServeOptions(
-        BackendOptions(model_path, parse_draft(draft), no_mtp, gpu_layers, ctx, mmproj, threads, alias),
+        BackendOptions(
+            model_path, parse_draft(draft), no_mtp, parse_gpu_layers(gpu_layers), ctx, mmproj, threads, alias
+        ),
         host=host,
         port=port,
         api_key=api_key,

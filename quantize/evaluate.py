@@ -61,7 +61,7 @@ class _Scorer:
 
     def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
 
-        self.model = load_model(path, mtp=False)
+        self.model = load_model(path, mtp=False, n_ctx=n_ctx)
         try:
             self.ctx = self.model.new_target(n_ctx, n_batch=n_ctx, threads=threads)
         except BaseException:

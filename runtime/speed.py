@@ -77,6 +77,7 @@ class BenchReport:
     costs: dict | None = None
     cache_file: str | None = None  # where the costs were stored
     placement: str = ""  # where the layers ran (Model.placement; "" = all on this CPU)
+    placed: dict = field(default_factory=dict)  # which device held what, and why (Placement.to_dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,6 +161,8 @@ def bench_model(
     report = BenchReport(
         str(model.path), len(toks), max_tokens, threads, has_mtp=model.has_mtp, placement=model.placement
     )
+    if model.placed is not None:
+        report.placed = model.placed.to_dict()
     if any(d > 0 for d in drafts) and not model.has_mtp:
         raise QwythosError(f"{model.path} has no MTP layer to benchmark", "bench a GGUF with the head")
     if not model.has_mtp:
@@ -207,11 +210,11 @@ def run_bench(
     auto: bool = True,
     store: bool = True,
     rpc: str | None = None,
-    gpu_layers: int | None = None,
+    gpu_layers: int | str | None = None,
 ) -> BenchReport:
     """`qwythos bench`: bench_model on a file, storing the measured costs for `run` (store=True).
-    rpc / gpu_layers: where the layers run (core/llamacpp/handles.load_model)."""
-    model = load_model(model_path, rpc=rpc, n_gpu_layers=gpu_layers)
+    rpc / gpu_layers: where the layers run (core/llamacpp/handles.load_model; None: -ngl auto)."""
+    model = load_model(model_path, rpc=rpc, n_gpu_layers=gpu_layers, n_ctx=n_ctx)
     try:
         if not model.has_mtp:
             drafts = ()

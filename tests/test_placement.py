@@ -162,3 +162,121 @@ def test_doctor_says_where_a_models_layers_go(rt_trained_gguf, tmp_path):
     bad.write_bytes(b"GGUF\x03\x00\x00\x00truncated")
     proc = run([sys.executable, "-m", "qwythos.cli", "doctor", str(bad)])
     assert proc.returncode == 1 and proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+
+
+# --- -ngl auto: the default of load_model and every command --------------------------------------
+def test_gpu_layers_flag_reads_auto_or_a_count():
+    parse = placement.parse_gpu_layers
+    assert parse(None) == parse("auto") == parse(" AUTO ") == placement.AUTO
+    assert (parse("0"), parse("5"), parse(7)) == (0, 5, 7)
+    for bad in ("-1", "lots", "2.5", ""):
+        with pytest.raises(QwythosError, match="neither auto nor a number of layers") as e:
+            parse(bad)
+        assert "-ngl 20" in e.value.hint
+
+
+def test_a_given_count_is_passed_as_is_and_says_where_it_lands():
+    g = placement.given(0, [CPU, gpu("CUDA0", 80)], 32, 1)
+    assert (g.n_gpu_layers, g.setting, g.reason) == (0, 0, "-ngl 0: every layer on the CPU")
+    cpu_only = placement.given(5, [CPU], 32, 1)
+    assert cpu_only.n_gpu_layers == 5 and "no GPU device (devices: CPU)" in cpu_only.reason
+    on_gpu = placement.given(5, [CPU, gpu("CUDA0", 80)], 32, 1)
+    assert on_gpu.reason == "-ngl 5 as given: the last 5 of 34 layers on CUDA0" and not on_gpu.fits
+    every = placement.given(placement.ALL_LAYERS, [CPU], 32, 1, rpc=True, auto=True)
+    assert every.setting == placement.AUTO and every.fits
+    assert every.reason == "-ngl auto with --rpc: every layer on the rpc-server workers"
+
+
+def test_placement_keys_each_device_and_its_layers():
+    m = nine_b_like()
+    two = placement.place([CPU, gpu("CUDA0", 30), gpu("CUDA1", 10)], m)
+    assert two.key == "CUDA0:26,CUDA1:8"
+    assert placement.place([CPU, gpu("CUDA0", 140)], m).key == "CUDA0:34"
+    assert placement.place([CPU], m).key == placement.given(5, [CPU], 32, 1).key == ""
+    d = two.to_dict()
+    assert d["n_gpu_layers"] == 34 and d["reason"] == two.reason and d["mtp_on_gpu"]
+    assert [(s["device"], s["layers"]) for s in d["devices"]] == [("CUDA0", 26), ("CUDA1", 8)]
+    json.dumps(d)  # --json prints it as it is
+
+
+def test_choose_placement_for_a_real_file(rt_trained_gguf):
+    from qwythos.core.llamacpp.handles import choose_placement, read_model_info
+
+    info = read_model_info(rt_trained_gguf)
+    mem = model_memory(rt_trained_gguf, 512)
+    cpu = choose_placement(info, "auto", n_ctx=512, devices=[CPU])
+    assert (cpu.n_gpu_layers, cpu.n_layers, cpu.setting) == (0, 6, "auto")
+    assert cpu.reason.startswith("no GPU device") and cpu.cpu_bytes == mem.total
+    big = choose_placement(info, "auto", n_ctx=512, devices=[CPU, gpu("CUDA0", 8)])
+    assert big.fits and big.n_gpu_layers == 6 and big.shares[0].bytes == sum(mem.offloadable)
+    # room for the output layer and the MTP block, not the top trunk block
+    room = placement.DEFAULT_MARGIN + mem.output + mem.mtp[0]
+    tight = Device("CUDA0", "made up", "gpu", "CUDA", room, 8 * GIB)
+    part = choose_placement(info, "auto", n_ctx=512, devices=[CPU, tight])
+    assert (part.n_gpu_layers, part.mtp_on_gpu, part.trunk_on_gpu) == (2, True, 0)
+    # without the MTP layer loaded its bytes are not counted: the top trunk block fits too
+    no_mtp = choose_placement(info, "auto", n_ctx=512, load_mtp=False, devices=[CPU, tight])
+    assert no_mtp.n_gpu_layers == 3 and no_mtp.trunk_on_gpu == 1
+    # a longer context grows the KV cache of the layers placed
+    assert choose_placement(info, "auto", n_ctx=8192, devices=[CPU, tight]).n_gpu_layers <= 2
+    assert choose_placement(info, 5, devices=[CPU, tight]).n_gpu_layers == 5
+    assert choose_placement(info, "auto", rpc=True, devices=[CPU]).n_gpu_layers == placement.ALL_LAYERS
+
+
+def test_load_model_places_auto_by_default_on_this_cpu_build(rt_trained_gguf):
+    from qwythos.core.llamacpp.handles import load_model
+
+    if placement.gpus_of(devices.list_devices()):
+        pytest.skip("this machine has a GPU: the CPU-only default is not observable")
+    with load_model(rt_trained_gguf) as m:
+        assert m.gpu_layers == 0 and m.placed.setting == "auto"
+        assert m.placed.reason.startswith("no GPU device") and m.placed.n_layers == 6
+        assert m.placement == ""  # the costs key of a CPU run is what it always was
+    with load_model(rt_trained_gguf, n_gpu_layers=0) as m:
+        assert m.gpu_layers == 0 and m.placed.reason == "-ngl 0: every layer on the CPU"
+    with load_model(rt_trained_gguf, n_gpu_layers=5) as m:  # no GPU: llama.cpp keeps them on the CPU
+        assert m.gpu_layers == 5 and m.placement == "ngl=5" and "stays on the CPU" in m.placed.reason
+    with pytest.raises(QwythosError, match="neither auto nor"):
+        load_model(rt_trained_gguf, n_gpu_layers="most")
+
+
+def _recording_loads(monkeypatch, found):
+    """load_model seeing `found` as this build's devices; what each llama.cpp load was asked for."""
+    from qwythos.core.llamacpp import handles
+
+    asked = []
+    real = handles._load_handle
+
+    def record(info, **kw):
+        asked.append({"n_gpu_layers": kw["n_gpu_layers"], "tensor_split": kw["tensor_split"]})
+        return real(info, **kw)
+
+    monkeypatch.setattr(handles, "list_devices", lambda: found)
+    monkeypatch.setattr(handles, "_load_handle", record)
+    return handles.load_model, asked
+
+
+def test_auto_asks_llama_cpp_for_the_computed_layers_and_split(monkeypatch, rt_trained_gguf):
+    from qwythos.core.drafting import costs
+
+    load_model, asked = _recording_loads(monkeypatch, [CPU, gpu("CUDA0", 30), gpu("CUDA1", 10)])
+    with load_model(rt_trained_gguf, n_ctx=512) as m:  # no such GPUs really: llama.cpp uses the CPU
+        two = m.placement
+        assert m.gpu_layers == 6 and m.placed.fits and m.placed.mtp_on_gpu
+        assert [s.layers for s in m.placed.shares] == [5, 1]  # 29:9 of 6 layers, llama.cpp's rule
+        assert m.tokenize("def f():")  # loaded and usable
+    assert asked[-1]["n_gpu_layers"] == 6 and asked[-1]["tensor_split"] == pytest.approx([29 / 38, 9 / 38])
+    assert two == "ngl=6|gpu=CUDA0:5,CUDA1:1"
+    load_model, asked = _recording_loads(monkeypatch, [CPU, gpu("CUDA0", 30)])
+    with load_model(rt_trained_gguf, n_ctx=512) as m:
+        one = m.placement
+    assert asked[-1] == {"n_gpu_layers": 6, "tensor_split": [1.0]} and one == "ngl=6|gpu=CUDA0:6"
+    with load_model(rt_trained_gguf, n_gpu_layers=0) as m:  # -ngl 0 forces the CPU, a GPU or not
+        cpu = m.placement
+    assert asked[-1]["n_gpu_layers"] == 0 and cpu == ""
+    with load_model(rt_trained_gguf, n_gpu_layers=3) as m:
+        three = m.placement
+    assert asked[-1] == {"n_gpu_layers": 3, "tensor_split": []} and three == "ngl=3"
+    # the draft-cost cache keeps each placement's measurements apart
+    keys = {json.dumps(costs.cost_key(rt_trained_gguf, 2, p), sort_keys=True) for p in (two, one, cpu, three)}
+    assert len(keys) == 4

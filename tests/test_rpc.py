@@ -211,10 +211,11 @@ def test_layers_on_a_worker_give_the_local_output(worker, rt_trained_gguf, draft
     """The tiny model split: 2 of its layers (and the output) on the worker, the rest here; greedy
     output identical to an all-local run, MTP drafting off and on."""
     ep, _, proc = worker
-    local = _run_json(rt_trained_gguf, "--draft", draft)
+    local = _run_json(rt_trained_gguf, "--draft", draft, "-ngl", "0")
     split = _run_json(rt_trained_gguf, "--draft", draft, "--rpc", str(ep), "--gpu-layers", "2")
     assert split["placement"]["gpu_layers"] == 2 and split["placement"]["rpc"][0]["endpoint"] == str(ep)
-    assert local["placement"] == {"gpu_layers": 0, "rpc": []}
+    assert split["placement"]["reason"].startswith("-ngl 2: the last 2 of 6 layers on the rpc-server workers")
+    assert local["placement"]["gpu_layers"] == 0 and local["placement"]["rpc"] == []
     assert split["generation"]["tokens"] == local["generation"]["tokens"]
     assert len(local["generation"]["tokens"]) == 32
     if draft == "2":

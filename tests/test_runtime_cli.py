@@ -81,6 +81,7 @@ def test_bench_json_and_table(rt_trained_gguf, draft_cost_cache):
     assert all(x["same_output"] for x in rows) and rows[2]["tokens_per_pass"] > 1.0
     assert rep["recommended"] in (0, 1, 2) and all(x["predicted_speedup"] > 0 for x in rows)
     assert len(rep["costs"]["verify_ms"]) == 3 and rep["costs"]["head_ms"] > 0
+    assert rep["placed"]["setting"] == "auto" and rep["placed"]["reason"]  # which device held what, why
     # the costs went to the cache: run starts from them
     from qwythos.core.drafting.costs import recommended_draft
 
@@ -111,6 +112,7 @@ def test_bench_json_and_table(rt_trained_gguf, draft_cost_cache):
         and "plain" in r.output
         and "tok/s" in r.output
         and "recommended: --draft" in r.output
+        and "placement: -ngl" in r.output
     )
 
 
@@ -158,3 +160,27 @@ def test_run_with_tools_file(rt_trained_gguf, tmp_path):
     assert bad.exit_code == 1 and "no function name" in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(app, base + ["--tools", str(tmp_path / "none.json")])
     assert missing.exit_code == 1 and "not found" in missing.output
+
+
+def test_gpu_layers_flag_auto_by_default_and_given_counts(rt_trained_gguf):
+    """-ngl auto is the default (this CPU build: every layer on the CPU, and run --json says why);
+    0 and a count are passed as given; anything else is one message."""
+    from qwythos.core.llamacpp import devices, placement
+
+    base = ["run", str(rt_trained_gguf), "-p", "def f():", "--raw", "--temp", "0", "--max-tokens", "6"]
+    runs = {}
+    for extra in ([], ["-ngl", "auto"], ["-ngl", "0"], ["--gpu-layers", "5"]):
+        r = runner.invoke(app, base + ["--json", *extra])
+        assert r.exit_code == 0, r.output
+        runs[" ".join(extra)] = json.loads(r.stdout)
+    placed = runs[""]["placement"]
+    assert placed["setting"] == "auto" and placed["n_layers"] == 6 and placed["rpc"] == []
+    assert runs["-ngl auto"]["placement"]["setting"] == "auto"
+    assert runs["-ngl 0"]["placement"]["n_gpu_layers"] == 0 and runs["-ngl 0"]["placement"]["setting"] == 0
+    assert runs["--gpu-layers 5"]["placement"]["n_gpu_layers"] == 5
+    if not placement.gpus_of(devices.list_devices()):  # this machine: the CPU, the same output each way
+        assert placed["n_gpu_layers"] == 0 and placed["reason"].startswith("no GPU device")
+        assert len({tuple(x["generation"]["tokens"]) for x in runs.values()}) == 1
+    r = runner.invoke(app, base + ["-ngl", "many"])
+    assert r.exit_code == 1 and "neither auto nor a number of layers" in r.output
+    assert "Traceback" not in r.output

@@ -3,7 +3,10 @@
 Everything goes through llama-cpp-python's low-level (ctypes) API. A GGUF is read and checked in
 Python first (`read_model_info`), so llama.cpp never sees a file we have not validated.
 
-- `load_model(path, mtp=None)` loads the weights, with the nextn (MTP) layer when the file has one.
+- `load_model(path, mtp=None)` loads the weights, with the nextn (MTP) layer when the file has one,
+  its layers where `-ngl` says (`auto` by default: core/llamacpp/placement.py decides from the GPUs'
+  free memory at the run's context; no GPU device: every layer on the CPU). The MTP context runs
+  where its layer was placed (llama.cpp computes each layer on the device holding its weights).
 - `Model.new_target(n_ctx, n_draft)` is the target context: it outputs the post-norm hidden state
   of every token (the MTP head's input) and keeps `n_draft` recurrent-state snapshots so a verify
   batch can be rolled back past a rejected draft (`n_rs_seq`).
@@ -26,16 +29,19 @@ from qwythos.core.drafting.lengths import MAX_DRAFT
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.view import read_view
 from qwythos.core.llamacpp import interrupt
+from qwythos.core.llamacpp import placement as _placement
 from qwythos.core.llamacpp import rpc as _rpc
-from qwythos.core.llamacpp.devices import note_missing_gpu
+from qwythos.core.llamacpp.devices import Device, list_devices, note_missing_gpu
 from qwythos.core.llamacpp.log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
 from qwythos.core.llamacpp.probe import safe_model_kwargs
 from qwythos.core.model.arch import check_arch
+from qwythos.core.model.memory import KV_TYPES, model_memory
+from qwythos.core.model.release import START_CONTEXT
 from qwythos.core.model.structure import check_model
 from qwythos.core.model.vocab import special_texts
 
-#: n_gpu_layers meaning "every layer" (llama.cpp clamps it to the model's layers + output).
-ALL_LAYERS = 999
+#: The KV cache type of every context built here (llama.cpp's default), as placement counts it.
+KV_TYPE = KV_TYPES[0]
 
 
 _BACKEND_READY = False
@@ -315,14 +321,20 @@ class Model:
         self.workers: list = []  # core/llamacpp/rpc.WorkerInfo of the rpc-servers holding layers
         self.repacked = True  # llama.cpp's repacked CPU weights in use (see check_batched_logits)
         self.gpu_layers = 0  # layers offloaded (to GPUs or the workers)
+        self.placed: _placement.Placement | None = None  # which device holds what, and why
 
     @property
     def placement(self) -> str:
-        """Where the layers run: "" on this machine alone, else the offload and the workers (part of
-        the measured-costs key: drafting pays differently over a network)."""
+        """Where the layers run: "" on this CPU alone, else the offload, the GPUs' shares and the
+        workers (part of the measured-costs key: drafting pays differently on each placement)."""
         if not self.workers and not self.gpu_layers:
             return ""
-        return f"ngl={self.gpu_layers}" + "".join(f"|rpc={w.endpoint}" for w in self.workers)
+        gpus = self.placed.key if self.placed is not None else ""
+        return (
+            f"ngl={self.gpu_layers}"
+            + (f"|gpu={gpus}" if gpus else "")
+            + "".join(f"|rpc={w.endpoint}" for w in self.workers)
+        )
 
     @property
     def has_mtp(self) -> bool:
@@ -465,6 +477,7 @@ def _load_handle(
     n_gpu_layers: int,
     workers: list[int] | None = None,
     repacked: bool = True,
+    tensor_split: list[float] | None = None,
 ):
     lc = _llama()
     _init_backend()
@@ -478,6 +491,10 @@ def _load_handle(
     devices = _rpc.model_devices(workers)  # kept alive until the load returns
     if devices is not None:
         mp.devices = ctypes.addressof(devices)
+    split = None  # kept alive until the load returns
+    if tensor_split and len(tensor_split) > 1:
+        split = (ctypes.c_float * max(len(tensor_split), int(lc.llama_max_devices())))(*tensor_split)
+        mp.tensor_split = split
     handle = lc.llama_model_load_from_file(str(info.path).encode(), mp)
     if not handle:  # name the reason when the structural check finds one (core/model/structure.py)
         issues = check_model(info.path)
@@ -490,25 +507,48 @@ def _load_handle(
     return handle
 
 
+def choose_placement(
+    info: ModelInfo,
+    setting: int | str,
+    *,
+    n_ctx: int = START_CONTEXT,
+    load_mtp: bool = True,
+    rpc: bool = False,
+    devices: list[Device] | None = None,
+) -> _placement.Placement:
+    """Where the layers go: -ngl auto places them from the GPUs' free memory at n_ctx (every layer
+    with rpc workers); a number is used as given. devices: this build's (list_devices) by default."""
+    setting = _placement.parse_gpu_layers(setting)
+    found = list_devices() if devices is None else devices
+    n_mtp = info.n_nextn if info.has_mtp_tensors else 0
+    if setting != _placement.AUTO:
+        return _placement.given(int(setting), found, info.n_layer, n_mtp, rpc=rpc)
+    if rpc:
+        return _placement.given(_placement.ALL_LAYERS, found, info.n_layer, n_mtp, rpc=True, auto=True)
+    memory = model_memory(info.path, n_ctx, KV_TYPE)
+    if not load_mtp:  # the MTP block's index still counts in llama.cpp's layers, its bytes are not loaded
+        memory.mtp = [0] * len(memory.mtp)
+    return _placement.place(found, memory)
+
+
 def load_model(
     path: str | Path,
     *,
     mtp: bool | None = None,
     draft_path: str | Path | None = None,
-    n_gpu_layers: int | None = None,
+    n_gpu_layers: int | str | None = _placement.AUTO,
     rpc: str | list[_rpc.Endpoint] | None = None,
+    n_ctx: int = START_CONTEXT,
 ) -> Model:
     """Load a qwen35 GGUF. mtp=None: load the MTP layer when the file has one; True: insist.
 
-    n_gpu_layers: layers offloaded to GPUs or RPC workers (default: none; all of them with rpc).
+    n_gpu_layers: "auto" (the default; None too): every layer that fits in the GPUs' free memory
+    with contexts of n_ctx tokens, else as many as fit, none without a GPU device, all of them with
+    rpc (core/llamacpp/placement.py); a number: layers offloaded to GPUs or RPC workers, as given.
     rpc: llama.cpp rpc-server workers, "HOST:PORT[,HOST:PORT]" or parsed endpoints; each is
     checked over the protocol before llama.cpp sees it (core/llamacpp/rpc.py)."""
     info = read_model_info(path)
-    ngl = n_gpu_layers if n_gpu_layers is not None else (ALL_LAYERS if rpc else 0)
-    if ngl < 0:
-        raise QwythosError(
-            f"--gpu-layers {ngl} is out of range", "use 0 or more (0: every layer on this CPU)"
-        )
+    setting = _placement.parse_gpu_layers(n_gpu_layers)
     workers, devices = [], None
     if rpc:
         workers, devices = _rpc.connect_workers(
@@ -524,22 +564,25 @@ def load_model(
             "restore the head (`qwythos mtp restore`), pass --draft-model FILE, or run with --no-mtp",
         )
     load_mtp = info.has_mtp and mtp is not False and dinfo is None
+    _init_backend()  # the registry up (a GPU backend initialised) before its devices are listed
+    placed = choose_placement(info, setting, n_ctx=n_ctx, load_mtp=load_mtp, rpc=bool(rpc))
+    ngl, split = placed.n_gpu_layers, placed.tensor_split
+    where = dict(n_gpu_layers=ngl, workers=devices, tensor_split=split)
 
     def load(repacked: bool) -> Model:
         draft = None
-        if dinfo is not None:
-            h = _load_handle(dinfo, load_mtp=True, n_gpu_layers=ngl, workers=devices, repacked=repacked)
+        if dinfo is not None:  # the draft GGUF goes where the target's top layers go
+            h = _load_handle(dinfo, load_mtp=True, repacked=repacked, **where)
             draft = Model(dinfo, h, True)
         try:
-            handle = _load_handle(
-                info, load_mtp=load_mtp, n_gpu_layers=ngl, workers=devices, repacked=repacked
-            )
+            handle = _load_handle(info, load_mtp=load_mtp, repacked=repacked, **where)
         except BaseException:
             if draft is not None:
                 draft.close()
             raise
         model = Model(info, handle, load_mtp, draft)
         model.workers, model.gpu_layers, model.repacked = workers, ngl, repacked
+        model.placed = placed
         return model
 
     verdict = _repacked_verdict(info.path)

@@ -14,6 +14,10 @@ The decision: every layer when all of them fit in the GPUs' free memory, keeping
 each for llama.cpp's compute buffers; else the most layers that fit; no GPU device (or none with
 room for even the output layer): the CPU. A pure function of its inputs, tested on made-up device
 lists (tests/test_placement.py); `qwythos doctor MODEL` prints it for this machine.
+
+`-ngl/--gpu-layers` (`parse_gpu_layers`): `auto`, the default of every command and of
+core/llamacpp/handles.load_model, is this decision; a number is passed to llama.cpp as given
+(`given`: 0 keeps every layer on the CPU), and with --rpc workers `auto` offloads every layer.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from qwythos.core.errors import QwythosError
 from qwythos.core.llamacpp.devices import Device
 from qwythos.core.model.memory import ModelMemory
 
@@ -29,6 +34,28 @@ GIB = 2**30
 DEFAULT_MARGIN = 1 * GIB
 #: Device kinds that take layers: discrete GPUs, else integrated ones (as llama.cpp picks them).
 GPU_KINDS = ("gpu", "igpu")
+#: -ngl's default: the layers placed from the GPUs' free memory (`place`).
+AUTO = "auto"
+#: n_gpu_layers meaning "every layer" (llama.cpp clamps it to the model's layers + output).
+ALL_LAYERS = 999
+
+
+def parse_gpu_layers(value: str | int | None) -> int | str:
+    """-ngl/--gpu-layers: AUTO (also for None) or a number of layers, 0 or more."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
+        return AUTO
+    text = str(value).strip()
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0 or isinstance(value, bool):
+        raise QwythosError(
+            f"--gpu-layers {text} is neither auto nor a number of layers",
+            "use auto (the default: every layer that fits in the GPUs' free memory), "
+            "0 (every layer on the CPU) or a count, e.g. -ngl 20",
+        )
+    return n
 
 
 @dataclass
@@ -53,6 +80,28 @@ class Placement:
     cpu_bytes: int = 0  # what stays on the CPU: its layers and the token embedding
     tensor_split: list[float] = field(default_factory=list)  # llama_model_params.tensor_split, per GPU
     margin: int = DEFAULT_MARGIN
+    setting: int | str = AUTO  # what -ngl said: AUTO (this decision) or the number given
+
+    def to_dict(self) -> dict:
+        """For --json: which device holds what and why."""
+        return {
+            "setting": self.setting,
+            "n_gpu_layers": self.n_gpu_layers,
+            "n_layers": self.n_layers,
+            "fits": self.fits,
+            "mtp_on_gpu": self.mtp_on_gpu,
+            "reason": self.reason,
+            "devices": [vars(s).copy() for s in self.shares],
+            "cpu_layers": self.cpu_layers,
+            "cpu_bytes": self.cpu_bytes,
+            "tensor_split": self.tensor_split,
+        }
+
+    @property
+    def key(self) -> str:
+        """The GPUs' part of the measured-costs key: each device and the layers it holds."""
+        held = [s for s in self.shares if s.layers]
+        return ",".join(f"{s.device}:{s.layers}" for s in held) if held else ""
 
     @property
     def cpu_layers(self) -> int:
@@ -148,3 +197,33 @@ def place(devices: list[Device], memory: ModelMemory, margin: int = DEFAULT_MARG
             f"({held}; {_gib(sum(s.bytes for s in shares))}) on the GPU, {n - k} on the CPU"
         )
     return result
+
+
+def given(
+    n_gpu_layers: int,
+    devices: list[Device],
+    n_trunk: int,
+    n_mtp: int,
+    *,
+    rpc: bool = False,
+    auto: bool = False,
+) -> Placement:
+    """A layer count passed to llama.cpp as it is (-ngl N; with --rpc workers and -ngl auto, every
+    layer), and where those layers land."""
+    n = n_trunk + n_mtp + 1
+    k = min(n_gpu_layers, n)
+    flag = "-ngl auto with --rpc" if auto else f"-ngl {n_gpu_layers}"
+    which = "every layer" if k == n else f"the last {k} of {n} layers"
+    if k == 0:
+        reason = f"{flag}: every layer on the CPU"
+    elif rpc:
+        local = "".join(f" + {d.name}" for d in gpus_of(devices))
+        reason = f"{flag}: {which} on the rpc-server workers{local}"
+    elif not gpus_of(devices):
+        names = ", ".join(sorted({d.name for d in devices})) or "none"
+        reason = f"{flag}, but no GPU device (devices: {names}): every layer stays on the CPU"
+    else:
+        reason = f"{flag} as given: {which} on " + " + ".join(d.name for d in gpus_of(devices))
+    fits = k == n and (rpc or bool(gpus_of(devices)))
+    setting: int | str = AUTO if auto else n_gpu_layers
+    return Placement(n_gpu_layers, n, n_trunk, n_mtp, fits=fits, reason=reason, setting=setting)

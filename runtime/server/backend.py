@@ -66,7 +66,7 @@ class BackendOptions:
     model: Path
     draft: int | str = AUTO
     no_mtp: bool = False
-    gpu_layers: int | None = None
+    gpu_layers: int | str | None = None  # None: auto (core/llamacpp/placement.py)
     n_ctx: int = START_CONTEXT
     mmproj: Path | None = None
     threads: int | None = None
@@ -150,7 +150,10 @@ class Backend:
         projector = choose_mmproj(opts.model, opts.mmproj)
         insist = isinstance(draft, int) and draft > 0
         model = load_model(
-            opts.model, mtp=False if opts.no_mtp else (True if insist else None), n_gpu_layers=opts.gpu_layers
+            opts.model,
+            mtp=False if opts.no_mtp else (True if insist else None),
+            n_gpu_layers=opts.gpu_layers,
+            n_ctx=opts.n_ctx,
         )
         vision = engine = None
         try:
