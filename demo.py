@@ -47,7 +47,7 @@ class DemoReport:
     acceptance_per_depth: list[float] = field(default_factory=list)
     expected_accepted_length: float = 0.0
     validation_passed: bool = False
-    runs: list[BenchRow] = field(default_factory=list)  # plain, then each draft length
+    runs: list[BenchRow] = field(default_factory=list)  # --no-mtp, plain (head loaded), each draft length
     sample_text: str = ""
 
     @property
@@ -112,6 +112,7 @@ def run_demo(
 
     log("generate: plain and MTP")
     model = load_model(full)
+    plain = load_model(full, mtp=False)  # what a user would run otherwise: the speed-ups' baseline
     try:
         bench = bench_model(
             model,
@@ -121,9 +122,11 @@ def run_demo(
             threads=threads,
             n_ctx=512,
             auto=False,
+            baseline=plain,
         )
         rep.sample_text = DEMO_PROMPTS[0] + bench.rows[0].first_text
         rep.runs = bench.rows
     finally:
         model.close()
+        plain.close()
     return rep

@@ -20,11 +20,17 @@ def bench_cmd(
     drafts: str = typer.Option("1,2,3,4", "--drafts", help="Draft lengths to compare with plain."),
     threads: int | None = flags.THREADS_OPTION,
     no_auto: bool = typer.Option(False, "--no-auto", help="Skip the auto row (and keep the cache as it is)."),
+    no_baseline: bool = typer.Option(
+        False,
+        "--no-baseline",
+        help="Skip the --no-mtp row (the file loaded a second time, without its head): speed-ups are then "
+        "against plain decoding with the head loaded.",
+    ),
     placement: flags.PlacementFlags = flags.PLACEMENT_FLAGS,
     json_out: bool = JsonOption,
 ) -> None:
     """Plain decoding against MTP drafts (greedy) on a fixed prompt set: tok/s, acceptance, speed-up."""
-    from qwythos.runtime.speed import run_bench
+    from qwythos.runtime.speed import NO_MTP, run_bench
 
     try:
         ds = tuple(int(x) for x in drafts.split(",") if x.strip())
@@ -44,6 +50,7 @@ def bench_cmd(
         store=not no_auto,
         rpc=placement.rpc,
         gpu_layers=placement.gpu_layers,
+        baseline=not no_baseline,
     )
     if json_out:
         print_json(r)
@@ -75,7 +82,8 @@ def bench_cmd(
     ]
     console.print(
         simple_table(
-            f"qwythos bench {model_path.name} ({r.prompts} prompts x {r.max_tokens} tokens, greedy"
+            f"qwythos bench {model_path.name} ({r.prompts} prompts x {r.max_tokens} tokens, greedy; "
+            f"speed-ups against {r.baseline}, measured in the same rounds"
             + (f"; {r.placement}" if r.placement else "")
             + ")",
             cols,
@@ -83,13 +91,21 @@ def bench_cmd(
         )
     )
     if r.recommended is not None:
-        best = {x.draft: x for x in r.rows if x.mode != "auto"}[r.recommended]
+        best = {x.draft: x for x in r.rows if x.mode not in ("auto", NO_MTP)}[r.recommended]
         console.print(
             f"recommended: --draft {r.recommended} (predicted {best.predicted_speedup:.2f}x, measured "
-            f"{best.speedup:.2f}x plain); `run` and `chat` use it with --draft auto"
+            f"{best.speedup:.2f}x {r.baseline}); `run` and `chat` use it with --draft auto"
             + (f" [dim](costs stored in {r.cache_file})[/]" if r.cache_file else "")
         )
-    elif r.note:
+    if r.break_even:
+        needs = ", ".join(
+            f"draft {n}: {a:.0%}" if a is not None else f"draft {n}: never" for n, a in r.break_even.items()
+        )
+        console.print(
+            f"acceptance at which drafting pays on this machine (the same at every depth): {needs}",
+            highlight=False,
+        )
+    if r.recommended is None and r.note:
         console.print(r.note)
     if r.placed:
         console.print(f"placement: -ngl {r.placed['n_gpu_layers']}: {r.placed['reason']}", highlight=False)

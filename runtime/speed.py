@@ -18,7 +18,7 @@ from qwythos.core.drafting.rates import depth_rates, rate, sum_counts
 from qwythos.core.errors import QwythosError
 from qwythos.core.llamacpp.handles import Model, default_threads, load_model
 from qwythos.runtime.draft_plan import AUTO, draft_plan
-from qwythos.runtime.draft_policy import best_draft, fill_verify, predicted_tps
+from qwythos.runtime.draft_policy import best_draft, break_even, fill_verify, predicted_tps
 from qwythos.runtime.sampling import GREEDY, SamplingParams
 from qwythos.runtime.speculative import Engine, Generation
 
@@ -78,22 +78,46 @@ class BenchReport:
     cache_file: str | None = None  # where the costs were stored
     placement: str = ""  # where the layers ran (Model.placement; "" = all on this CPU)
     placed: dict = field(default_factory=dict)  # which device held what, and why (Placement.to_dict)
+    baseline: str = "plain"  # what the speed-ups are against: NO_MTP (the file without its head) or plain
+    #: per draft length, the acceptance (the same at every depth) at which it starts to pay on the
+    #: measured costs; None: not even full acceptance pays on this machine
+    break_even: dict[int, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _run_mode(model: Model, prompts: list[list[int]], draft, max_tokens: int, sp, threads, n_ctx, costs):
-    gens = []
-    plan = draft_plan(model, draft, threads=threads, costs=costs)
-    with Engine(model, plan, n_ctx=n_ctx, threads=threads) as eng:
-        eng.generate(prompts[0], max_tokens=4, sampling=sp)  # warm-up (allocations, first-touch)
+NO_MTP = "--no-mtp"  # the baseline row: the same file loaded without its head, as a user would run it
+
+
+def _engines(model: Model, modes: list[tuple[Model, int | str, object]], threads, n_ctx, warm, sp):
+    """One engine per (model, draft, costs), each warmed up (allocations, first-touch)."""
+    engines = []
+    for m, draft, costs in modes:
+        plan = draft_plan(m, draft, threads=threads, costs=costs)
+        eng = Engine(m, plan, n_ctx=n_ctx, threads=threads)
+        engines.append(eng)
+        eng.generate(warm, max_tokens=4, sampling=sp)
         if costs is None:  # auto measured from nothing: not the warm-up
             plan.restart()
+    return engines
+
+
+def _interleaved(model, modes, prompts: list[list[int]], max_tokens: int, sp, threads, n_ctx):
+    """Each mode's generations over the prompts, run in rounds (prompt 1 in every mode, then prompt
+    2, ...): this machine drifts by 10-30% within minutes, and interleaving spreads the drift over
+    every mode instead of handing it to whichever ran last."""
+    engines = _engines(model, modes, threads, n_ctx, prompts[0], sp)
+    gens: list[list[Generation]] = [[] for _ in modes]
+    try:
         for p in prompts:
-            gens.append(eng.generate(p, max_tokens=max_tokens, sampling=sp))
-            if gens[-1].finish_reason == "interrupted":  # Ctrl-C stops the bench, not one prompt
-                raise KeyboardInterrupt
+            for i, eng in enumerate(engines):
+                gens[i].append(eng.generate(p, max_tokens=max_tokens, sampling=sp))
+                if gens[i][-1].finish_reason == "interrupted":  # Ctrl-C stops the bench
+                    raise KeyboardInterrupt
+    finally:
+        for eng in engines:
+            eng.close()
     return gens
 
 
@@ -131,7 +155,7 @@ def _row(mode: str, draft: int, gens: list[Generation], base_tps, base_tokens) -
 def costs_from_rows(rows: list[BenchRow]) -> DraftCosts | None:
     """The auto policy's cost model from fixed-length runs: seconds per target pass at N + 1
     tokens, seconds per draft, and the deepest run's acceptance per depth (None without drafts)."""
-    fixed = {r.draft: r for r in rows if r.mode != "auto"}
+    fixed = {r.draft: r for r in rows if r.mode not in ("auto", NO_MTP)}
     drafted = [r for r in fixed.values() if r.draft > 0]
     if 0 not in fixed or not drafted:
         return None
@@ -154,9 +178,15 @@ def bench_model(
     n_ctx: int = 1024,
     auto: bool = True,
     store: bool = False,
+    baseline: Model | None = None,
 ) -> BenchReport:
-    """Run plain, each draft length and auto over the prompts: tokens/s, acceptance, speed-up,
-    where the time goes; the recommended draft length; store=True writes the costs to the cache."""
+    """Run each draft length and auto over the prompts against plain decoding: tokens/s, acceptance,
+    speed-up, where the time goes; the recommended draft length and the acceptance each length
+    needs to pay; store=True writes the costs to the cache.
+
+    baseline: the same file loaded without its head (`--no-mtp`, what a user would otherwise run).
+    With it, every speed-up is against it, measured in the same rounds; without it, against plain
+    decoding on `model` (its head loaded but unused)."""
     toks = [model.tokenize(p) for p in prompts]
     report = BenchReport(
         str(model.path), len(toks), max_tokens, threads, has_mtp=model.has_mtp, placement=model.placement
@@ -167,13 +197,20 @@ def bench_model(
         raise QwythosError(f"{model.path} has no MTP layer to benchmark", "bench a GGUF with the head")
     if not model.has_mtp:
         report.note = f"{model.path.name} has no MTP head: measured plain decoding only"
-    base_tps = None
-    base_tokens = None
-    for d in [0, *[d for d in drafts if d > 0]]:
-        gens = _run_mode(model, toks, d, max_tokens, sampling, threads, n_ctx, None)
-        row = _row("plain" if d == 0 else f"mtp draft {d}", d, gens, base_tps, base_tokens)
-        if d == 0:
-            base_tps, base_tokens = row.gen_tps, [g.tokens for g in gens]
+    base = [(baseline, 0, None)] if baseline is not None else []
+    fixed = [(model, d, None) for d in [0, *[d for d in drafts if d > 0]]]
+    gens = _interleaved(model, base + fixed, toks, max_tokens, sampling, threads, n_ctx)
+    base_tps = base_tokens = None
+    if baseline is not None:
+        report.baseline = NO_MTP
+        g = gens.pop(0)
+        row = _row(NO_MTP, 0, g, None, None)
+        base_tps, base_tokens = row.gen_tps, [x.tokens for x in g]
+        report.rows.append(row)
+    for (_, d, _), g in zip(fixed, gens, strict=True):
+        row = _row("plain" if d == 0 else f"mtp draft {d}", d, g, base_tps, base_tokens)
+        if base_tps is None:  # no baseline given: plain on this model is the one
+            base_tps, base_tokens = row.gen_tps, [x.tokens for x in g]
             row.speedup = 1.0
         report.rows.append(row)
     costs = costs_from_rows(report.rows)
@@ -185,12 +222,16 @@ def bench_model(
             "head_ms": 1e3 * costs.head_s,
             "acceptance": costs.acceptance,
         }
+        report.break_even = {n: break_even(costs, n) for n in range(1, max_n + 1)}
         plain = predicted_tps(costs, 0)
         for r in report.rows:
             r.predicted_speedup = predicted_tps(costs, r.draft) / plain if plain else None
         if auto:
-            gens = _run_mode(model, toks, AUTO, max_tokens, sampling, threads, n_ctx, costs)
-            row = _row("auto", report.recommended, gens, base_tps, base_tokens)
+            # auto against the baseline again, in its own rounds (it needs the costs measured above)
+            pair = [*base, (model, AUTO, costs)]
+            *again, auto_gens = _interleaved(model, pair, toks, max_tokens, sampling, threads, n_ctx)
+            ref_tps = _row(NO_MTP, 0, again[0], None, None).gen_tps if again else base_tps
+            row = _row("auto", report.recommended, auto_gens, ref_tps, base_tokens)
             row.predicted_speedup = predicted_tps(costs, report.recommended) / plain if plain else None
             report.rows.append(row)
         if store:
@@ -211,15 +252,29 @@ def run_bench(
     store: bool = True,
     rpc: str | None = None,
     gpu_layers: int | str | None = None,
+    baseline: bool = True,
 ) -> BenchReport:
     """`qwythos bench`: bench_model on a file, storing the measured costs for `run` (store=True).
-    rpc / gpu_layers: where the layers run (core/llamacpp/handles.load_model; None: -ngl auto)."""
+    rpc / gpu_layers: where the layers run (core/llamacpp/handles.load_model; None: -ngl auto).
+    baseline: also load the file without its head and measure every speed-up against that."""
     model = load_model(model_path, rpc=rpc, n_gpu_layers=gpu_layers, n_ctx=n_ctx)
+    plain = None
     try:
         if not model.has_mtp:
             drafts = ()
+        elif baseline:
+            plain = load_model(model_path, mtp=False, rpc=rpc, n_gpu_layers=gpu_layers, n_ctx=n_ctx)
         return bench_model(
-            model, drafts=drafts, max_tokens=max_tokens, threads=threads, n_ctx=n_ctx, auto=auto, store=store
+            model,
+            drafts=drafts,
+            max_tokens=max_tokens,
+            threads=threads,
+            n_ctx=n_ctx,
+            auto=auto,
+            store=store,
+            baseline=plain,
         )
     finally:
         model.close()
+        if plain is not None:
+            plain.close()

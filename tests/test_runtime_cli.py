@@ -77,9 +77,14 @@ def test_bench_json_and_table(rt_trained_gguf, draft_cost_cache):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     rows = rep["rows"]
-    assert [x["mode"] for x in rows] == ["plain", "mtp draft 1", "mtp draft 2", "auto"]
-    assert all(x["same_output"] for x in rows) and rows[2]["tokens_per_pass"] > 1.0
-    assert rep["recommended"] in (0, 1, 2) and all(x["predicted_speedup"] > 0 for x in rows)
+    # the user's alternative first: the same file without its head, measured in the same rounds
+    assert [x["mode"] for x in rows] == ["--no-mtp", "plain", "mtp draft 1", "mtp draft 2", "auto"]
+    assert rep["baseline"] == "--no-mtp" and rows[0]["speedup"] == 1.0
+    assert all(x["same_output"] for x in rows) and rows[3]["tokens_per_pass"] > 1.0
+    assert rep["recommended"] in (0, 1, 2) and all(x["predicted_speedup"] > 0 for x in rows[1:])
+    # the acceptance each length needs on these costs: a share, or None where nothing pays
+    assert set(rep["break_even"]) == {"1", "2"}
+    assert all(a is None or 0.0 <= a <= 1.0 for a in rep["break_even"].values())
     assert len(rep["costs"]["verify_ms"]) == 3 and rep["costs"]["head_ms"] > 0
     assert rep["placed"]["setting"] == "auto" and rep["placed"]["reason"]  # which device held what, why
     # the costs went to the cache: run starts from them
@@ -113,7 +118,14 @@ def test_bench_json_and_table(rt_trained_gguf, draft_cost_cache):
         and "tok/s" in r.output
         and "recommended: --draft" in r.output
         and "placement: -ngl" in r.output
+        and "acceptance at which drafting pays on this machine" in r.output
     )
+    r = runner.invoke(
+        app, ["bench", str(rt_trained_gguf), "--max-tokens", "8", "--drafts", "1", "--no-baseline", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert [x["mode"] for x in rep["rows"]] == ["plain", "mtp draft 1", "auto"] and rep["baseline"] == "plain"
 
 
 def test_bench_without_a_head_says_plain_only(rt_trained_trunk_gguf):
