@@ -89,15 +89,16 @@ class Step:
     text: str = ""
 
 
-def banner(name: str, ctx: int, draft_mode: str, max_draft: int, has_head: bool) -> str:
+def banner(name: str, ctx: int, draft_mode: str, max_draft: int, no_head: bool = False) -> str:
     """The one line chat opens with: the model, its context, how it drafts (a runtime/draft_plan
-    DraftPlan's mode and length), where help is."""
+    DraftPlan's mode and length; no_head: plain because the file has no head, not by choice), where
+    help is."""
     if draft_mode == "auto":
         draft = f"MTP draft auto (up to {max_draft})"
     elif draft_mode == "fixed":
         draft = f"MTP draft {max_draft}"
     else:
-        draft = "MTP drafts off" if has_head else "no MTP head: plain decoding"
+        draft = "no MTP head: plain decoding" if no_head else "MTP drafts off"
     return f"{name} · context {ctx} · {draft} · /help for commands, /bye to leave"
 
 
