@@ -72,7 +72,9 @@ def chat_cmd(
     )
     plan = eng.plan
     console.print(
-        R.banner(model_path.name, eng.n_ctx, plan.mode, plan.max_draft, engine.draft != 0 and not model.has_mtp),
+        R.banner(
+            model_path.name, eng.n_ctx, plan.mode, plan.max_draft, engine.draft != 0 and not model.has_mtp
+        ),
         markup=False,
         highlight=False,
         soft_wrap=True,

@@ -75,7 +75,7 @@ HELP = "\n".join(
         "/image PATH         attach a picture to the next message",
         "/save FILE          write the conversation as JSON messages (the shape `qwythos serve` takes)",
         "/load FILE          continue a conversation /save wrote",
-        f'{MULTILINE} ... {MULTILINE}       a message of several lines',
+        f"{MULTILINE} ... {MULTILINE}       a message of several lines",
         "/bye                leave (also /exit, Ctrl-D); Ctrl-C stops a reply",
     )
 )
@@ -187,7 +187,9 @@ class Repl:
         """What to do with one typed line (without its newline)."""
         if self._lines is not None:  # inside """ ... """: no commands, until the closing quotes
             if line.rstrip().endswith(MULTILINE):
-                self._lines.append(line.rstrip()[: -len(MULTILINE)])
+                last = line.rstrip()[: -len(MULTILINE)]
+                if last:  # a closing line of its own adds no empty last line
+                    self._lines.append(last)
                 text, self._lines = "\n".join(self._lines), None
                 return self._send(text)
             self._lines.append(line)
@@ -266,7 +268,9 @@ class Repl:
         if name not in SET_PARAMS:
             raise QwythosError(f"/set {words[0]}: unknown setting", f"one of {', '.join(SET_PARAMS)}")
         if len(words) != 2:
-            raise QwythosError(f"/set {name} needs one value", f"e.g. /set {name} {getattr(CARD_SAMPLING, name) or 0}")
+            raise QwythosError(
+                f"/set {name} needs one value", f"e.g. /set {name} {getattr(CARD_SAMPLING, name) or 0}"
+            )
         self.sampling = self.checked(name, words[1])
         return Step(SHOW, f"{name} {words[1]}")
 
@@ -279,7 +283,9 @@ class Repl:
             value = kind(raw)
         except ValueError:
             what = "an integer" if kind is int else "a number"
-            raise QwythosError(f"/set {name} {raw}: not {what}", f"e.g. /set {name} {getattr(CARD_SAMPLING, name) or 0}") from None
+            raise QwythosError(
+                f"/set {name} {raw}: not {what}", f"e.g. /set {name} {getattr(CARD_SAMPLING, name) or 0}"
+            ) from None
         if isinstance(value, float) and not math.isfinite(value):
             raise QwythosError(f"/set {name} {raw}: not a finite number", None)
         if self.check_sampling is not None:
@@ -293,7 +299,9 @@ class Repl:
         if not arg:
             raise QwythosError("/image needs a path", "e.g. /image photo.png")
         if self.check_image is None:
-            raise QwythosError("/image needs a vision projector, and none is loaded", "restart with --mmproj FILE")
+            raise QwythosError(
+                "/image needs a vision projector, and none is loaded", "restart with --mmproj FILE"
+            )
         self.pending.append(self.check_image(arg))
         return Step(SHOW, f"attached {arg} to the next message")
 
@@ -340,7 +348,9 @@ class Repl:
         try:
             msgs = self.to_openai()
         except OSError as e:
-            raise QwythosError(f"cannot read a picture of this conversation: {e}", "attach it again") from None
+            raise QwythosError(
+                f"cannot read a picture of this conversation: {e}", "attach it again"
+            ) from None
         write_text_atomic(path, json.dumps(msgs, indent=1, ensure_ascii=False) + "\n")
         return len(msgs)
 
@@ -357,10 +367,14 @@ class Repl:
                 raise QwythosError(f"{path} is not a file", fix)
             size = path.stat().st_size
             if size > MAX_LOAD_BYTES:
-                raise QwythosError(f"{path} is {size >> 20} MiB, more than a conversation ({MAX_LOAD_BYTES >> 20} MiB)", fix)
+                raise QwythosError(
+                    f"{path} is {size >> 20} MiB, more than a conversation ({MAX_LOAD_BYTES >> 20} MiB)", fix
+                )
             data = json.loads(path.read_bytes().decode("utf-8"))
         except OSError as e:
-            raise QwythosError(f"cannot read {path}: {e.strerror or e}", "check the file's permissions") from None
+            raise QwythosError(
+                f"cannot read {path}: {e.strerror or e}", "check the file's permissions"
+            ) from None
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise QwythosError(f"{path} is not JSON text ({str(e)[:120]})", fix) from None
         if isinstance(data, dict) and "messages" in data:  # a request body

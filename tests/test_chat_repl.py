@@ -77,7 +77,9 @@ def test_multiline_input_like_ollama():
 def test_set_checks_values_like_the_flags():
     r = make()
     shown = r.feed("/set").text
-    assert f"temperature {CARD_SAMPLING.temperature}" in shown and "seed random" in shown and "think on" in shown
+    assert (
+        f"temperature {CARD_SAMPLING.temperature}" in shown and "seed random" in shown and "think on" in shown
+    )
     assert r.feed("/set temperature 0").kind == R.SHOW and r.sampling.temperature == 0.0
     assert r.feed("/set parameter top_k 5").kind == R.SHOW and r.sampling.top_k == 5
     assert r.feed("/set seed 7").kind == R.SHOW and r.sampling.seed == 7
@@ -217,7 +219,10 @@ def test_save_writes_openai_messages_and_load_reads_them_back(tmp_path: Path):
         (b"[]", "non-empty array"),
         (b'[{"role": "robot", "content": "hi"}]', "robot"),
         (b'[{"role": "user", "content": 5}]', "string or an array"),
-        (b'[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]', "remote"),
+        (
+            b'[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]',
+            "remote",
+        ),
         (b"[" * 100000 + b"]" * 100000, "not JSON text"),
     ],
 )
@@ -266,7 +271,9 @@ def test_chat_end_to_end(rt_trained_gguf, tmp_path: Path):
 
     runner = CliRunner()
     flags = ["--max-tokens", "24", "--no-mtp"]
-    ran = runner.invoke(app, ["run", str(rt_trained_gguf), "-p", "hello there", *flags, "--temp", "0", "--json"])
+    ran = runner.invoke(
+        app, ["run", str(rt_trained_gguf), "-p", "hello there", *flags, "--temp", "0", "--json"]
+    )
     assert ran.exit_code == 0, ran.output
     expected = json.loads(ran.stdout)["parsed"]
     saved = tmp_path / "chat.json"
@@ -274,7 +281,7 @@ def test_chat_end_to_end(rt_trained_gguf, tmp_path: Path):
     chat = runner.invoke(app, ["chat", str(rt_trained_gguf), *flags], input=typed)
     assert chat.exit_code == 0, chat.output
     out = chat.output
-    first = out.splitlines()[0]
+    first = next(x for x in out.splitlines() if "/help for commands" in x)  # the banner
     assert rt_trained_gguf.name in first and "context " in first and "MTP drafts off" in first
     assert "/help for commands" in first
     assert "/save FILE" in out and "/load FILE" in out  # the help

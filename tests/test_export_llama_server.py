@@ -171,7 +171,9 @@ def test_command_prints_the_line_and_json(mtp_gguf: Path, tmp_path: Path):
     line = next(x for x in res.stdout.splitlines() if x.startswith("llama-server "))
     a = server_parser().parse_args(shlex.split(line)[1:])
     assert a.gpu_layers == "all" and a.spec_draft_n_max == DEFAULT_DRAFT and out.is_file()
-    res = runner.invoke(app, ["export", "llama-server", str(mtp_gguf), "-o", str(out), "-ngl", "all", "--json"])
+    res = runner.invoke(
+        app, ["export", "llama-server", str(mtp_gguf), "-o", str(out), "-ngl", "all", "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["unchanged"] is True
     bad = runner.invoke(app, ["export", "llama-server", str(mtp_gguf), "-ngl", "-3"])
