@@ -66,19 +66,18 @@ SET_PARAMS: dict[str, tuple[str, type]] = {
 _SET_ALIASES = {"temp": "temperature"}
 QUIT_WORDS = ("/bye", "/exit", "/quit")
 
-HELP = "\n".join(
-    (
-        "/help, /?           this list",
-        "/clear              start a new conversation (the --system message stays)",
-        "/think on|off       let the model reason before it answers (alone: show the setting)",
-        f"/set NAME VALUE     sampling: {', '.join(SET_PARAMS)}; /set alone shows them",
-        "/image PATH         attach a picture to the next message",
-        "/save FILE          write the conversation as JSON messages (the shape `qwythos serve` takes)",
-        "/load FILE          continue a conversation /save wrote",
-        f"{MULTILINE} ... {MULTILINE}       a message of several lines",
-        "/bye                leave (also /exit, Ctrl-D); Ctrl-C stops a reply",
-    )
+_HELP_ROWS = (
+    ("/help, /?", "this list"),
+    ("/clear", "start a new conversation (the --system message stays)"),
+    ("/think on|off", "let the model reason before it answers (alone: show the setting)"),
+    ("/set NAME VALUE", f"sampling: {', '.join(SET_PARAMS)}; /set alone shows them"),
+    ("/image PATH", "attach a picture to the next message"),
+    ("/save FILE", "write the conversation as JSON messages (the shape `qwythos serve` takes)"),
+    ("/load FILE", "continue a conversation /save wrote"),
+    (f"{MULTILINE} ... {MULTILINE}", "a message of several lines"),
+    ("/bye", "leave (also /exit, Ctrl-D); Ctrl-C stops a reply"),
 )
+HELP = "\n".join(f"{cmd:<20}{what}" for cmd, what in _HELP_ROWS)
 
 _COMMAND_RE = re.compile(r"/([A-Za-z?][\w-]*)(?=\s|$)")
 
@@ -375,8 +374,12 @@ class Repl:
             raise QwythosError(
                 f"cannot read {path}: {e.strerror or e}", "check the file's permissions"
             ) from None
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise QwythosError(f"{path} is not JSON text ({str(e)[:120]})", fix) from None
+        except UnicodeDecodeError as e:
+            raise QwythosError(f"{path} is not JSON text (not UTF-8 at byte {e.start})", fix) from None
+        except (ValueError, RecursionError) as e:
+            raise QwythosError(
+                f"{path} is not JSON text ({str(e)[:120] or 'nested too deeply'})", fix
+            ) from None
         if isinstance(data, dict) and "messages" in data:  # a request body
             data = data["messages"]
         try:
