@@ -1,4 +1,5 @@
-"""qwythos chat: an interactive conversation, streamed, reusing the cache between turns."""
+"""qwythos chat: an interactive conversation, streamed, reusing the cache between turns; its commands
+and state are runtime/repl.py's, this is the terminal loop around them."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from qwythos.commands import engine_flags as flags
 from qwythos.commands.common import app, console, err_console, with_flag_groups
 from qwythos.core.errors import QwythosError
-from qwythos.core.fileio import check_utf8_arg
+from qwythos.core.fileio import check_utf8_arg, register_inputs
 from qwythos.runtime.sampling import SamplingParams
 
 
@@ -44,17 +46,12 @@ def chat_cmd(
     tools_file: Path | None = flags.TOOLS_OPTION,
     placement: flags.PlacementFlags = flags.PLACEMENT_FLAGS,
 ) -> None:
-    """Interactive chat with streaming output. /image PATH attaches a picture to the next message;
-    /exit (or Ctrl-D) quits; Ctrl-C stops a reply."""
+    """Interactive chat with streaming output, as `ollama run`: /help lists the commands (/set,
+    /think, /clear, /image, /save, /load, \"\"\" for several lines); /bye (or Ctrl-D) quits; Ctrl-C stops
+    a reply."""
     from qwythos.core.llamacpp.prompt_tokens import render_for, tokenize_prompt
-    from qwythos.core.model.chat_template import IMAGE_PART
-    from qwythos.runtime.chat import (
-        TURN_END,
-        ThinkStream,
-        assistant_message,
-        load_tools,
-        parse_output,
-    )
+    from qwythos.runtime import repl as R
+    from qwythos.runtime.chat import TURN_END, ThinkStream, assistant_message, load_tools, parse_output
     from qwythos.runtime.vision import IMAGE_PLACEHOLDER
 
     check_utf8_arg(system, "--system")
@@ -62,18 +59,36 @@ def chat_cmd(
         raise QwythosError(f"--max-tokens {max_tokens} must be at least 1", "e.g. --max-tokens 4096")
     tools = load_tools(tools_file) if tools_file is not None else None
     projector = flags.choose_projector(model_path, mmproj)
+    register_inputs(model_path, projector.path if projector else None)  # /save never replaces them
     model, eng = flags.open_engine(model_path, engine, placement, projector)
     from qwythos.runtime.session import ChatSession
 
     session = ChatSession(eng)  # each turn prefills only what is new since the last prompt
-    msgs = [{"role": "system", "content": system}] if system else []
-    images: list[Path] = []  # every picture of the conversation, in order
-    pending: list[Path] = []  # /image pictures for the next message
+    repl = R.Repl(
+        system=system,
+        sampling=sampling,
+        check_image=lambda arg: _chat_image(arg, eng.vision, model_path),
+        check_sampling=flags.sampling_from_flags,
+    )
+    plan = eng.plan
+    console.print(
+        R.banner(
+            model_path.name, eng.n_ctx, plan.mode, plan.max_draft, engine.draft != 0 and not model.has_mtp
+        ),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     try:
         while True:
             try:
-                line = input("> ")
-            except (EOFError, KeyboardInterrupt):
+                line = input(repl.prompt)
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                if repl.cancel_input():  # Ctrl-C inside \"\"\" ... \"\"\" drops that message
+                    console.print()
+                    continue
                 break
             except UnicodeDecodeError:
                 line = "\udcff"  # the check below reports it
@@ -82,26 +97,23 @@ def chat_cmd(
             except QwythosError as e:
                 err_console.print(f"[bold red]error:[/] {e.message}; set a UTF-8 terminal (LANG=C.UTF-8)")
                 continue
-            if line.strip() in ("/exit", "/quit"):
+            step = repl.feed(line)
+            if step.kind == R.QUIT:
                 break
-            if line.strip().startswith("/image"):
-                arg = line.strip()[len("/image") :].strip()
-                try:
-                    pending.append(_chat_image(arg, eng.vision, model_path))
-                    err_console.print(f"[dim]attached {arg} to the next message[/]")
-                except QwythosError as e:
-                    err_console.print(f"[bold red]error:[/] {e.message}" + (f" ({e.hint})" if e.hint else ""))
+            if step.kind == R.RESET:
+                session.reset()
+            if step.kind in (R.SHOW, R.RESET):
+                console.print(step.text, markup=False, highlight=False)
+            elif step.kind == R.ERROR:
+                err_console.print(f"[bold red]error:[/] {escape(step.text)}")
+            if step.kind != R.SEND:
                 continue
-            if not line.strip():
-                continue
-            msgs.append(
-                {"role": "user", "content": [IMAGE_PART] * len(pending) + [{"type": "text", "text": line}]}
+            n_new = repl.begin_turn(step.text)
+            rendered = render_for(
+                model, repl.messages, tools=tools, image_text=IMAGE_PLACEHOLDER, enable_thinking=repl.thinking
             )
-            images += pending
-            n_new = len(pending)
-            pending = []
-            rendered = render_for(model, msgs, tools=tools, image_text=IMAGE_PLACEHOLDER)
-            splitter = ThinkStream(thinking=rendered.text.rstrip().endswith("<think>"))
+            think_open = rendered.text.rstrip().endswith("<think>")
+            splitter = ThinkStream(thinking=think_open)
             shown: dict = {}
 
             def show(piece: str, splitter: ThinkStream = splitter, shown: dict = shown) -> None:
@@ -109,33 +121,33 @@ def chat_cmd(
 
             layout = None
             try:
-                if images:
-                    layout = eng.vision.tokenize(flags.image_text(rendered, eng.vision), images)
+                if repl.images:
+                    layout = eng.vision.tokenize(flags.image_text(rendered, eng.vision), repl.images)
                 gen = session.generate(
                     layout if layout is not None else tokenize_prompt(model, rendered).tokens,
                     max_tokens=max_tokens,
-                    sampling=sampling,
+                    sampling=repl.sampling,
                     stop=list(TURN_END),
                     on_text=show,
                 )
             except QwythosError as e:
-                err_console.print(f"[bold red]error:[/] {e.message}")
-                msgs.pop()
-                del images[len(images) - n_new :]
+                err_console.print(f"[bold red]error:[/] {escape(e.message)}")
+                repl.drop_turn(n_new)
                 continue
             finally:
                 if layout is not None:
                     eng.vision.free_layout(layout)
             _show_pieces(splitter.flush(), hide_thinking, shown)
             console.print()
-            out = parse_output(gen.text, think_open=rendered.text.rstrip().endswith("<think>"), tools=tools)
+            out = parse_output(gen.text, think_open=think_open, tools=tools)
             for c in out.tool_calls:
-                console.print(f"[cyan]tool call:[/] {c.name} {json.dumps(c.arguments)}")
+                console.print(f"[cyan]tool call:[/] {escape(c.name)} {escape(json.dumps(c.arguments))}")
             for e in out.errors:
-                console.print(f"[yellow]warning:[/] {e}")
-            msgs.append(assistant_message(out))
+                console.print(f"[yellow]warning:[/] {escape(e)}")
+            repl.end_turn(assistant_message(out))
             err_console.print(f"[dim]{flags.stats_line(gen.stats)}[/]")
     finally:
+        repl.close()
         flags.close_engine(model, eng)
 
 

@@ -1,4 +1,4 @@
-"""`qwythos export ollama|lmstudio|koboldcpp FILE.gguf` and `qwythos export vllm|sglang FOLDER`: one
+"""`qwythos export ollama|lmstudio|koboldcpp|llama-server FILE.gguf` and `qwythos export vllm|sglang FOLDER`: one
 group, every default and help text built from the constant the export itself uses."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from qwythos.export.koboldcpp import (
     QUANTKV_CHOICES,
     export_koboldcpp,
 )
+from qwythos.export.llama_server import DEFAULT_GPU_LAYERS, SCRIPT_SUFFIX, export_llama_server
 from qwythos.export.lmstudio import export_lmstudio
 from qwythos.export.ollama import export_ollama
 from qwythos.export.sglang import SGLANG
@@ -159,6 +160,41 @@ def export_koboldcpp_cmd(
     _plain(f"{r.kcpps} {'unchanged' if r.unchanged else 'written'} (MTP: {'on' if r.has_mtp else 'off'})")
     console.print(f"launch: [bold]{escape(r.launch_command)}[/]", soft_wrap=True)
     console.print(f"   or: {escape(r.launch_command_flags)}", soft_wrap=True)
+
+
+@export_app.command("llama-server")
+def export_llama_server_cmd(
+    model: Path = typer.Argument(..., help="The qwen35 GGUF to serve with llama.cpp's llama-server."),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", help=f"Launch script path (default: beside the GGUF, <name>{SCRIPT_SUFFIX})."
+    ),
+    ctx: int | None = typer.Option(
+        None, "--ctx", help=f"--ctx-size (default {START_CONTEXT}, or the file's context when smaller)."
+    ),
+    draft: int | None = typer.Option(
+        None,
+        "--draft",
+        help=f"--spec-draft-n-max (default: what `qwythos bench` recommended here for the file, else "
+        f"{DEFAULT_DRAFT}; 0 = off; no MTP flags without a head).",
+    ),
+    gpu_layers: str = typer.Option(
+        DEFAULT_GPU_LAYERS, "-ngl", "--gpu-layers", help="Layers on the GPU: a count, auto or all."
+    ),
+    name: str = typer.Option(LOCAL_NAME, "--name", help="--alias (the model name clients see)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing, different script."),
+    mmproj: Path | None = typer.Option(None, "--mmproj", help=_MMPROJ_HELP),
+    json_out: bool = JsonOption,
+) -> None:
+    """Write and print the llama-server command line (MTP drafting, -ngl, --jinja, card sampling)."""
+    register_inputs(model)
+    r = export_llama_server(
+        model, out, ctx=ctx, draft=draft, gpu_layers=gpu_layers, mmproj=mmproj, alias=name, force=force
+    )
+    if _printed_json(r, json_out, r.mmproj):
+        return
+    drafting = f"MTP draft {r.draft} ({r.draft_source})" if r.draft else "MTP drafting off"
+    _plain(f"{r.script} {'unchanged' if r.unchanged else 'written'} ({drafting})")
+    _plain(r.command)
 
 
 def _print_engine(r: EngineExport, json_out: bool) -> None:
