@@ -214,7 +214,9 @@ def _add_engine_command(engine: Engine) -> None:
             engine.master_port, "--master-port", help="Rendezvous port on the head node."
         ),
         write_config: bool = typer.Option(
-            True, "--write-config/--no-write-config", help="Write the overlay folder (OUT/model: its own config.json with YaRN, links to FOLDER's files)."
+            True,
+            "--write-config/--no-write-config",
+            help="Write the overlay folder (OUT/model: its own config.json with YaRN, links to FOLDER's files).",
         ),
         force: bool = typer.Option(False, "--force", help="Replace earlier launch scripts."),
         json_out: bool = JsonOption,

@@ -212,7 +212,9 @@ def write_overlay(source: Path, overlay: Path, config: dict[str, Any]) -> Path:
         names.add(entry.name)
         dst = overlay / entry.name
         if dst.exists() and not dst.is_symlink():
-            raise QwythosError(f"{dst} is not a link qwythos made", "remove it, or choose another output folder")
+            raise QwythosError(
+                f"{dst} is not a link qwythos made", "remove it, or choose another output folder"
+            )
         tmp = temp_name(dst)
         try:
             os.symlink(entry, tmp)

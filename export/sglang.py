@@ -80,8 +80,7 @@ def _notes(exp: engines.EngineExport, port: int) -> list[str]:
         " rejected (sglang #35797). `qwythos mtp check DIR` before serving.",
         "- **YaRN lives in config.json**, for the draft layer as well as the target: past the native window"
         f" it is written into an overlay folder (`{engines.OVERLAY}/` here) that links the input's other"
-        " files, never into the input"
-        + (f" ({exp.config_changes[0]})." if exp.config_changes else "."),
+        " files, never into the input" + (f" ({exp.config_changes[0]})." if exp.config_changes else "."),
         "- Only tensor parallelism is used; pipeline parallelism is not needed for a 9B model.",
     ]
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from qwythos.core.errors import QwythosError
 from qwythos.core.model import qwen35
 from qwythos.core.model.checkpoint import (
     FLOAT_DTYPES,

@@ -334,7 +334,9 @@ def shard_path(folder: Path, name: str, where: Path) -> Path:
         or Path(name).is_absolute()
         or ".." in parts
     ):
-        raise QwythosError(f"{where} names {name[:200]!r} as a shard: not a .safetensors file in {folder}", fix)
+        raise QwythosError(
+            f"{where} names {name[:200]!r} as a shard: not a .safetensors file in {folder}", fix
+        )
     path = folder / name
     if len(parts) > 1:
         try:
@@ -342,7 +344,9 @@ def shard_path(folder: Path, name: str, where: Path) -> Path:
         except (OSError, RuntimeError):  # a link loop
             inside = False
         if not inside:
-            raise QwythosError(f"{where} names {name[:200]!r} as a shard: its folder lies outside {folder}", fix)
+            raise QwythosError(
+                f"{where} names {name[:200]!r} as a shard: its folder lies outside {folder}", fix
+            )
     return path
 
 

@@ -238,7 +238,9 @@ def text_config_from(config: dict[str, Any], *, where: str = "config.json") -> T
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise QwythosError(f"{where}: architectures is not a list of names", fix)
     if not isinstance(config.get("text_config") or {}, dict):
-        raise QwythosError(f"{where}: text_config is {type(config['text_config']).__name__}, not an object", fix)
+        raise QwythosError(
+            f"{where}: text_config is {type(config['text_config']).__name__}, not an object", fix
+        )
     if not any(a in HF_ARCHITECTURES for a in archs):
         raise QwythosError(
             f"{where} describes {', '.join(archs) or 'an unknown architecture'}, not Qwen3.5 "
