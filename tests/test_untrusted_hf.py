@@ -395,3 +395,32 @@ def test_cli_fifo_shard_does_not_block(folder: Path) -> None:
     shard.unlink()
     os.mkfifo(shard)
     _assert_one_message(_cli("mtp", "check", str(folder)), "not a regular file")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["vision_config"].update(depth=2**31), "vision_config depth"),
+        (lambda c: c["vision_config"].update(patch_size=0), "vision_config patch_size"),
+        (lambda c: c["vision_config"].update(hidden_size=[1]), "bad field"),
+    ],
+)
+def test_vision_config_edge_values_are_refused_before_sizing(folder: Path, edit, message: str) -> None:
+    """`convert --mmproj` sizes the projector from vision_config: 2**31 blocks are refused, not built."""
+    from qwythos.convert import mmproj
+
+    config_edit(edit, message)(folder)
+    with pytest.raises(QwythosError, match=message) as e:
+        mmproj.preflight(folder)
+    assert str(folder / "config.json") in e.value.message
+
+
+def test_processor_config_of_the_wrong_type(folder: Path) -> None:
+    from qwythos.convert import mmproj
+
+    (folder / "preprocessor_config.json").write_text('{"media_proc_cfg": [1]}')
+    with pytest.raises(QwythosError, match="not a JSON object of processor settings"):
+        mmproj.read_preprocessor(folder)
+    (folder / "preprocessor_config.json").write_text("[" * 100_000)
+    with pytest.raises(QwythosError, match="nested too deeply"):
+        mmproj.read_preprocessor(folder)

@@ -155,7 +155,7 @@ def to_f32(arr: np.ndarray, st_dtype: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _load_json(path: Path, what: str) -> Any:
+def load_json(path: Path, what: str) -> Any:
     """A small JSON file (config, index): a regular file of at most MAX_JSON_BYTES, UTF-8, parsed."""
     size = check_regular_file(path, f"{what} file")
     if size > MAX_JSON_BYTES:
@@ -303,7 +303,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG
     if not path.exists():
         raise QwythosError(f"{folder} has no config.json", "pass the folder of a Hugging Face checkpoint")
-    config = _load_json(path, "config")
+    config = load_json(path, "config")
     if not isinstance(config, dict):
         raise QwythosError(f"{path} is not a JSON object", "re-download config.json")
     for key, kind, name in (("text_config", dict, "an object"), ("vision_config", dict, "an object")):
@@ -357,7 +357,7 @@ def read_index(folder: Path) -> dict[str, Any] | None:
     path = folder / INDEX
     if not path.exists() and not path.is_symlink():
         return None
-    data = _load_json(path, "index")
+    data = load_json(path, "index")
     wmap = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wmap, dict) or not wmap or not all(isinstance(f, str) and f for f in wmap.values()):
         raise QwythosError(f"{path} has no weight_map", "re-download the index file")
