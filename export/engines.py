@@ -342,9 +342,10 @@ def readme(engine: Engine, exp: EngineExport, facts: ModelFacts, host: str, port
         "",
     ]
     if exp.overlay is not None:
-        lines[-1:] = [
-            f"It is an overlay: its own `config.json` (with the YaRN scaling) and links to every other "
-            f"file of `{exp.source_dir}`, which is left as it was. Keep both at these paths on every node.",
+        lines[-2:] = [
+            f"The commands serve the overlay `{exp.model_dir}`: its own `config.json` (with the YaRN scaling) "
+            f"and links to every other file of `{exp.source_dir}`, which is left as it was. Both must exist "
+            "at these paths on every node (copy them; the links must resolve on each machine's own disk).",
             "",
         ]
     for n in exp.launches:
