@@ -230,7 +230,7 @@ def _add_engine_command(engine: Engine) -> None:
         ctx: int | None = typer.Option(
             None,
             "--ctx",
-            help=f"Context length (default {START_CONTEXT}); past the native window YaRN is written into config.json.",
+            help=f"Context length (default {START_CONTEXT}); past the native window YaRN goes into an overlay's config.json.",
         ),
         draft: int | None = typer.Option(
             None,
@@ -250,7 +250,9 @@ def _add_engine_command(engine: Engine) -> None:
             engine.master_port, "--master-port", help="Rendezvous port on the head node."
         ),
         write_config: bool = typer.Option(
-            True, "--write-config/--no-write-config", help="Write YaRN into config.json."
+            True,
+            "--write-config/--no-write-config",
+            help="Write the overlay folder (OUT/model: its own config.json with YaRN, links to FOLDER's files).",
         ),
         force: bool = typer.Option(False, "--force", help="Replace earlier launch scripts."),
         json_out: bool = JsonOption,

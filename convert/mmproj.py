@@ -45,7 +45,14 @@ from qwythos.core.gguf.file import (
     write_gguf,
 )
 from qwythos.core.model import qwen35
-from qwythos.core.model.checkpoint import Checkpoint, TensorInfo, check_tensor, open_checkpoint, to_f32
+from qwythos.core.model.checkpoint import (
+    Checkpoint,
+    TensorInfo,
+    check_tensor,
+    load_json,
+    open_checkpoint,
+    to_f32,
+)
 
 ARCH = "clip"
 PROJECTOR_TYPE = "qwen3vl_merger"
@@ -103,7 +110,12 @@ def vision_config_from(config: dict[str, Any], *, where: str = "config.json") ->
         raise QwythosError(
             f"{where} has no vision_config: this checkpoint has no vision tower", NO_TOWER_HINT
         )
-    text = {**config, **(config.get("text_config") or {})}
+    text_config = config.get("text_config") or {}
+    if not isinstance(text_config, dict):
+        raise QwythosError(
+            f"{where}: text_config is not an object", "use the checkpoint's original config.json"
+        )
+    text = {**config, **text_config}
     try:
         cfg = VisionConfig(
             depth=int(v["depth"]),
@@ -120,11 +132,19 @@ def vision_config_from(config: dict[str, Any], *, where: str = "config.json") ->
             eps=float(text.get("rms_norm_eps", 1e-6)),
             deepstack=tuple(int(i) for i in v.get("deepstack_visual_indexes") or ()),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise QwythosError(
             f"{where}: vision_config lacks or has a bad field: {e}",
             "use the checkpoint's original config.json",
         ) from e
+    sizes = ("depth", "n_embd", "n_ff", "n_head", "in_channels", "patch_size", "merge", "n_pos", "out_embd")
+    bad = [k for k in sizes if getattr(cfg, k) <= 0] + ["depth"] * (cfg.depth > qwen35.MAX_LAYERS)
+    if bad:
+        raise QwythosError(
+            f"{where}: vision_config {bad[0]} is {getattr(cfg, bad[0])} (sizes are at least 1, depth at most "
+            f"{qwen35.MAX_LAYERS})",
+            "use the checkpoint's original config.json",
+        )
     if cfg.temporal_patch != 2:
         raise QwythosError(
             f"{where}: vision_config.temporal_patch_size is {cfg.temporal_patch}; llama.cpp's Qwen3-VL "
@@ -156,12 +176,12 @@ def read_preprocessor(folder: Path) -> dict[str, Any]:
     for p in (path, folder / "processor_config.json"):
         if not p.is_file():
             continue
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise QwythosError(f"{p} is not valid JSON ({e})", f"re-download {p.name}") from e
+        data = load_json(p, p.name)
         nested = "media_proc_cfg" if p == path else "image_processor"
-        out.update({**data, **(data.get(nested) or {})})
+        inner = data.get(nested) or {} if isinstance(data, dict) else None
+        if not isinstance(inner, dict):
+            raise QwythosError(f"{p} is not a JSON object of processor settings", f"re-download {p.name}")
+        out.update({**data, **inner})
     for key in ("image_mean", "image_std"):
         vals = out.get(key)
         if not (isinstance(vals, list) and len(vals) == 3 and all(isinstance(x, (int, float)) for x in vals)):
@@ -503,7 +523,7 @@ def planned_projector(
             config = json.loads((p / "config.json" if p.is_dir() else p).read_text())
         except (OSError, ValueError):
             return None
-    if not isinstance(config, dict) or not config.get("vision_config"):
+    if not isinstance(config, dict) or not isinstance(config.get("vision_config"), dict):
         return None
     return ProjectorSize(projector_file_bytes(config, mmproj_type), mmproj_type, "planned from config.json")
 

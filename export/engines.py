@@ -2,6 +2,10 @@
 config.json, writing the per-node scripts and README, and the one export function (`export_engine`)
 that an engine's table row (`Engine`: its command line, README and defaults) parameterises.
 
+The input folder is never modified: when a context needs YaRN that the folder's config.json lacks,
+the adjusted config.json goes into an overlay folder beside the launch files (`OVERLAY`) that links
+every other file of the input (weights, index, tokenizer), and the commands serve the overlay.
+
 The engines serve the Hugging Face folder (the one `qwythos mtp restore --hf` writes): a Qwythos
 folder without `mtp.*` tensors is refused here with that fix, because vLLM rejects it and SGLang
 accepts no draft. Only tensor parallelism is used (within and across nodes): pipeline parallelism
@@ -22,7 +26,7 @@ from typing import Any
 
 from qwythos.core.drafting.lengths import DEFAULT_DRAFT, MAX_DRAFT
 from qwythos.core.errors import QwythosError
-from qwythos.core.fileio import ensure_writable_dir, write_text_atomic
+from qwythos.core.fileio import ensure_writable_dir, temp_name, write_error, write_text_atomic
 from qwythos.core.model import qwen35
 from qwythos.core.model.checkpoint import open_checkpoint
 from qwythos.core.model.release import BASE_MODEL_REPO, LOCAL_NAME, START_CONTEXT
@@ -33,6 +37,8 @@ DEFAULT_HOST = "0.0.0.0"
 #: The parsers both engines name for Qwen3.5: tool calls in the qwen3_coder XML format, thinking split.
 TOOL_PARSER = "qwen3_coder"
 REASONING_PARSER = "qwen3"
+#: The folder beside the launch files holding the adjusted config.json and links to the input's files.
+OVERLAY = "model"
 #: What the README and the warning say when the folder has no head.
 RESTORE_HINT = f"qwythos mtp restore DIR --from {BASE_MODEL_REPO} --hf NEW_DIR"
 
@@ -93,6 +99,8 @@ class EngineExport:
     readme: Path | None = None
     config_changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    source_dir: Path | None = None  # the input folder (model_dir is the overlay when one was written)
+    overlay: Path | None = None  # the overlay folder written for YaRN (None: the input is served as is)
 
 
 def read_model(folder: str | Path) -> ModelFacts:
@@ -161,15 +169,16 @@ def choose_draft(draft: int | None, bench_gguf: Path | None, has_head: bool) -> 
     return DEFAULT_DRAFT, "default"
 
 
-def ensure_context(facts: ModelFacts, ctx: int, *, write: bool) -> list[str]:
-    """Make config.json itself carry the YaRN scaling `ctx` needs (vLLM applies --hf-overrides to
-    the target only, not to the MTP draft layer). Returns what changed; writes only if `write`."""
+def context_config(facts: ModelFacts, ctx: int) -> tuple[dict[str, Any] | None, str | None]:
+    """The config.json carrying the YaRN scaling `ctx` needs (vLLM applies --hf-overrides to the
+    target only, not to the MTP draft layer, so it must be in the file), and the change in words;
+    (None, None) when the folder's own config already reaches `ctx`. Nothing is written here."""
     if ctx <= 0:
         raise QwythosError(f"--ctx {ctx} is not a context length", "pass a positive number of tokens")
     if facts.yarn_ctx is not None and ctx <= facts.yarn_ctx:
-        return []
+        return None, None
     if facts.yarn_ctx is None and ctx <= facts.native_ctx:
-        return []
+        return None, None
     factor = float(2 ** math.ceil(math.log2(ctx / facts.native_ctx)))
     config = json.loads(json.dumps(facts.config))
     text = config["text_config"] if isinstance(config.get("text_config"), dict) else config
@@ -179,20 +188,52 @@ def ensure_context(facts: ModelFacts, ctx: int, *, write: bool) -> list[str]:
     text[key] = rope
     text["max_position_embeddings"] = int(facts.native_ctx * factor)
     change = (
-        f"config.json: YaRN factor {factor:g} over {facts.native_ctx} positions "
+        f"YaRN factor {factor:g} over {facts.native_ctx} positions "
         f"(max_position_embeddings {int(facts.native_ctx * factor)}) for --ctx {ctx}"
     )
-    if write:
-        write_text_atomic(
-            facts.folder / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    return config, change
+
+
+def write_overlay(source: Path, overlay: Path, config: dict[str, Any]) -> Path:
+    """`overlay`: its own config.json (`config`) and a link to every other entry of `source` (the
+    input, left untouched). An earlier overlay is updated in place: links are replaced atomically
+    and links to entries `source` no longer has are removed. Returns `overlay`."""
+    source = source.resolve()
+    ensure_writable_dir(overlay, "overlay folder")
+    overlay = overlay.resolve()
+    if overlay == source:
+        raise QwythosError(
+            f"the overlay folder {overlay} is the input folder itself", "choose another output folder with -o"
         )
-        facts.config = config
-    return [change]
+    names = set()
+    for entry in sorted(source.iterdir()):
+        if entry.name == "config.json" or overlay.is_relative_to(entry):  # the output folder inside it
+            continue
+        names.add(entry.name)
+        dst = overlay / entry.name
+        if dst.exists() and not dst.is_symlink():
+            raise QwythosError(
+                f"{dst} is not a link qwythos made", "remove it, or choose another output folder"
+            )
+        tmp = temp_name(dst)
+        try:
+            os.symlink(entry, tmp)
+            os.replace(tmp, dst)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise write_error(dst, e) from e
+    for old in overlay.iterdir():
+        if old.is_symlink() and old.name not in names:
+            old.unlink()
+    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    write_text_atomic(overlay / "config.json", text, inputs=[source / "config.json"])
+    return overlay
 
 
-def check_outputs(out_dir: Path, nodes: int, force: bool) -> None:
-    """Refuse to replace earlier launch files unless forced (checked before anything is written)."""
-    names = [f"node{r}.sh" for r in range(nodes)] + ["launch.json", "README.md"]
+def check_outputs(out_dir: Path, nodes: int, force: bool, overlay: bool = False) -> None:
+    """Refuse to replace earlier launch files (and the overlay folder, when one is to be written)
+    unless forced (checked before anything is written)."""
+    names = [f"node{r}.sh" for r in range(nodes)] + ["launch.json", "README.md"] + [OVERLAY] * overlay
     existing = [n for n in names if (out_dir / n).exists()]
     if existing and not force:
         raise QwythosError(
@@ -272,6 +313,13 @@ class Engine:
     check: Callable[[ModelFacts], None] | None = None  # an engine's own refusal of a folder
 
 
+def _context_note(exp: EngineExport, facts: ModelFacts) -> str:
+    """How the README's context line says where YaRN comes from."""
+    if exp.overlay is not None:
+        return f" (YaRN written into the overlay `{OVERLAY}/config.json`; the input is unchanged)"
+    return f" (YaRN in config.json reaches {facts.yarn_ctx})" if facts.yarn_ctx else ""
+
+
 def readme(engine: Engine, exp: EngineExport, facts: ModelFacts, host: str, port: int) -> str:
     """The README: what is served how, the topology, each node's command, then the engine's notes
     (several nodes, how to check it, the known traps)."""
@@ -282,8 +330,7 @@ def readme(engine: Engine, exp: EngineExport, facts: ModelFacts, host: str, port
         f"Checked against: {exp.engine_version}. Generated by `qwythos export {exp.engine}`.",
         "",
         f"- tensor parallel {exp.tensor_parallel} = {exp.gpus_per_node} GPU(s) x {exp.nodes} node(s)",
-        f"- context {exp.ctx} tokens"
-        + (f" (YaRN in config.json reaches {facts.yarn_ctx})" if facts.yarn_ctx else ""),
+        f"- context {exp.ctx} tokens" + _context_note(exp, facts),
         f"- MTP drafting: {drafting}",
         "",
         *topology_rows(exp.gpus_per_node, exp.nodes, host, port),
@@ -294,6 +341,13 @@ def readme(engine: Engine, exp: EngineExport, facts: ModelFacts, host: str, port
         "rely on links into another machine's disk).",
         "",
     ]
+    if exp.overlay is not None:
+        lines[-2:] = [
+            f"The commands serve the overlay `{exp.model_dir}`: its own `config.json` (with the YaRN scaling) "
+            f"and links to every other file of `{exp.source_dir}`, which is left as it was. Both must exist "
+            "at these paths on every node (copy them; the links must resolve on each machine's own disk).",
+            "",
+        ]
     for n in exp.launches:
         lines += [f"Node rank {n.rank}: `bash node{n.rank}.sh`", "", "```bash", n.command, "```", ""]
     lines += engine.notes(exp, port)
@@ -323,9 +377,10 @@ def export_engine(
     force: bool = False,
 ) -> EngineExport:
     """Write node<R>.sh, launch.json and README.md for serving `folder` with `engine`: plan the
-    topology and draft length, check the outputs before config.json is touched, write YaRN where
-    needed, one launch per node, then the scripts and README. `port` and `master_port` default to
-    the engine's own."""
+    topology and draft length, check the outputs before anything is written, write the overlay
+    folder where the context needs YaRN that config.json lacks (`folder` itself is never modified),
+    one launch per node, then the scripts and README. `port` and `master_port` default to the
+    engine's own."""
     facts = read_model(folder)
     if engine.check is not None:
         engine.check(facts)
@@ -334,9 +389,11 @@ def export_engine(
     tp, nodes_, ctx_ = plan_topology(facts, gpus, nodes, ctx, master_addr)
     d, how = choose_draft(draft, Path(bench_gguf) if bench_gguf else None, facts.has_head)
     out_dir = Path(out) if out else facts.folder.resolve() / f"serve-{engine.name}"
-    check_outputs(out_dir, nodes_, force)  # before config.json is touched
-    changes = ensure_context(facts, ctx_, write=write_config)
-    model_dir = facts.folder.resolve()
+    config, change = context_config(facts, ctx_)
+    overlay = config is not None and write_config
+    check_outputs(out_dir, nodes_, force, overlay)  # before anything is written
+    source = facts.folder.resolve()
+    model_dir = write_overlay(source, out_dir / OVERLAY, config) if overlay else source
     launches = [
         NodeLaunch(
             r,
@@ -347,9 +404,13 @@ def export_engine(
         for r in range(nodes_)
     ]
     exp = EngineExport(engine.name, engine.version, model_dir, out_dir, gpus, nodes_, tp, ctx_, d, how)
-    exp.launches, exp.config_changes = launches, changes
-    if changes and not write_config:
-        exp.warnings.append(f"{changes[0]} is needed but was not written (--no-write-config)")
+    exp.launches, exp.source_dir = launches, source
+    if change is not None and overlay:
+        exp.overlay = model_dir
+        exp.config_changes = [f"{model_dir / 'config.json'}: {change} (the input folder is unchanged)"]
+    elif change is not None:
+        exp.config_changes = [change]
+        exp.warnings.append(f"config.json needs {change} but no overlay was written (--no-write-config)")
     if not facts.has_head:
         exp.warnings.append(
             f"the folder has no mtp.* tensors: drafting is off (`{RESTORE_HINT}` puts it back)"

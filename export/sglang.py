@@ -78,8 +78,9 @@ def _notes(exp: engines.EngineExport, port: int) -> list[str]:
         " say `mtp_num_hidden_layers: 1` (`qwythos mtp restore --hf` writes it).",
         "- **A missing head is silent in SGLang**: it loads the Qwythos release and every draft is"
         " rejected (sglang #35797). `qwythos mtp check DIR` before serving.",
-        "- **YaRN lives in config.json**, for the draft layer as well as the target"
-        + (f" ({exp.config_changes[0]})." if exp.config_changes else "."),
+        "- **YaRN lives in config.json**, for the draft layer as well as the target: past the native window"
+        f" it is written into an overlay folder (`{engines.OVERLAY}/` here) that links the input's other"
+        " files, never into the input" + (f" ({exp.config_changes[0]})." if exp.config_changes else "."),
         "- Only tensor parallelism is used; pipeline parallelism is not needed for a 9B model.",
     ]
 

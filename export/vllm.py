@@ -64,7 +64,8 @@ def _notes(exp: engines.EngineExport, port: int) -> list[str]:
         "- **`--mamba-cache-mode align`**: with prefix caching on, the Qwen3.5 MTP model refuses the"
         " default `all` mode.",
         "- **YaRN lives in config.json**: vLLM applies `--hf-overrides` to the target model only, not to"
-        " the MTP draft layer, so contexts past the native window are set in the file itself"
+        " the MTP draft layer, so contexts past the native window are set in the file itself - in an"
+        f" overlay folder (`{engines.OVERLAY}/` here) that links the input's other files, never in the input"
         + (f" ({exp.config_changes[0]})." if exp.config_changes else "."),
         "- **The head must be in the folder**: the Qwythos release promises `mtp_num_hidden_layers: 1`"
         f" without `mtp.*` weights, which vLLM refuses. `{engines.RESTORE_HINT}` writes them back;"

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from qwythos.core.errors import QwythosError
 from qwythos.core.model import qwen35
 from qwythos.core.model.checkpoint import (
     FLOAT_DTYPES,
@@ -28,6 +27,7 @@ from qwythos.core.model.checkpoint import (
     read_f32,
     read_index,
     read_safetensors_header,
+    shard_path,
 )
 
 NORM_MARGIN = 0.25  # how far outside the trunk's norm range a head's norm may sit
@@ -75,18 +75,25 @@ def expected_head(cfg: qwen35.TextConfig) -> dict[str, tuple[int, ...]]:
     return dict(sorted(out.items()))
 
 
-def _files(folder: Path, issues: list[CheckIssue]) -> tuple[dict[str, str] | None, list[str], int | None]:
-    """(weight_map or None, shard file names to read, metadata.total_size)."""
+def _files(
+    folder: Path, issues: list[CheckIssue]
+) -> tuple[dict[str, str] | None, list[str], int | None, set[str]]:
+    """(weight_map or None, shard file names to read, metadata.total_size, names of the tensors the
+    index places in missing shards). A shard that cannot be a safetensors file (a folder, a path
+    out of the folder) raises: nothing in it can be checked."""
     on_disk = sorted(p.name for p in folder.glob("*.safetensors"))
     data = read_index(folder)
     if data is None:
         if len(on_disk) > 1:
             issues.append(CheckIssue(INDEX, f"is missing but the folder has {len(on_disk)} shards"))
-        return None, on_disk, None
+        return None, on_disk, None, set()
     wmap: dict[str, str] = data["weight_map"]
     listed = sorted(set(wmap.values()))
+    missing = set()
     for name in listed:
-        if not (folder / name).is_file():
+        path = shard_path(folder, name, folder / INDEX)
+        if not path.exists():
+            missing.add(name)
             issues.append(CheckIssue(name, f"is named in {INDEX} but missing"))
     for name in sorted(set(on_disk) - set(listed)):
         issues.append(
@@ -97,22 +104,21 @@ def _files(folder: Path, issues: list[CheckIssue]) -> tuple[dict[str, str] | Non
             )
         )
     total = (data.get("metadata") or {}).get("total_size")
-    return wmap, [n for n in listed if (folder / n).is_file()], total
+    unread = {t for t, f in wmap.items() if f in missing}
+    return wmap, [n for n in listed if n not in missing], total, unread
 
 
 def check_hf(folder: str | Path) -> HFCheckReport:
-    """Check `folder`'s MTP head, config and index without loading any weight matrix."""
+    """Check `folder`'s MTP head, config and index without loading any weight matrix. A file that
+    cannot be read as what it claims to be (a corrupt shard, a shard that is a folder, an index
+    naming a path out of the folder) ends the check with one QwythosError naming it."""
     folder = Path(folder).expanduser()
     cfg = qwen35.text_config_from(read_config(folder), where=str(folder / "config.json"))
     issues: list[CheckIssue] = []
-    wmap, names, total_size = _files(folder, issues)
+    wmap, names, total_size, unread = _files(folder, issues)
     tensors: dict[str, TensorInfo] = {}
     for name in names:
-        try:
-            infos = read_safetensors_header(folder / name)
-        except QwythosError as e:
-            issues.append(CheckIssue(name, e.message))
-            continue
+        infos = read_safetensors_header(folder / name)
         for t, info in infos.items():
             if t in tensors:
                 issues.append(CheckIssue(t, f"is in both {tensors[t].file.name} and {name}"))
@@ -122,21 +128,25 @@ def check_hf(folder: str | Path) -> HFCheckReport:
                 issues.append(CheckIssue(t, f"is in {name} but {INDEX} {where}"))
     if wmap is not None:
         for t, f in wmap.items():
-            if t not in tensors and (folder / f).is_file():
+            if t not in tensors and t not in unread:
                 issues.append(CheckIssue(t, f"is listed in {INDEX} under {f}, which does not hold it"))
         real = sum(i.nbytes for i in tensors.values())
-        if total_size is not None and int(total_size) != real:
+        if total_size is not None and not unread and int(total_size) != real:
             issues.append(
                 CheckIssue(
                     INDEX, f"metadata.total_size is {total_size}, the tensors hold {real} bytes", "warning"
                 )
             )
     rep = HFCheckReport(folder, cfg.mtp_layers, 0, names, issues=issues)
-    _check_head(rep, cfg, tensors)
+    _check_head(rep, cfg, tensors, unread)
     return rep
 
 
-def _check_head(rep: HFCheckReport, cfg: qwen35.TextConfig, tensors: dict[str, TensorInfo]) -> None:
+def _check_head(
+    rep: HFCheckReport, cfg: qwen35.TextConfig, tensors: dict[str, TensorInfo], unread: set[str]
+) -> None:
+    """The head against config.json; a tensor the index places in a missing shard is not named
+    again (the missing shard is)."""
     issues = rep.issues
     want = expected_head(cfg)
     nested = sorted(n for n in tensors if n.startswith("model.mtp.") or ".mtp." in n)
@@ -145,7 +155,7 @@ def _check_head(rep: HFCheckReport, cfg: qwen35.TextConfig, tensors: dict[str, T
     head = {n: i for n, i in tensors.items() if n.startswith("mtp.")}
     rep.mtp_found = len(head)
     if not head:
-        if cfg.mtp_layers:
+        if cfg.mtp_layers and not any(n.startswith("mtp.") for n in unread):
             issues.append(
                 CheckIssue(
                     "config.json",
@@ -168,7 +178,8 @@ def _check_head(rep: HFCheckReport, cfg: qwen35.TextConfig, tensors: dict[str, T
     for n, shape in want.items():
         info = head.get(n)
         if info is None:
-            issues.append(CheckIssue(n, "is missing"))
+            if n not in unread:
+                issues.append(CheckIssue(n, "is missing"))
             continue
         rep.head.append({"name": n, "shape": list(info.shape), "dtype": info.dtype, "file": info.file.name})
         if info.shape != shape:

@@ -1,9 +1,11 @@
 """qwythos export vllm|sglang: per-node launch commands checked against the engines' argument
-definitions (pinned below, per version), YaRN in config.json, the known traps, the refusals."""
+definitions (pinned below, per version), YaRN in an overlay's config.json (the input never modified),
+the known traps, the refusals."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import shlex
@@ -16,7 +18,7 @@ from qwythos.cli import app
 from qwythos.core.drafting.lengths import DEFAULT_DRAFT
 from qwythos.core.errors import QwythosError
 from qwythos.core.model import qwen35
-from qwythos.export.engines import check_tp, export_engine, tp_fits
+from qwythos.export.engines import OVERLAY, check_tp, export_engine, tp_fits, write_overlay
 from qwythos.export.sglang import SGLANG
 from qwythos.export.vllm import VLLM
 from qwythos.mtp.hf_out import restore_hf
@@ -245,38 +247,86 @@ def test_drafting_off_and_from_bench(served_copy, tmp_path):
     assert vllm_parser().parse_args(r.launches[0].argv[2:]).speculative_config["num_speculative_tokens"] == 3
 
 
-def test_yarn_for_1m_is_written_into_config_json(tmp_path):
-    """The base config (native 262144, no YaRN) served at 1M: config.json itself gets YaRN factor 4,
-    because vLLM would apply --hf-overrides to the target but not to the MTP draft layer."""
+def _hashes(folder):
+    """sha256 of every file under `folder` (links followed), and every entry's kind: the input's
+    state, compared byte for byte before and after an export."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        kind = "link" if p.is_symlink() else "dir" if p.is_dir() else "file"
+        data = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+        out[str(p.relative_to(folder))] = (kind, data, p.stat().st_mtime_ns if p.is_file() else None)
+    return out
+
+
+@pytest.mark.parametrize("engine", [VLLM, SGLANG])
+def test_yarn_for_1m_goes_into_an_overlay_and_the_input_is_unchanged(tmp_path, engine):
+    """The base config (native 262144, no YaRN) served at 1M: the served config.json gets YaRN factor
+    4 (vLLM would apply --hf-overrides to the target but not to the MTP draft layer), in an overlay
+    folder beside the launch files that links the input's other files; the input stays byte-identical."""
     folder = nine_b_folder(tmp_path, yarn=False)
     before = json.loads((folder / "config.json").read_text())
-    r = export_engine(VLLM, folder, tmp_path / "o", gpus=8, ctx=1048576, write_config=False)
-    assert r.config_changes and r.warnings and json.loads((folder / "config.json").read_text()) == before
-    with pytest.raises(QwythosError, match="already exists"):  # refused before config.json is touched
-        export_engine(VLLM, folder, tmp_path / "o", gpus=8, ctx=1048576)
-    assert json.loads((folder / "config.json").read_text()) == before
-    r = export_engine(VLLM, folder, tmp_path / "o", gpus=8, ctx=1048576, force=True)
-    after = json.loads((folder / "config.json").read_text())
-    rope = after["text_config"]["rope_parameters"]
-    assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == (
-        "yarn",
-        4.0,
-        262144,
-    )
-    assert after["text_config"]["max_position_embeddings"] == 1048576
-    assert rope["mrope_section"] == before["text_config"]["rope_parameters"]["mrope_section"]
-    assert {k: v for k, v in after.items() if k != "text_config"} == {
-        k: v for k, v in before.items() if k != "text_config"
-    }
-    a = vllm_parser().parse_args(r.launches[0].argv[2:])
-    assert a.max_model_len == 1048576 and a.tensor_parallel_size == 8
-    assert "YaRN factor 4" in (tmp_path / "o" / "README.md").read_text()
-    # the Qwythos config already reaches 1M: nothing to write
+    state = _hashes(folder)
+    out = tmp_path / "o"
+    r = export_engine(engine, folder, out, gpus=8, ctx=1048576, write_config=False)
+    assert r.config_changes and r.warnings and r.overlay is None and not (out / OVERLAY).exists()
+    assert r.model_dir == folder.resolve()
+    with pytest.raises(QwythosError, match="already exists"):  # refused before anything is written
+        export_engine(engine, folder, out, gpus=8, ctx=1048576)
+    assert not (out / OVERLAY).exists()
+    for _ in range(2):  # a second export with --force updates the overlay in place
+        r = export_engine(engine, folder, out, gpus=8, ctx=1048576, force=True)
+        assert _hashes(folder) == state  # the input: every file byte-identical, nothing added
+        overlay = out / OVERLAY
+        assert r.overlay == overlay.resolve() == r.model_dir and r.source_dir == folder.resolve()
+        after = json.loads((overlay / "config.json").read_text())
+        assert not (overlay / "config.json").is_symlink()
+        rope = after["text_config"]["rope_parameters"]
+        assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == (
+            "yarn",
+            4.0,
+            262144,
+        )
+        assert after["text_config"]["max_position_embeddings"] == 1048576
+        assert rope["mrope_section"] == before["text_config"]["rope_parameters"]["mrope_section"]
+        assert {k: v for k, v in after.items() if k != "text_config"} == {
+            k: v for k, v in before.items() if k != "text_config"
+        }
+        # every other file of the input is linked, nothing else is there
+        others = sorted(p.name for p in folder.iterdir() if p.name != "config.json")
+        assert sorted(p.name for p in overlay.iterdir() if p.name != "config.json") == others
+        for name in others:
+            assert (overlay / name).is_symlink() and (overlay / name).resolve() == (folder / name).resolve()
+            assert (overlay / name).read_bytes() == (folder / name).read_bytes()
+        # the commands serve the overlay
+        if engine is VLLM:
+            a = vllm_parser().parse_args(r.launches[0].argv[2:])
+            assert a.model_tag == str(overlay.resolve()) and a.max_model_len == 1048576
+            assert a.tensor_parallel_size == 8
+        else:
+            a = sglang_parser().parse_args(r.launches[0].argv[3:])
+            assert a.model_path == str(overlay.resolve()) and a.context_length == 1048576
+        readme = (out / "README.md").read_text()
+        assert "YaRN factor 4" in readme and "overlay" in readme and str(folder.resolve()) in readme
+    # the overlay cannot be the input folder itself
+    with pytest.raises(QwythosError, match="input folder itself"):
+        write_overlay(folder, folder, after)
+    assert _hashes(folder) == state
+    # the Qwythos config already reaches 1M: nothing to write, the input served as is
     q = nine_b_folder(tmp_path / "q")
-    assert (
-        export_engine(SGLANG, q, tmp_path / "s", gpus=4, nodes=2, master_addr="h", ctx=1048576).config_changes
-        == []
-    )
+    r = export_engine(engine, q, tmp_path / "s", gpus=4, nodes=2, master_addr="h", ctx=1048576)
+    assert r.config_changes == [] and r.overlay is None and r.model_dir == q.resolve()
+    assert not (tmp_path / "s" / OVERLAY).exists()
+
+
+def test_overlay_in_the_default_output_folder_leaves_the_input_files_alone(tmp_path):
+    """The default output folder lies inside the input (DIR/serve-<engine>): the overlay links the
+    input's files but not the output folder itself, and no input file changes."""
+    folder = nine_b_folder(tmp_path, yarn=False)
+    state = _hashes(folder)
+    r = export_engine(VLLM, folder, gpus=8, ctx=1048576)
+    overlay = folder / "serve-vllm" / OVERLAY
+    assert r.model_dir == overlay.resolve() and not (overlay / "serve-vllm").exists()
+    assert {k: v for k, v in _hashes(folder).items() if not k.startswith("serve-vllm")} == state
 
 
 def test_tensor_parallel_sizes_of_the_9b_model(tmp_path):

@@ -45,6 +45,12 @@ SAME_BYTES = {
 }
 QWEN35_DEFAULT_MROPE = [11, 11, 10, 0]
 CHUNK_ELEMS = 16 * 2**20  # rows per chunk when a big tensor changes type
+#: llama.cpp's LLAMA_MAX_LAYERS (src/llama-hparams.h): a config with more layers is refused before
+#: anything is sized from it
+MAX_LAYERS = 512
+#: the TextConfig sizes that must be at least 1
+POSITIVE_FIELDS = ("n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_ctx", "n_vocab")
+POSITIVE_FIELDS += ("lin_k_heads", "lin_v_heads", "lin_k_dim", "lin_v_dim", "conv_kernel")
 
 # tensors of the HF checkpoint that are not part of the text model
 SKIP_SUBSTRINGS = ("visual.", "vision.", "vision_", "merger.", "patch_embed", "rotary_emb.inv_freq")
@@ -222,8 +228,19 @@ class TextConfig:
 
 
 def text_config_from(config: dict[str, Any], *, where: str = "config.json") -> TextConfig:
-    """Validate a qwen35 config (nested text_config or flat) and read its hyper-parameters."""
+    """Validate a qwen35 config (nested text_config or flat) and read its hyper-parameters. A field
+    of the wrong JSON type, a size that is not positive or a layer count past llama.cpp's limit is
+    one QwythosError naming `where` (checked before anything is sized from it)."""
+    fix = "use the checkpoint's original config.json"
+    if not isinstance(config, dict):
+        raise QwythosError(f"{where} is not a JSON object", fix)
     archs = config.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise QwythosError(f"{where}: architectures is not a list of names", fix)
+    if not isinstance(config.get("text_config") or {}, dict):
+        raise QwythosError(
+            f"{where}: text_config is {type(config['text_config']).__name__}, not an object", fix
+        )
     if not any(a in HF_ARCHITECTURES for a in archs):
         raise QwythosError(
             f"{where} describes {', '.join(archs) or 'an unknown architecture'}, not Qwen3.5 "
@@ -234,6 +251,8 @@ def text_config_from(config: dict[str, Any], *, where: str = "config.json") -> T
     hp = {**config, **(config.get("text_config") or {})}
     try:
         n_layer = int(hp["num_hidden_layers"])
+        if not 0 < n_layer <= MAX_LAYERS:
+            raise ValueError(f"num_hidden_layers {n_layer} is not in 1..{MAX_LAYERS}")
         head_dim = int(hp.get("head_dim") or hp["hidden_size"] // hp["num_attention_heads"])
         layer_types = list(hp.get("layer_types") or [])
         interval = int(hp.get("full_attention_interval", 4))
@@ -263,10 +282,13 @@ def text_config_from(config: dict[str, Any], *, where: str = "config.json") -> T
             tie_embeddings=bool(config.get("tie_word_embeddings", hp.get("tie_word_embeddings", False))),
             rope=_rope_params(hp),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise QwythosError(
-            f"{where} lacks or has a bad text_config field: {e}", "use the checkpoint's original config.json"
-        ) from e
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        raise QwythosError(f"{where} lacks or has a bad text_config field: {e}", fix) from e
+    bad = [k for k in POSITIVE_FIELDS if getattr(cfg, k) <= 0]
+    if bad:
+        raise QwythosError(f"{where}: {', '.join(bad)} must be positive", fix)
+    if cfg.mtp_layers < 0:
+        raise QwythosError(f"{where}: mtp_num_hidden_layers is {cfg.mtp_layers}", fix)
     if len(cfg.layer_types) != n_layer:
         raise QwythosError(
             f"{where}: layer_types has {len(cfg.layer_types)} entries for {n_layer} layers",
