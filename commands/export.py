@@ -221,7 +221,10 @@ def _add_engine_command(engine: Engine) -> None:
             ..., help="The HF folder with its mtp.* head (from `qwythos mtp restore --hf`)."
         ),
         out: Path | None = typer.Option(
-            None, "-o", "--out", help=f"Output folder (default: FOLDER/serve-{engine.name})."
+            None,
+            "-o",
+            "--out",
+            help=f"Output folder (default: FOLDER-serve-{engine.name} beside FOLDER, which is never written).",
         ),
         gpus: int = typer.Option(1, "--gpus", help="GPUs per node (tensor parallel = GPUs x nodes)."),
         nodes: int = typer.Option(

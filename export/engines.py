@@ -230,6 +230,13 @@ def write_overlay(source: Path, overlay: Path, config: dict[str, Any]) -> Path:
     return overlay
 
 
+def default_out_dir(folder: Path, engine: str) -> Path:
+    """Where an export goes without -o: beside the model folder, never inside it (an input folder
+    gains nothing, not even a subfolder)."""
+    folder = folder.resolve()
+    return folder.parent / f"{folder.name}-serve-{engine}"
+
+
 def check_outputs(out_dir: Path, nodes: int, force: bool, overlay: bool = False) -> None:
     """Refuse to replace earlier launch files (and the overlay folder, when one is to be written)
     unless forced (checked before anything is written)."""
@@ -302,7 +309,7 @@ def topology_rows(gpus: int, nodes: int, host: str, port: int) -> list[str]:
 class Engine:
     """One serving engine as a table row: everything that differs between vLLM and SGLang."""
 
-    name: str  # the export command, and the default output folder `serve-<name>`
+    name: str  # the export command, and the default output folder `<DIR>-serve-<name>` beside DIR
     title: str  # as the engine spells itself
     version: str  # the engine release whose argument parser the flags were checked against
     port: int  # the engine's own default HTTP port
@@ -388,7 +395,7 @@ def export_engine(
     master_port = engine.master_port if master_port is None else master_port
     tp, nodes_, ctx_ = plan_topology(facts, gpus, nodes, ctx, master_addr)
     d, how = choose_draft(draft, Path(bench_gguf) if bench_gguf else None, facts.has_head)
-    out_dir = Path(out) if out else facts.folder.resolve() / f"serve-{engine.name}"
+    out_dir = Path(out) if out else default_out_dir(facts.folder, engine.name)
     config, change = context_config(facts, ctx_)
     overlay = config is not None and write_config
     check_outputs(out_dir, nodes_, force, overlay)  # before anything is written

@@ -319,14 +319,15 @@ def test_yarn_for_1m_goes_into_an_overlay_and_the_input_is_unchanged(tmp_path, e
 
 
 def test_overlay_in_the_default_output_folder_leaves_the_input_files_alone(tmp_path):
-    """The default output folder lies inside the input (DIR/serve-<engine>): the overlay links the
-    input's files but not the output folder itself, and no input file changes."""
+    """The default output folder lies beside the input (DIR-serve-<engine>): the input folder gains
+    nothing, and the overlay links its files."""
     folder = nine_b_folder(tmp_path, yarn=False)
     state = _hashes(folder)
     r = export_engine(VLLM, folder, gpus=8, ctx=1048576)
-    overlay = folder / "serve-vllm" / OVERLAY
-    assert r.model_dir == overlay.resolve() and not (overlay / "serve-vllm").exists()
-    assert {k: v for k, v in _hashes(folder).items() if not k.startswith("serve-vllm")} == state
+    out = folder.parent / f"{folder.name}-serve-vllm"
+    assert r.out_dir == out and r.model_dir == (out / OVERLAY).resolve()
+    assert _hashes(folder) == state  # not one file added, changed or removed
+    assert (out / OVERLAY / "config.json").is_file() and (out / "node0.sh").is_file()
 
 
 def test_tensor_parallel_sizes_of_the_9b_model(tmp_path):
