@@ -294,6 +294,24 @@ def write_text_atomic(
             os.fsync(f.fileno())
 
 
+def write_export_text(path: Path, text: str, force: bool, *, mode: int | None = None) -> bool:
+    """An export's small text file: left alone when it already holds exactly `text` (True: unchanged),
+    refused when it holds something else unless `force`, else written atomically (mode: chmod)."""
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == text.encode():
+        return True
+    if path.exists() and not force:
+        raise QwythosError(
+            f"{path} already exists with other content", "pass --force to replace it, or -o elsewhere"
+        )
+    ensure_writable_dir(path.parent, "folder")
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(text.encode())
+        if mode is not None:
+            os.chmod(tmp, mode)
+    return False
+
+
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     """Hex sha256 of a file, read in chunks (no whole-file buffer)."""
     h = hashlib.sha256()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.fileio import atomic_output, ensure_writable_dir
+from qwythos.core.fileio import write_export_text
 from qwythos.core.gguf.mmproj import choose_mmproj
 from qwythos.core.gguf.view import read_view
 from qwythos.core.model.release import MIN_P, REPEAT_PENALTY, START_CONTEXT, TEMPERATURE, TOP_K, TOP_P
@@ -176,13 +176,7 @@ def export_koboldcpp(
             f"{out} does not end in .kcpps", "KoboldCpp recognises configs by the .kcpps ending"
         )
     text = json.dumps(cfg, indent=2) + "\n"
-    unchanged = out.is_file() and out.read_bytes() == text.encode()
-    if not unchanged:
-        if out.exists() and not force:
-            raise QwythosError(f"{out} already exists with other content", "pass --force or -o elsewhere")
-        ensure_writable_dir(out.parent, "folder")
-        with atomic_output(out) as tmp:
-            tmp.write_bytes(text.encode())
+    unchanged = write_export_text(out, text, force)
     if draft > 0:
         note = (
             f"KoboldCpp >= {KOBOLD_VERSION} (config keys of {KOBOLD_VERSION}; MTP needs >= "

@@ -18,13 +18,12 @@ re-states them as a parser):
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwythos.core.errors import QwythosError
-from qwythos.core.fileio import atomic_output, ensure_writable_dir
+from qwythos.core.fileio import write_export_text
 from qwythos.core.gguf.mmproj import choose_mmproj
 from qwythos.core.gguf.view import read_view
 from qwythos.core.model.release import LOCAL_NAME, MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P
@@ -127,14 +126,7 @@ def export_llama_server(
     if out.is_dir():
         out = out / (gguf.stem + SCRIPT_SUFFIX)
     text = f'#!/bin/sh\n# written by `qwythos export llama-server`; extra flags go after it\nexec {command} "$@"\n'
-    unchanged = out.is_file() and out.read_bytes() == text.encode()
-    if not unchanged:
-        if out.exists() and not force:
-            raise QwythosError(f"{out} already exists with other content", "pass --force or -o elsewhere")
-        ensure_writable_dir(out.parent, "folder")
-        with atomic_output(out) as tmp:
-            tmp.write_bytes(text.encode())
-            os.chmod(tmp, 0o755)
+    unchanged = write_export_text(out, text, force, mode=0o755)
     return LlamaServerExport(
         gguf=gguf,
         script=out,

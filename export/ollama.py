@@ -37,7 +37,7 @@ from pathlib import Path
 
 from qwythos.core.drafting.lengths import DEFAULT_DRAFT
 from qwythos.core.errors import QwythosError
-from qwythos.core.fileio import ensure_writable_dir, write_text_atomic
+from qwythos.core.fileio import ensure_writable_dir, write_export_text
 from qwythos.core.gguf.mmproj import choose_mmproj
 from qwythos.core.gguf.view import read_view
 from qwythos.core.model.release import (
@@ -247,13 +247,7 @@ def export_ollama(
             f"internal error: the second FROM in {out} does not resolve to {projector.path}", None
         )
 
-    unchanged = out.is_file() and out.read_bytes() == text.encode()
-    if not unchanged:
-        if out.exists() and not force:
-            raise QwythosError(
-                f"{out} already exists with other content", "pass --force to replace it, or -o elsewhere"
-            )
-        write_text_atomic(out, text)
+    unchanged = write_export_text(out, text, force)
     return OllamaExport(
         modelfile=out,
         gguf=gguf,
