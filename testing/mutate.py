@@ -17,7 +17,7 @@ edge value may happen to leave a loadable file (a context length of 2**31 is a v
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,7 @@ class Field:
     offset: int
     width: int
     value: int
+    tensor: int = -1  # the tensor info it belongs to (-1: the header or a key/value)
 
 
 def layout(path: Path) -> list[Field]:
@@ -62,11 +63,13 @@ def layout(path: Path) -> list[Field]:
     fields: list[Field] = []
     pos = 4
 
+    tensor = -1
+
     def field(label: str, kind: str, width: int) -> int:
         nonlocal pos
         fmt = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[width]
         (v,) = struct.unpack_from(fmt, data, pos)
-        fields.append(Field(label, kind, pos, width, v))
+        fields.append(Field(label, kind, pos, width, v, tensor))
         pos += width
         return v
 
@@ -74,7 +77,7 @@ def layout(path: Path) -> list[Field]:
         nonlocal pos
         (n,) = struct.unpack_from("<Q", data, pos)
         if keep:
-            fields.append(Field(label, kind, pos, 8, n))
+            fields.append(Field(label, kind, pos, 8, n, tensor))
         s = data[pos + 8 : pos + 8 + n].decode("utf-8", "replace")
         pos += 8 + n
         return s
@@ -102,6 +105,7 @@ def layout(path: Path) -> list[Field]:
             else:
                 pos += w
     for i in range(n_tensors):
+        tensor = i
         name = string(f"tensor[{i}] name", "name_length")
         nd = field(f"tensor[{i}] {name} n_dims", "n_dims", 4)
         for d in range(nd):
@@ -141,13 +145,18 @@ def _edges(f: Field, size: int) -> list[int]:
     return [v for v in vals if v % (1 << (8 * f.width)) != f.value]
 
 
-def field_mutations(base: Path) -> Iterator[Mutation]:
+def field_mutations(base: Path, tensors: Collection[int] | None = None) -> Iterator[Mutation]:
     """Every header field of `base` set to each edge value (0, -1, 2**31, 2**63, past the end), and
-    each tensor's data offset to the previous tensor's (overlap) and one byte off (misaligned)."""
+    each tensor's data offset to the previous tensor's (overlap) and one byte off (misaligned).
+    `tensors`: the indices of the tensor infos whose fields to mutate (default all)."""
     data = Path(base).read_bytes()
     fields = layout(base)
     prev_offset: int | None = None
     for f in fields:
+        if f.tensor >= 0 and tensors is not None and f.tensor not in tensors:
+            if f.kind == "offset":
+                prev_offset = f.value
+            continue
         for v in _edges(f, len(data)):
             yield Mutation(f"{f.label} = {v}", _patch(data, f, v), _expected(f, v))
         if f.kind == "offset":
@@ -169,6 +178,8 @@ def _expected(f: Field, v: int) -> str | None:
         if f.label.endswith("nextn_predict_layers value"):
             return "" if v else None  # 0: a head llama.cpp ignores, which inspect reports
         return "" if v == 0 else None
+    if f.kind in ("vtype", "array_type") and _SCALAR_WIDTH.get(v % 2**32, -1) == _SCALAR_WIDTH.get(f.value):
+        return None  # a scalar type of the same width (BOOL -> UINT8): the file may still parse
     if f.kind in ("count", "key_length", "string_length", "array_length", "name_length", "dim", "n_dims"):
         return "" if v != 0 else None
     return ""  # version, value/array/tensor type ids, data offsets
@@ -239,9 +250,10 @@ def semantic_mutations(base: Path) -> list[Mutation]:
     ]
 
 
-def mutations(base: Path) -> list[Mutation]:
-    """Every mutation of `base`: its fields at edge values and the re-encoded cases."""
-    return [*field_mutations(base), *semantic_mutations(base)]
+def mutations(base: Path, tensors: Collection[int] | None = None) -> list[Mutation]:
+    """Every mutation of `base`: its fields at edge values (`tensors`: only these tensor infos')
+    and the re-encoded cases."""
+    return [*field_mutations(base, tensors), *semantic_mutations(base)]
 
 
 def base_gguf(dst: Path) -> Path:

@@ -127,8 +127,12 @@ def test_wrong_shape(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_type_id(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
+    """llama.cpp's GGUF loader refuses an unknown type id: so does the header reader, before any
+    summary (inspect and the exports never vouch for it)."""
     bad = rewrite(tiny_trunk_gguf, tmp_path / "b.gguf", types={"blk.2.ffn_down.weight": 99})
-    _only_issue(bad, "blk.2.ffn_down.weight has unknown GGML type id 99")
+    with pytest.raises(QwythosError, match="tensor blk.2.ffn_down.weight has GGML type id 99") as e:
+        summarize(bad)
+    assert str(bad) in str(e.value) and e.value.hint
 
 
 def test_wrong_embedding_length(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
