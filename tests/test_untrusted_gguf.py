@@ -117,7 +117,9 @@ def test_overlap_and_past_eof(base: Path, tmp_path: Path) -> None:
     last = hdr.tensors[-1]
     size = base.stat().st_size
     # the last tensor's first dimension past the end of the file: its data would run past EOF
-    dim = next(k for k in muts if k.startswith(f"tensor[{len(hdr.tensors) - 1}] {last.name} ne[0] = {size + 1}"))
+    dim = next(
+        k for k in muts if k.startswith(f"tensor[{len(hdr.tensors) - 1}] {last.name} ne[0] = {size + 1}")
+    )
     with pytest.raises(QwythosError, match="truncated|not a multiple"):
         read_view(muts[dim].write(tmp_path / "e.gguf"))
 
@@ -148,7 +150,15 @@ def _limit_memory() -> None:  # runs in the child before exec
 COMMANDS = {
     "inspect": lambda f, base, out: ["inspect", str(f)],
     "export": lambda f, base, out: ["export", "ollama", str(f), "-o", str(out / "Modelfile")],
-    "restore": lambda f, base, out: ["mtp", "restore", str(f), "--from", str(base), "-o", str(out / "r.gguf")],
+    "restore": lambda f, base, out: [
+        "mtp",
+        "restore",
+        str(f),
+        "--from",
+        str(base),
+        "-o",
+        str(out / "r.gguf"),
+    ],
     "quantize": lambda f, base, out: ["quantize", str(f), "-o", str(out), "--types", "Q8_0"],
     "run": lambda f, base, out: ["run", str(f), "-p", "hi", "--max-tokens", "1"],
 }

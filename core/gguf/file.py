@@ -303,6 +303,8 @@ GGUF_MAX_STRING_LENGTH = 1 << 30
 GGUF_MAX_ARRAY_ELEMENTS = 1 << 30
 GGML_MAX_NAME = 64
 GGML_MAX_DIMS = 4
+GGML_TYPE_COUNT = 43  # the vendored llama.cpp's (ggml.h)
+GGML_REMOVED_TYPES = frozenset({4, 5, 31, 32, 33, 36, 37, 38})  # ids ggml.h lists as removed
 INT64_MAX = (1 << 63) - 1
 # the fewest bytes one key/value (key length, a 1-byte key, type, a 1-byte value) and one tensor
 # info (name length, n_dims, type, offset) can take: a count is refused when the file cannot hold it
@@ -436,10 +438,17 @@ def _tensor_bytes_of(path: Path, name: str, ne: tuple[int, ...], gtype: int) -> 
         qt = GGMLQuantizationType(gtype)
         block, type_size = GGML_QUANT_SIZES[qt]
     except (ValueError, KeyError):
+        if gtype in GGML_REMOVED_TYPES:
+            raise GGUFCorrupt(
+                path, f"tensor {name} has GGML type id {gtype}, a type llama.cpp no longer loads"
+            ) from None
+        if gtype < GGML_TYPE_COUNT:  # a type newer than the installed gguf-py
+            raise QwythosError(
+                f"{path}: tensor {name} has GGML type id {gtype}, which the installed gguf-py cannot size",
+                "upgrade gguf (`pip install -U gguf`), or re-quantize the file to a common type",
+            ) from None
         raise GGUFCorrupt(
-            path,
-            f"tensor {name} has GGML type id {gtype}, which is not a tensor type llama.cpp "
-            "(or gguf-py, which qwythos reads with) knows",
+            path, f"tensor {name} has GGML type id {gtype}; llama.cpp knows ids 0 to {GGML_TYPE_COUNT - 1}"
         ) from None
     numel = 1
     for d in ne:
