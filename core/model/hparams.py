@@ -70,6 +70,9 @@ class HeadIssue:
 
     tensor: str
     problem: str
+    #: something the file lacks (a tensor, a metadata key, a declared head's tensors), as opposed
+    #: to something present and wrong: the exports refuse only the latter (the tools name a gap)
+    absent: bool = False
 
     def __str__(self) -> str:
         return f"{self.tensor} {self.problem}"

@@ -136,7 +136,7 @@ def _check_tensors(
         t = v.by_name.get(name)
         if t is None:
             if required:
-                issues.append(HeadIssue(name, "is missing"))
+                issues.append(HeadIssue(name, "is missing", absent=True))
             continue
         tname = _type_name(t.ggml_type)
         if rows is not None:
@@ -173,7 +173,7 @@ def check_model(src: GGUFHeader | GGUFView | str | Path) -> list[HeadIssue]:
     try:
         cfg = qwen35.config_from_gguf(v)
     except QwythosError as e:
-        issues.append(HeadIssue("metadata", e.message.removeprefix(f"{v.path} ")))
+        issues.append(HeadIssue("metadata", e.message.removeprefix(f"{v.path} "), absent=True))
         return issues
     n_nextn, il = v.n_nextn, cfg.n_layer
     if n_nextn and not v.nextn_tensors:
@@ -182,6 +182,7 @@ def check_model(src: GGUFHeader | GGUFView | str | Path) -> list[HeadIssue]:
                 v.key(Keys.LLM.NEXTN_PREDICT_LAYERS),
                 f"is {n_nextn} but the file has no blk.{il}.nextn.* tensors (llama.cpp refuses it; "
                 "`qwythos mtp restore` gives the head back, or convert with --no-mtp)",
+                absent=True,
             )
         )
     elif not n_nextn and v.nextn_tensors:
@@ -189,6 +190,7 @@ def check_model(src: GGUFHeader | GGUFView | str | Path) -> list[HeadIssue]:
             HeadIssue(
                 v.key(Keys.LLM.NEXTN_PREDICT_LAYERS),
                 f"is 0 but the file has nextn tensors ({v.nextn_tensors[0]} ...)",
+                absent=True,
             )
         )
     table = qwen35.gguf_table(cfg, n_nextn if v.nextn_tensors else 0)
@@ -285,5 +287,5 @@ def check_structure(path: str | Path, *, trunk: str | Path | None = None) -> Str
             needed.append("output.weight")  # untied output: without it llama.cpp would use token_embd
         for g in needed:
             if g not in v.by_name:
-                issues.append(HeadIssue(g, "is missing (a stand-alone head needs it)"))
+                issues.append(HeadIssue(g, "is missing (a stand-alone head needs it)", absent=True))
     return rep
