@@ -127,8 +127,12 @@ def test_wrong_shape(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_type_id(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
+    """llama.cpp's GGUF loader refuses an unknown type id: so does the header reader, before any
+    summary (inspect and the exports never vouch for it)."""
     bad = rewrite(tiny_trunk_gguf, tmp_path / "b.gguf", types={"blk.2.ffn_down.weight": 99})
-    _only_issue(bad, "blk.2.ffn_down.weight has unknown GGML type id 99")
+    with pytest.raises(QwythosError, match="tensor blk.2.ffn_down.weight has GGML type id 99") as e:
+        summarize(bad)
+    assert str(bad) in str(e.value) and e.value.hint
 
 
 def test_wrong_embedding_length(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
@@ -181,3 +185,16 @@ def test_llama_cpp_load_failure_names_the_reason(tiny_trunk_gguf: Path, tmp_path
     ) as e:
         load_model(bad)
     assert "qwythos inspect" in e.value.hint
+
+
+def test_exports_refuse_what_is_present_and_wrong(tiny_trunk_gguf: Path, tmp_path: Path) -> None:
+    """The one gate (summary.exportable): a tensor of the wrong shape is refused before any export
+    writes a file; a missing tensor stays an issue the summary reports."""
+    from qwythos.core.model.summary import exportable
+
+    t = next(t for t in read_header(tiny_trunk_gguf).tensors if t.name == "blk.3.ffn_up.weight")
+    bad = rewrite(tiny_trunk_gguf, tmp_path / "b.gguf", shapes={t.name: tuple(reversed(t.shape))})
+    with pytest.raises(QwythosError, match="is not a loadable qwen35 GGUF: blk.3.ffn_up.weight has shape"):
+        exportable(bad)
+    gap = rewrite(tiny_trunk_gguf, tmp_path / "g.gguf", drop={"blk.1.ssm_out.weight"})
+    assert exportable(gap).issues == ["blk.1.ssm_out.weight is missing"]

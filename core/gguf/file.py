@@ -291,6 +291,35 @@ def write_gguf(
 
 
 # ---------------------------------------------------------------- reading
+#
+# The reader trusts nothing in the file: every count, length, dimension, type id and offset is
+# checked against the bytes the file really has and against llama.cpp's own limits
+# (ggml/src/gguf.cpp) BEFORE anything is allocated, so a hostile header costs at most its own size
+# in memory and ends in one QwythosError naming the file. Anything llama.cpp's GGUF loader refuses
+# is refused here too: a file this reader accepts is one llama.cpp can at least open.
+
+#: llama.cpp's limits (ggml/src/gguf.cpp, ggml/include/ggml.h)
+GGUF_MAX_STRING_LENGTH = 1 << 30
+GGUF_MAX_ARRAY_ELEMENTS = 1 << 30
+GGML_MAX_NAME = 64
+GGML_MAX_DIMS = 4
+GGML_TYPE_COUNT = 43  # the vendored llama.cpp's (ggml.h)
+GGML_REMOVED_TYPES = frozenset({4, 5, 31, 32, 33, 36, 37, 38})  # ids ggml.h lists as removed
+INT64_MAX = (1 << 63) - 1
+# the fewest bytes one key/value (key length, a 1-byte key, type, a 1-byte value) and one tensor
+# info (name length, n_dims, type, offset) can take: a count is refused when the file cannot hold it
+_MIN_KV_BYTES = 8 + 1 + 4 + 1
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8
+_FIX = "download or convert the file again: llama.cpp would refuse it too"
+
+
+class GGUFCorrupt(QwythosError):
+    """A GGUF header that breaks the format's rules (llama.cpp's): the message names the file and
+    the first rule broken."""
+
+    def __init__(self, path: Path, what: str, *, past_end: bool = False) -> None:
+        state = "is truncated or corrupt" if past_end else "is not a valid GGUF file"
+        super().__init__(f"{path} {state}: {what}", _FIX)
 
 
 @dataclass
@@ -320,53 +349,129 @@ class GGUFHeader:
 
 
 class _Reader:
-    def __init__(self, f: Any, path: Path) -> None:
+    """Reads a header, never asking for more bytes than the file has left."""
+
+    def __init__(self, f: Any, path: Path, size: int) -> None:
         self.f = f
         self.path = path
+        self.size = size
 
-    def take(self, n: int) -> bytes:
+    @property
+    def remaining(self) -> int:
+        return self.size - self.f.tell()
+
+    def truncated(self, what: str) -> QwythosError:
+        return QwythosError(
+            f"{self.path} is truncated (its GGUF header ends early, {what})", "convert or download it again"
+        )
+
+    def take(self, n: int, what: str = "in the middle of a value") -> bytes:
+        if n > self.remaining:
+            raise self.truncated(what)
         b = self.f.read(n)
         if len(b) != n:
-            raise QwythosError(
-                f"{self.path} is truncated (its GGUF header ends early)", "convert or download it again"
-            )
+            raise self.truncated(what)
         return b
 
     def unpack(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
+    def string(self, what: str) -> str:
         n = self.unpack("<Q")
-        if n > 1 << 30:
-            raise QwythosError(
-                f"{self.path} is corrupt (a string of {n} bytes)", "convert or download it again"
+        if n > GGUF_MAX_STRING_LENGTH:
+            raise GGUFCorrupt(
+                self.path, f"{what} claims {n} bytes (llama.cpp's limit is {GGUF_MAX_STRING_LENGTH})"
+            )
+        if n > self.remaining:
+            raise GGUFCorrupt(
+                self.path,
+                f"{what} claims {n} bytes but only {self.remaining} are left in the file",
+                past_end=True,
             )
         return self.take(n).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> tuple[Any, int | None]:
-        t = GGUFValueType(vtype)
+    def array_count(self, key: str, n: int, elem_min: int) -> None:
+        if n > GGUF_MAX_ARRAY_ELEMENTS:
+            raise GGUFCorrupt(
+                self.path, f"array {key} claims {n} elements (llama.cpp's limit is {GGUF_MAX_ARRAY_ELEMENTS})"
+            )
+        if n * elem_min > self.remaining:
+            raise GGUFCorrupt(
+                self.path,
+                f"array {key} claims {n} elements of at least {elem_min} bytes but only "
+                f"{self.remaining} bytes are left in the file",
+                past_end=True,
+            )
+
+    def value(self, key: str, vtype: int) -> tuple[Any, int | None]:
+        t = _value_type(vtype)
         if t in _SCALAR_FMT:
             return self.unpack(_SCALAR_FMT[t]), None
         if t == GGUFValueType.STRING:
-            return self.string(), None
+            return self.string(f"the value of {key}"), None
         if t == GGUFValueType.ARRAY:
-            sub = GGUFValueType(self.unpack("<I"))
+            sub = _value_type(self.unpack("<I"))
             n = self.unpack("<Q")
             if sub in _SCALAR_FMT:
                 fmt = _SCALAR_FMT[sub]
                 size = struct.calcsize(fmt)
+                self.array_count(key, n, size)
                 raw = self.take(size * n)
                 return list(struct.unpack("<" + fmt[1] * n, raw)), int(sub)
             if sub == GGUFValueType.STRING:
-                return [self.string() for _ in range(n)], int(sub)
-            raise QwythosError(f"{self.path}: nested arrays are not supported", "")
-        raise QwythosError(
-            f"{self.path} is corrupt (unknown value type {vtype})", "convert or download it again"
+                self.array_count(key, n, 8)
+                return [self.string(f"element {i} of {key}") for i in range(n)], int(sub)
+            raise GGUFCorrupt(self.path, f"{key} is an array of arrays (GGUF has none)")
+        raise GGUFCorrupt(self.path, f"{key} has unknown value type {vtype}")  # pragma: no cover
+
+
+def _value_type(vtype: int) -> GGUFValueType:
+    try:
+        return GGUFValueType(vtype)
+    except ValueError:
+        raise ValueError(vtype) from None
+
+
+def _tensor_bytes_of(path: Path, name: str, ne: tuple[int, ...], gtype: int) -> int:
+    """Bytes of one tensor from its header entry, every rule llama.cpp applies checked first."""
+    try:
+        qt = GGMLQuantizationType(gtype)
+        block, type_size = GGML_QUANT_SIZES[qt]
+    except (ValueError, KeyError):
+        if gtype in GGML_REMOVED_TYPES:
+            raise GGUFCorrupt(
+                path, f"tensor {name} has GGML type id {gtype}, a type llama.cpp no longer loads"
+            ) from None
+        if gtype < GGML_TYPE_COUNT:  # a type newer than the installed gguf-py
+            raise QwythosError(
+                f"{path}: tensor {name} has GGML type id {gtype}, which the installed gguf-py cannot size",
+                "upgrade gguf (`pip install -U gguf`), or re-quantize the file to a common type",
+            ) from None
+        raise GGUFCorrupt(
+            path, f"tensor {name} has GGML type id {gtype}; llama.cpp knows ids 0 to {GGML_TYPE_COUNT - 1}"
+        ) from None
+    numel = 1
+    for d in ne:
+        if d > INT64_MAX:
+            raise GGUFCorrupt(path, f"tensor {name} has a negative dimension ({d - (1 << 64)})")
+        numel *= d
+    if numel > INT64_MAX:
+        raise GGUFCorrupt(path, f"tensor {name} has {numel} elements, more than llama.cpp can count")
+    if ne and ne[0] % block:
+        raise GGUFCorrupt(
+            path,
+            f"tensor {name} has rows of {ne[0]} elements, not a multiple of {qt.name}'s block of {block}",
         )
+    return numel // block * type_size
 
 
 def read_header(path: str | Path) -> GGUFHeader:
-    """Parse a GGUF header (metadata and tensor infos). Non-GGUF files get a clear error."""
+    """Parse a GGUF header (metadata and tensor infos), checking it as llama.cpp's loader does.
+
+    A file that is not a GGUF, is cut short, or breaks a rule (a count or length past the file's
+    end, a duplicate key or tensor name, an unknown type id, an alignment that is not a power of 2,
+    tensor data that overlaps, is out of order, misaligned or past the end of the file) gets one
+    QwythosError naming the file; nothing is allocated from an unchecked count."""
     path = Path(path)
     if path.is_dir():
         raise QwythosError(f"{path} is a folder, not a GGUF file", "pass the path of a .gguf file")
@@ -380,44 +485,68 @@ def read_header(path: str | Path) -> GGUFHeader:
                 f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
                 "pass a .gguf file; convert safetensors first with `qwythos convert`",
             )
-        r = _Reader(f, path)
+        r = _Reader(f, path, size)
         version = r.unpack("<I")
         if version not in (2, 3):
             raise QwythosError(f"{path}: unsupported GGUF version {version}", "use a GGUF v3 file")
         n_tensors = r.unpack("<Q")
         n_kv = r.unpack("<Q")
-        if n_tensors > 1 << 24 or n_kv > 1 << 24:
-            raise QwythosError(
-                f"{path} is corrupt (absurd counts in its header)", "convert or download it again"
-            )
+        for count, what, least in (
+            (n_kv, "key/value pairs", _MIN_KV_BYTES),
+            (n_tensors, "tensors", _MIN_TENSOR_INFO_BYTES),
+        ):
+            if count * least > r.remaining:
+                raise GGUFCorrupt(
+                    path,
+                    f"its header claims {count} {what}, more than the {r.remaining} bytes left in the "
+                    "file can hold",
+                    past_end=True,
+                )
         hdr = GGUFHeader(path=path, version=version, file_size=size)
-        for _ in range(n_kv):
-            key = r.string()
+        for i in range(n_kv):
+            key = r.string(f"the name of key/value {i}")
+            if not key:
+                raise GGUFCorrupt(path, f"key/value {i} has an empty name")
+            if key in hdr.kv:
+                raise GGUFCorrupt(path, f"the key {key} appears twice")
             vtype = r.unpack("<I")
             try:
-                val, sub = r.value(vtype)
+                val, sub = r.value(key, vtype)
             except ValueError as e:
-                raise QwythosError(
-                    f"{path} is corrupt (bad value type for {key})", "convert or download it again"
-                ) from e
+                raise GGUFCorrupt(path, f"{key} has unknown value type {e.args[0]}") from None
             hdr.kv[key] = val
             hdr.kv_types[key] = (vtype, sub)
-        hdr.alignment = int(hdr.kv.get("general.alignment", DEFAULT_ALIGNMENT))
+        _check_general(hdr)
         infos = []
-        for _ in range(n_tensors):
-            name = r.string()
+        names: set[str] = set()
+        for i in range(n_tensors):
+            name = r.string(f"the name of tensor {i}")
+            if len(name.encode()) >= GGML_MAX_NAME:
+                raise GGUFCorrupt(
+                    path,
+                    f"tensor {i}'s name is {len(name.encode())} bytes (llama.cpp's limit is {GGML_MAX_NAME - 1})",
+                )
+            if name in names:
+                raise GGUFCorrupt(path, f"two tensors are named {name}")
+            names.add(name)
             nd = r.unpack("<I")
+            if nd > GGML_MAX_DIMS:
+                raise GGUFCorrupt(
+                    path, f"tensor {name} has {nd} dimensions (ggml has at most {GGML_MAX_DIMS})"
+                )
             ne = tuple(r.unpack("<Q") for _ in range(nd))
             gtype = r.unpack("<I")
             off = r.unpack("<Q")
-            infos.append((name, ne, gtype, off))
-        hdr.data_offset = pad(f.tell(), hdr.alignment)
-    for name, ne, gtype, off in infos:
-        try:
-            qt = GGMLQuantizationType(gtype)
-            nbytes = type_nbytes(qt, tuple(reversed(ne)))
-        except (ValueError, KeyError):
-            nbytes = 0
+            infos.append((name, ne, gtype, off, _tensor_bytes_of(path, name, ne, gtype)))
+        hdr.data_offset = pad(f.tell(), hdr.alignment) if infos else f.tell()
+    expected = 0
+    for name, ne, gtype, off, nbytes in infos:
+        if off != expected:
+            raise GGUFCorrupt(
+                path,
+                f"tensor {name}'s data starts at offset {off}, expected {expected} (llama.cpp requires "
+                f"the tensors' data in order, each aligned to {hdr.alignment} bytes, none overlapping)",
+            )
         start = hdr.data_offset + off
         if start + nbytes > size:
             raise QwythosError(
@@ -425,7 +554,36 @@ def read_header(path: str | Path) -> GGUFHeader:
                 "convert or download it again",
             )
         hdr.tensors.append(GGUFTensorInfo(name, ne, gtype, start, nbytes))
+        expected = off + pad(nbytes, hdr.alignment)
     return hdr
+
+
+def _check_general(hdr: GGUFHeader) -> None:
+    """The general.* keys the format itself depends on: the alignment (a UINT32 power of 2, as
+    llama.cpp requires) and the architecture (a string, as llama.cpp reads it)."""
+    path = hdr.path
+    if "general.alignment" in hdr.kv:
+        vt, _ = hdr.kv_types["general.alignment"]
+        a = hdr.kv["general.alignment"]
+        if vt != GGUFValueType.UINT32:
+            raise GGUFCorrupt(path, f"general.alignment is a {_type_word(vt)}, not a UINT32")
+        if a <= 0 or a & (a - 1):
+            raise GGUFCorrupt(path, f"general.alignment is {a}, not a power of 2")
+        hdr.alignment = a
+    if "general.architecture" in hdr.kv and not isinstance(hdr.kv["general.architecture"], str):
+        vt, _ = hdr.kv_types["general.architecture"]
+        raise GGUFCorrupt(
+            path,
+            f"general.architecture is a {_type_word(vt)} ({str(hdr.kv['general.architecture'])[:40]}), "
+            "not a string naming the model's architecture",
+        )
+
+
+def _type_word(vtype: int) -> str:
+    try:
+        return GGUFValueType(vtype).name
+    except ValueError:
+        return f"type {vtype}"
 
 
 def read_tensor_bytes(hdr: GGUFHeader, name: str) -> bytes:

@@ -30,9 +30,13 @@ def describe_arch(view: GGUFView) -> str:
 
 
 def check_arch(view: GGUFView, doing: str) -> None:
-    """Refuse a GGUF of another architecture before anything reads it further: one message, every
-    command. `doing` names what the command does ("quantize", "run", "export") for the fix."""
+    """Refuse a GGUF of another architecture, or one whose header states sizes llama.cpp would refuse
+    (core/model/hparams.py), before anything reads it further: one message, every command. `doing`
+    names what the command does ("quantize", "run", "export") for the fix."""
     if view.arch in ARCHS:
+        from qwythos.core.model.hparams import require_hparams  # hparams reads arch-keyed sizes
+
+        require_hparams(view, doing)
         return
     raise QwythosError(
         f"{view.path} is a GGUF of {describe_arch(view)}, not {' / '.join(ARCHS)} (Qwen3.5)",

@@ -27,6 +27,7 @@ from qwythos.core.gguf.file import GGUFHeader
 from qwythos.core.gguf.view import RECURRENT_LAYERS, GGUFView, read_view
 from qwythos.core.model import qwen35
 from qwythos.core.model.arch import ARCH, ARCHS, describe_arch
+from qwythos.core.model.hparams import HeadIssue, check_hparams
 
 
 @dataclass(frozen=True)
@@ -113,17 +114,6 @@ def has_trunk(hdr: GGUFHeader | GGUFView) -> bool:
     return _view(hdr).has_trunk
 
 
-@dataclass
-class HeadIssue:
-    """One structural problem: the tensor or metadata key, and what is wrong with it."""
-
-    tensor: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.tensor} {self.problem}"
-
-
 Issue = HeadIssue
 
 
@@ -146,7 +136,7 @@ def _check_tensors(
         t = v.by_name.get(name)
         if t is None:
             if required:
-                issues.append(HeadIssue(name, "is missing"))
+                issues.append(HeadIssue(name, "is missing", absent=True))
             continue
         tname = _type_name(t.ggml_type)
         if rows is not None:
@@ -177,31 +167,22 @@ def check_model(src: GGUFHeader | GGUFView | str | Path) -> list[HeadIssue]:
             HeadIssue(Keys.General.ARCHITECTURE, f"says {describe_arch(v)}, expected {' / '.join(ARCHS)}")
         )
         return issues
+    issues = check_hparams(v)  # the sizes first: nothing below is built from an unchecked count
+    if issues:
+        return issues
     try:
         cfg = qwen35.config_from_gguf(v)
     except QwythosError as e:
-        issues.append(HeadIssue("metadata", e.message.removeprefix(f"{v.path} ")))
-        return issues
-    emb = v.by_name.get("token_embd.weight")
-    if emb is not None and len(emb.shape) == 2 and emb.shape[1] != cfg.n_embd:
-        issues.append(
-            HeadIssue(
-                v.key(Keys.LLM.EMBEDDING_LENGTH),
-                f"is {cfg.n_embd} but token_embd.weight has rows of {emb.shape[1]}: every tensor's shape "
-                "is read against it",
-            )
-        )
+        issues.append(HeadIssue("metadata", e.message.removeprefix(f"{v.path} "), absent=True))
         return issues
     n_nextn, il = v.n_nextn, cfg.n_layer
-    rec = v.recurrent_layers
-    if rec is not None and len(rec) != il + n_nextn:
-        issues.append(HeadIssue(v.key(RECURRENT_LAYERS), f"has {len(rec)} entries for {il + n_nextn} blocks"))
     if n_nextn and not v.nextn_tensors:
         issues.append(
             HeadIssue(
                 v.key(Keys.LLM.NEXTN_PREDICT_LAYERS),
                 f"is {n_nextn} but the file has no blk.{il}.nextn.* tensors (llama.cpp refuses it; "
                 "`qwythos mtp restore` gives the head back, or convert with --no-mtp)",
+                absent=True,
             )
         )
     elif not n_nextn and v.nextn_tensors:
@@ -209,6 +190,7 @@ def check_model(src: GGUFHeader | GGUFView | str | Path) -> list[HeadIssue]:
             HeadIssue(
                 v.key(Keys.LLM.NEXTN_PREDICT_LAYERS),
                 f"is 0 but the file has nextn tensors ({v.nextn_tensors[0]} ...)",
+                absent=True,
             )
         )
     table = qwen35.gguf_table(cfg, n_nextn if v.nextn_tensors else 0)
@@ -265,6 +247,9 @@ def check_structure(path: str | Path, *, trunk: str | Path | None = None) -> Str
             HeadIssue(Keys.General.ARCHITECTURE, f"says {describe_arch(v)}, expected {' / '.join(ARCHS)}")
         )
         return StructureReport(str(path), arch, "?", 0, 0, None, issues=issues)
+    issues += check_hparams(v)
+    if issues:
+        return StructureReport(str(path), arch, "?", v.block_count or 0, v.n_nextn, None, issues=issues)
     block_count = v.block_count or 0
     n_nextn = v.n_nextn
     trunk_present = v.has_trunk
@@ -302,5 +287,5 @@ def check_structure(path: str | Path, *, trunk: str | Path | None = None) -> Str
             needed.append("output.weight")  # untied output: without it llama.cpp would use token_embd
         for g in needed:
             if g not in v.by_name:
-                issues.append(HeadIssue(g, "is missing (a stand-alone head needs it)"))
+                issues.append(HeadIssue(g, "is missing (a stand-alone head needs it)", absent=True))
     return rep

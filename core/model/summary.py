@@ -157,13 +157,23 @@ def summarize(src: GGUFView | str | Path) -> GGUFSummary:
 
 
 def exportable(src: GGUFView | str | Path) -> GGUFSummary:
-    """The summary of a file the exports may hand on: a GGUF of an accepted architecture with its
-    trunk layers; anything else is refused with one message."""
+    """The summary of a file the exports may hand on, the one gate every export passes: a GGUF the
+    header reader accepts (llama.cpp's format rules), of an accepted architecture whose sizes pass
+    core/model/hparams, with its trunk layers and no tensor present with the wrong shape or type;
+    anything else is refused with one message. What the file lacks (a tensor, a declared head's
+    tensors) stays in the summary's issues and warnings, as the tools themselves name it."""
     view = as_view(src)
     check_arch(view, "export")
     if view.block_count is not None and (not view.trunk_blocks() or "token_embd.weight" not in view.by_name):
         raise QwythosError(
             f"{view.path.name} has no trunk layers (an MTP-head-only or vocabulary-only GGUF?)",
             "export the full model GGUF; a head alone is a draft for `qwythos mtp`",
+        )
+    wrong = [i for i in check_model(view) if not i.absent]
+    if wrong:  # a tensor present with the wrong shape or type, or one llama.cpp would not take
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise QwythosError(
+            f"{view.path} is not a loadable {view.arch} GGUF: {wrong[0]}{more}",
+            "convert or download the file again; `qwythos inspect FILE --json` lists every problem",
         )
     return summarize(view)
