@@ -29,6 +29,9 @@ from qwythos.core.gguf.file import KV, RawSource, TensorPlan, type_nbytes
 from qwythos.core.gguf.view import RECURRENT_LAYERS, GGUFView
 from qwythos.core.model.arch import ARCH, HF_ARCHITECTURES
 from qwythos.core.model.checkpoint import ST_DTYPES, Checkpoint, TensorInfo, check_tensor, to_f32
+from qwythos.core.model.hparams import (
+    LLAMA_MAX_LAYERS as MAX_LAYERS,  # a config with more: refused before sizing
+)
 from qwythos.core.model.vocab import PRE_TOKENIZER, load_vocab
 
 # outtype -> (GGML type of the big matrices, general.file_type)
@@ -45,9 +48,6 @@ SAME_BYTES = {
 }
 QWEN35_DEFAULT_MROPE = [11, 11, 10, 0]
 CHUNK_ELEMS = 16 * 2**20  # rows per chunk when a big tensor changes type
-#: llama.cpp's LLAMA_MAX_LAYERS (src/llama-hparams.h): a config with more layers is refused before
-#: anything is sized from it
-MAX_LAYERS = 512
 #: the TextConfig sizes that must be at least 1
 POSITIVE_FIELDS = ("n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_ctx", "n_vocab")
 POSITIVE_FIELDS += ("lin_k_heads", "lin_v_heads", "lin_k_dim", "lin_v_dim", "conv_kernel")
