@@ -76,6 +76,21 @@ def test_a_real_template_renders_unchanged_and_fast(rt_trained_model) -> None:
     assert "message 199" in text
 
 
+def test_a_template_is_compiled_once_and_each_render_keeps_its_own_limits() -> None:
+    from qwythos.core.model.chat_template import _compiled
+
+    tpl = "{{ 'x' * 5000 }}{{ messages[0].content }}"
+    assert render_chat(tpl, USER) == "x" * 5000 + "hi"
+    misses = _compiled.cache_info().misses
+    with pytest.raises(QwythosError, match="repeated value"):  # the same compiled text, a smaller budget
+        render_prompt(tpl, USER, limits=RenderLimits(chars=1000))
+    assert render_chat(tpl, [{"role": "user", "content": "yo"}]) == "x" * 5000 + "yo"
+    assert _compiled.cache_info().misses == misses
+    for _ in range(2):  # a template that does not compile fails every time, with the same message
+        with pytest.raises(QwythosError, match="TemplateSyntaxError"):
+            render_prompt(HOSTILE["a syntax error"], USER, source="evil.gguf")
+
+
 def test_the_tracer_is_restored() -> None:
     import sys
 

@@ -22,7 +22,9 @@ tokens (never the model's own `<think>` / `<tool_call>` markup) are protected.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
+import functools
 import json
 import re
 import resource
@@ -222,7 +224,12 @@ def _sized(v: Any) -> int:
     return len(v) if isinstance(v, (str, list, tuple, bytes)) else 0
 
 
-def _env(budget: _Budget):
+# The budget of the render under way (in this thread or task): the compiled template is shared
+# between renders (compiling costs 100x rendering), so its hooks look their limits up here.
+_BUDGET: contextvars.ContextVar[_Budget] = contextvars.ContextVar("chat_template_budget")
+
+
+def _env():  # noqa: ANN202 - a jinja2 sandbox environment
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class BoundedEnvironment(ImmutableSandboxedEnvironment):
@@ -230,6 +237,7 @@ def _env(budget: _Budget):
         intercepted_binops = frozenset({"*", "**", "%", "+"})
 
         def call_binop(self, context, operator, left, right):  # noqa: ANN001
+            budget = _BUDGET.get()
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
                     if _sized(seq) and isinstance(n, int):
@@ -249,16 +257,16 @@ def _env(budget: _Budget):
     env.globals["strftime_now"] = lambda fmt: _dt.datetime.now().strftime(str(fmt)[:200])
     env.filters["tojson"] = _tojson
     for name, fn in list(env.filters.items()):
-        env.filters[name] = _bounded_filter(fn, name, budget)
+        env.filters[name] = _bounded_filter(fn, name)
     return env
 
 
-def _bounded_filter(fn, name: str, budget: _Budget):  # noqa: ANN001, ANN202
+def _bounded_filter(fn, name: str):  # noqa: ANN001, ANN202
     """A filter whose numeric arguments (widths, counts) and result stay under the budget."""
-    import functools
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        budget = _BUDGET.get()
         for a in (*args, *kwargs.values()):
             if isinstance(a, int) and not isinstance(a, bool) and abs(a) > budget.limits.chars:
                 raise _LimitExceeded(f"the filter {name!r} was given {a:,}")
@@ -279,7 +287,7 @@ def _bounded_filter(fn, name: str, budget: _Budget):  # noqa: ANN001, ANN202
     return run
 
 
-def _bound_joins(tpl, budget: _Budget) -> None:  # noqa: ANN001 - jinja2.Template
+def _bound_joins(tpl) -> None:  # noqa: ANN001 - jinja2.Template
     """`a ~ b` compiles to a call of jinja's `str_join`/`markup_join`, bound into the compiled
     template's globals (shared by its blocks and macros): swap in size-checked ones."""
     g = tpl.root_render_func.__globals__
@@ -289,10 +297,19 @@ def _bound_joins(tpl, budget: _Budget) -> None:  # noqa: ANN001 - jinja2.Templat
 
             def checked(seq, _join=join):  # noqa: ANN001, ANN202
                 seq = list(seq)
-                budget.size(sum(len(x) for x in seq if isinstance(x, str)), "a joined value")
+                _BUDGET.get().size(sum(len(x) for x in seq if isinstance(x, str)), "a joined value")
                 return _join(seq)
 
             g[name] = checked
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str):  # noqa: ANN202 - jinja2.Template
+    """`template` compiled in the bounded sandbox, once per text (a server renders every request
+    with the same one); errors are not cached, so a bad template fails the same way each time."""
+    tpl = _env().from_string(template)
+    _bound_joins(tpl)
+    return tpl
 
 
 # ---------------------------------------------------------------- rendering
@@ -374,11 +391,11 @@ def render_prompt(
             msgs.append({**rest, "content": _content(m["content"], protect, True, image_text)})
     safe_tools = protect.value(tools) if tools else None
     budget = _Budget(limits)
+    token = _BUDGET.set(budget)
     previous = sys.gettrace()
     try:
+        tpl = _compiled(template or FALLBACK_TEMPLATE)  # once per text; the tracer bounds its runs
         sys.settrace(budget.tracer)
-        tpl = _env(budget).from_string(template or FALLBACK_TEMPLATE)
-        _bound_joins(tpl, budget)
         parts: list[str] = []
         n = 0
         for piece in tpl.generate(
@@ -414,6 +431,7 @@ def render_prompt(
         ) from None
     finally:
         sys.settrace(previous)
+        _BUDGET.reset(token)
     return Prompt("".join(parts), protect.literals)
 
 
