@@ -43,9 +43,71 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+class FiniteFloat(click.types.FloatParamType):
+    """Every float flag's type (temperature, top-p, penalties, learning rate, ...): a finite number;
+    `inf` is refused as `nan` is (core/limits.check_finite)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from qwythos.core.limits import check_finite
+
+        v = super().convert(value, param, ctx)
+        return check_finite(v, _flag(param))
+
+
+def _flag(param: click.Parameter | None) -> str:
+    """The flag as the user spells it at its longest (`--threads`, not `-t`)."""
+    opts = getattr(param, "opts", None) or [getattr(param, "name", "") or "value"]
+    return max(opts, key=len)
+
+
+def _by_name_checks() -> dict[str, Callable[[Any, str], Any]]:
+    """Flags checked by their name in every command that takes them: one checker per kind of value
+    (core/limits), so `bench -t 0` is refused as `run -t 0` is, and a bad QWYTHOS_THREADS is refused
+    by every command with --threads before any work."""
+    from qwythos.core import limits
+
+    def threads(value: int | None, flag: str) -> int | None:
+        if value is None:
+            limits.env_threads()  # the default comes from QWYTHOS_THREADS: checked now, not mid-run
+            return None
+        return limits.check_threads(value, flag)
+
+    return {"threads": threads, "seed": limits.check_seed}
+
+
+def _checked(param: click.Parameter, check: Callable[[Any, str], Any]) -> None:
+    inner = param.callback
+
+    def callback(ctx: click.Context, p: click.Parameter, value: Any) -> Any:
+        value = check(value, _flag(p))
+        return inner(ctx, p, value) if inner is not None else value
+
+    param.callback = callback
+
+
+def check_flags(group: click.Group) -> None:
+    """Give every command of `group` (its sub-groups too) the checks above: float flags finite,
+    the flags of _by_name_checks checked wherever they appear."""
+    by_name = _by_name_checks()
+    for cmd in group.commands.values():
+        if isinstance(cmd, click.Group):
+            check_flags(cmd)
+            continue
+        for p in cmd.params:
+            if type(p.type) is click.types.FloatParamType:  # a FloatRange keeps its own bounds
+                p.type = FiniteFloat()
+            if p.name in by_name:
+                _checked(p, by_name[p.name])
+
+
 class QwythosGroup(TyperGroup):
     """The one error mapping (as huggingface_hub's `hf` does it): every command of every sub-group
-    runs inside this `invoke`, so a `QwythosError` becomes one message and exit 1, Ctrl-C exit 130."""
+    runs inside this `invoke`, so a `QwythosError` becomes one message and exit 1, Ctrl-C exit 130.
+    Every flag gets its kind's check here (`check_flags`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        check_flags(self)
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
         from qwythos.core import fileio

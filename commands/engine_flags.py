@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 
 from qwythos.commands.common import FlagGroup, err_console
+from qwythos.core import limits
 from qwythos.core.errors import QwythosError
 from qwythos.core.model import release
 from qwythos.runtime.sampling import CARD_SAMPLING, SamplingParams
@@ -57,8 +58,7 @@ def engine_from_flags(
     d = None if draft is None else parse_draft(draft)
     if d is not None and no_mtp:
         raise QwythosError("--draft and --no-mtp contradict each other", "pass one of them")
-    if threads is not None and threads < 1:
-        raise QwythosError(f"--threads {threads} must be at least 1", "e.g. -t 4 (default: all CPUs)")
+    limits.check_threads(threads)
     if ctx < 1:
         raise QwythosError(
             f"--ctx {ctx} must be a positive number of tokens", f"e.g. --ctx {release.START_CONTEXT}"
@@ -76,6 +76,7 @@ def sampling_from_flags(
 ) -> SamplingParams:
     """The model card's sampling with the flags given in its place, checked."""
     c = CARD_SAMPLING
+    limits.check_seed(seed)
     for flag, v, ok, want in (
         ("--temp", temp, lambda x: x >= 0, f"0 (greedy) or more; the card uses {c.temperature}"),
         ("--top-k", top_k, lambda x: x >= 0, f"0 (off) or more; the card uses {c.top_k}"),
@@ -88,7 +89,7 @@ def sampling_from_flags(
             f"above 0 (1 = off); the card uses {c.repeat_penalty}",
         ),
     ):
-        if v is not None and not ok(v):
+        if v is not None and not ok(limits.check_finite(v, flag)):
             raise QwythosError(f"{flag} {v} is out of range", f"use {want}")
     given = dict(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty)
     return replace(c, seed=seed, **{k: v for k, v in given.items() if v is not None})
@@ -179,10 +180,13 @@ def open_engine(model_path: Path, engine: EngineFlags, placement: PlacementFlags
     warning, without a head). projector: a core/gguf/mmproj.ProjectorChoice to load for images
     (engine.vision)."""
     from qwythos.core.llamacpp.handles import load_model
+    from qwythos.core.model.memory import check_context
     from qwythos.runtime.draft_plan import draft_plan
     from qwythos.runtime.speculative import Engine
     from qwythos.runtime.vision import Vision
 
+    # --ctx against the model's trained context and this machine's memory, from the header alone
+    check_context(model_path, engine.ctx, offloaded=bool(placement.rpc or placement.gpu_layers))
     model = load_model(
         model_path,
         mtp=engine.mtp,

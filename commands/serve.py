@@ -45,6 +45,9 @@ def serve_cmd(
     from qwythos.runtime.server.backend import BackendOptions, parse_draft
     from qwythos.runtime.server.launch import ServeOptions, check_exposure, require_extra, serve
 
+    from qwythos.core.limits import check_port
+
+    check_port(port, allow_zero=True)
     require_extra()
     warning = check_exposure(host, api_key)
     if warning:

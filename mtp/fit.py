@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -206,9 +207,17 @@ def fit(
         raise QwythosError(f"{model} is not a qwen35 model with its trunk", "pass the main model GGUF")
     if head_type is not None and head_type.lower() not in HEAD_TYPES:
         raise QwythosError(f"unknown head --type {head_type}", f"use one of {', '.join(HEAD_TYPES)}")
-    for what, v, lo in (("--steps", s.steps, 1), ("--tokens", s.tokens, 16), ("--depths", s.depths, 1)):
+    for what, v, lo in (
+        ("--steps", s.steps, 1),
+        ("--tokens", s.tokens, 16),
+        ("--depths", s.depths, 1),
+        ("--seq", s.seq, 2),  # a sequence of one token has nothing after it to predict
+        ("--batch", s.batch, 1),
+    ):
         if v < lo:
             raise QwythosError(f"{what} {v} is too small", f"use at least {lo}")
+    if s.lr is not None and not (math.isfinite(s.lr) and s.lr > 0):
+        raise QwythosError(f"--lr {s.lr} is not a learning rate", f"use a small positive number, e.g. --lr {FIT_LR}")
     out_path = Path(out) if out is not None else default_output(model, separate)
     if out_path.resolve() == model.resolve():
         raise QwythosError(

@@ -136,6 +136,17 @@ def _call(sock: socket.socket, cmd: int, payload: bytes, reply: int) -> bytes:
     return _recv_exact(sock, size)
 
 
+def _speaks_http(sock: socket.socket, wait: float = 1.0) -> bool:
+    """After a silent HELLO: end the line an HTTP server is still reading; it then answers
+    `HTTP/...` where an rpc-server busy with another client stays silent."""
+    try:
+        sock.settimeout(wait)
+        sock.sendall(b"\r\n\r\n")
+        return sock.recv(5) == b"HTTP/"
+    except OSError:  # TimeoutError included
+        return False
+
+
 def query_worker(ep: Endpoint, timeout: float = 5.0) -> WorkerInfo:
     """Speak the protocol's HELLO, DEVICE_COUNT and GET_DEVICE_MEMORY to a worker; a QwythosError
     naming the worker and the fix when it is down, busy, not an rpc-server or of another version."""
@@ -157,9 +168,16 @@ def query_worker(ep: Endpoint, timeout: float = 5.0) -> WorkerInfo:
             try:
                 hello = _call(sock, _CMD_HELLO, bytes(_CONN_CAPS), 4 + _CONN_CAPS)
             except TimeoutError:
+                if _speaks_http(sock):
+                    raise QwythosError(
+                        f"{where} is an HTTP server, not a llama.cpp rpc-server",
+                        "check the port: --rpc takes the HOST:PORT of a `qwythos rpc-server` "
+                        "(or llama.cpp's rpc-server)",
+                    ) from None
                 raise QwythosError(
-                    f"{where} accepted the connection but did not answer within {timeout:.0f} s",
-                    "an rpc-server serves one client at a time: is another run using it?",
+                    f"{where} accepted the connection but did not answer HELLO within {timeout:.0f} s",
+                    "either it is not an rpc-server (check the port), or it is one serving another "
+                    "client (an rpc-server serves one at a time): is another run using it?",
                 ) from None
             except (ConnectionError, ValueError, OSError):
                 raise QwythosError(

@@ -106,3 +106,42 @@ def model_memory(view_or_path: GGUFView | str | Path, ctx: int, kv_type: str = "
     # a declared nextn block whose tensors are missing is not loaded: nothing to place
     mem.mtp = [w + kv for w in weights[cfg.n_layer :] if w]
     return mem
+
+
+def check_context(
+    view_or_path: GGUFView | str | Path,
+    ctx: int,
+    *,
+    kv_type: str = "f16",
+    offloaded: bool = False,
+    available: int | None = -1,
+    doing: str = "run",
+) -> ModelMemory:
+    """Refuse `--ctx` before anything is allocated: above the context the model was trained for (its
+    header's `context_length`), or needing more memory than this machine has available (weights +
+    KV cache + recurrent state, what `qwythos plan` predicts; not checked when layers are offloaded,
+    their memory is elsewhere). available: bytes (-1: this machine's, core/limits.available_memory;
+    None: unknown, not checked). Returns the prediction."""
+    from qwythos.core.limits import available_memory
+
+    view = view_or_path if isinstance(view_or_path, GGUFView) else read_view(view_or_path)
+    check_arch(view, doing)
+    if ctx < 1:
+        raise QwythosError(f"--ctx {ctx} must be a positive number of tokens", "e.g. --ctx 4096")
+    trained = view.context_length or 0
+    if trained and ctx > trained:
+        raise QwythosError(
+            f"--ctx {ctx} is above the {trained} tokens {view.path.name} was trained for",
+            f"use --ctx {trained} or less",
+        )
+    mem = model_memory(view, ctx, kv_type)
+    have = available_memory() if available == -1 else available
+    if not offloaded and have is not None and mem.total > have:
+        gib = 2**30
+        raise QwythosError(
+            f"--ctx {ctx} needs {mem.total / gib:.2f} GiB for {view.path.name} (weights, KV cache and "
+            f"recurrent state, as `qwythos plan` predicts), more than the {have / gib:.2f} GiB this "
+            "machine has available",
+            "use a smaller --ctx, offload layers (-ngl) or free memory",
+        )
+    return mem

@@ -133,7 +133,9 @@ class Backend:
     @classmethod
     def open(cls, opts: BackendOptions) -> Backend:
         from qwythos.core.gguf.mmproj import choose_mmproj
+        from qwythos.core.limits import check_threads
         from qwythos.core.llamacpp.handles import load_model
+        from qwythos.core.model.memory import check_context
         from qwythos.runtime.draft_plan import draft_plan
         from qwythos.runtime.session import ChatSession
         from qwythos.runtime.speculative import Engine
@@ -143,11 +145,9 @@ class Backend:
             raise QwythosError("--draft and --no-mtp contradict each other", "pass one of them")
         if opts.n_ctx < 16:
             raise QwythosError(f"--ctx {opts.n_ctx} is too small", f"e.g. --ctx {START_CONTEXT}")
-        if opts.threads is not None and opts.threads < 1:
-            raise QwythosError(
-                f"--threads {opts.threads} must be at least 1", "e.g. -t 4 (default: all CPUs)"
-            )
+        check_threads(opts.threads)
         projector = choose_mmproj(opts.model, opts.mmproj)
+        check_context(opts.model, opts.n_ctx, offloaded=bool(opts.gpu_layers))  # before any allocation
         insist = isinstance(draft, int) and draft > 0
         model = load_model(
             opts.model, mtp=False if opts.no_mtp else (True if insist else None), n_gpu_layers=opts.gpu_layers
