@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
-from qwythos.commands import engine_flags as flags
 from rich.markup import escape
 
+from qwythos.commands import engine_flags as flags
 from qwythos.commands.common import (
     JsonOption,
     app,

@@ -43,17 +43,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
-class FiniteFloat(click.types.FloatParamType):
-    """Every float flag's type (temperature, top-p, penalties, learning rate, ...): a finite number;
-    `inf` is refused as `nan` is (core/limits.check_finite)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        from qwythos.core.limits import check_finite
-
-        v = super().convert(value, param, ctx)
-        return check_finite(v, _flag(param))
-
-
 def _flag(param: click.Parameter | None) -> str:
     """The flag as the user spells it at its longest (`--threads`, not `-t`)."""
     opts = getattr(param, "opts", None) or [getattr(param, "name", "") or "value"]
@@ -75,29 +64,44 @@ def _by_name_checks() -> dict[str, Callable[[Any, str], Any]]:
     return {"threads": threads, "seed": limits.check_seed}
 
 
-def _checked(param: click.Parameter, check: Callable[[Any, str], Any]) -> None:
+def _finite(value: Any, flag: str) -> Any:
+    """Every float flag (temperature, top-p, penalties, learning rate, ...): a finite number; `inf`
+    is refused as `nan` is (core/limits.check_finite)."""
+    from qwythos.core.limits import check_finite
+
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, float):
+            check_finite(v, flag)
+    return value
+
+
+def _checked(param: click.Parameter, *checks: Callable[[Any, str], Any]) -> None:
     inner = param.callback
 
     def callback(ctx: click.Context, p: click.Parameter, value: Any) -> Any:
-        value = check(value, _flag(p))
+        for check in checks:
+            value = check(value, _flag(p))
         return inner(ctx, p, value) if inner is not None else value
 
     param.callback = callback
 
 
-def check_flags(group: click.Group) -> None:
+#: Groups whose flags describe another machine (an export's --threads is the server's, not ours):
+#: only the checks that do not depend on this machine apply there.
+OTHER_MACHINE_GROUPS = {"export": ("threads",)}
+
+
+def check_flags(group: Any, by_name: dict[str, Callable[[Any, str], Any]] | None = None) -> None:
     """Give every command of `group` (its sub-groups too) the checks above: float flags finite,
     the flags of _by_name_checks checked wherever they appear."""
-    by_name = _by_name_checks()
-    for cmd in group.commands.values():
-        if isinstance(cmd, click.Group):
-            check_flags(cmd)
+    by_name = _by_name_checks() if by_name is None else by_name
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):  # a sub-group (typer's click may be its own copy: no isinstance)
+            skip = OTHER_MACHINE_GROUPS.get(name, ())
+            check_flags(cmd, {k: v for k, v in by_name.items() if k not in skip})
             continue
         for p in cmd.params:
-            if type(p.type) is click.types.FloatParamType:  # a FloatRange keeps its own bounds
-                p.type = FiniteFloat()
-            if p.name in by_name:
-                _checked(p, by_name[p.name])
+            _checked(p, _finite, *([by_name[p.name]] if p.name in by_name else []))
 
 
 class QwythosGroup(TyperGroup):

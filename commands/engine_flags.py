@@ -33,7 +33,7 @@ class EngineFlags:
     no_mtp: bool = False
     threads: int | None = None
     draft_model: Path | None = None
-    ctx: int = release.START_CONTEXT
+    ctx: int | None = None  # None: START_CONTEXT, or the model's trained context when smaller
 
     @property
     def mtp(self) -> bool | None:
@@ -50,7 +50,7 @@ class PlacementFlags:
 
 
 def engine_from_flags(
-    draft: str | None, no_mtp: bool, threads: int | None, draft_model: Path | None, ctx: int
+    draft: str | None, no_mtp: bool, threads: int | None, draft_model: Path | None, ctx: int | None
 ) -> EngineFlags:
     """--draft (auto by default), --no-mtp, --threads, --draft-model and --ctx, checked."""
     from qwythos.runtime.draft_plan import AUTO, parse_draft
@@ -59,7 +59,7 @@ def engine_from_flags(
     if d is not None and no_mtp:
         raise QwythosError("--draft and --no-mtp contradict each other", "pass one of them")
     limits.check_threads(threads)
-    if ctx < 1:
+    if ctx is not None and ctx < 1:
         raise QwythosError(
             f"--ctx {ctx} must be a positive number of tokens", f"e.g. --ctx {release.START_CONTEXT}"
         )
@@ -115,8 +115,13 @@ ENGINE_FLAGS = FlagGroup(
     threads=(int | None, THREADS_OPTION),
     draft_model=(Path | None, typer.Option(None, "--draft-model", help="A separate MTP draft GGUF.")),
     ctx=(
-        int,
-        typer.Option(release.START_CONTEXT, "--ctx", help="Context length (raise it for long inputs)."),
+        int | None,
+        typer.Option(
+            None,
+            "--ctx",
+            help=f"Context length (default {release.START_CONTEXT}, or the model's trained context when "
+            "smaller; at most the trained context).",
+        ),
     ),
 )
 SAMPLING_FLAGS = FlagGroup(
@@ -186,7 +191,7 @@ def open_engine(model_path: Path, engine: EngineFlags, placement: PlacementFlags
     from qwythos.runtime.vision import Vision
 
     # --ctx against the model's trained context and this machine's memory, from the header alone
-    check_context(model_path, engine.ctx, offloaded=bool(placement.rpc or placement.gpu_layers))
+    n_ctx = check_context(model_path, engine.ctx, offloaded=bool(placement.rpc or placement.gpu_layers)).ctx
     model = load_model(
         model_path,
         mtp=engine.mtp,
@@ -203,7 +208,7 @@ def open_engine(model_path: Path, engine: EngineFlags, placement: PlacementFlags
         plan = draft_plan(model, engine.draft, threads=engine.threads)
         if projector is not None:
             vision = Vision(model, projector.path, threads=engine.threads)
-        return model, Engine(model, plan, n_ctx=engine.ctx, threads=engine.threads, vision=vision)
+        return model, Engine(model, plan, n_ctx=n_ctx, threads=engine.threads, vision=vision)
     except BaseException:
         if vision is not None:
             vision.close()

@@ -227,7 +227,9 @@ def _store(model: Model, threads: int | None, costs: DraftCosts, report: BenchRe
     if why is not None:
         return f"costs not stored: {why}; {draft_costs.MEASURE_AGAIN}"
     try:
-        draft_costs.store(model.path, threads or default_threads(), costs, report.recommended, model.placement)
+        draft_costs.store(
+            model.path, threads or default_threads(), costs, report.recommended, model.placement
+        )
     except QwythosError as e:
         return f"costs not stored: {e.message}"
     except OSError as e:

@@ -53,7 +53,6 @@ THREAD_COMMANDS = [
     ["rpc-server"],
     ["demo"],
     ["mtp", "fit", "M"],
-    ["export", "koboldcpp", "M"],
 ]
 
 
@@ -65,10 +64,20 @@ def test_threads_bounded_alike_in_every_command(cmd, value, stub):
     assert "per CPU" in out
 
 
+def test_export_threads_are_the_servers_not_this_machines(stub, tmp_path):
+    """An export's --threads is written for another machine: only at least 1 is asked there."""
+    out = tmp_path / "m.kcpps"
+    r = runner.invoke(app, ["export", "koboldcpp", str(stub), "-o", str(out), "--threads", "100000"])
+    assert "out of range" not in r.output
+    _refused(["export", "koboldcpp", str(stub), "-o", str(out), "--threads", "0"], "--threads 0")
+
+
 def test_bad_qwythos_threads_names_the_variable(stub):
     for cmd in (["run", str(stub), "-p", "hi"], ["bench", str(stub)]):
         _refused(cmd, "QWYTHOS_THREADS='abc' is not a number", env={"QWYTHOS_THREADS": "abc"})
-    _refused(["run", str(stub), "-p", "hi"], "QWYTHOS_THREADS 0 is out of range", env={"QWYTHOS_THREADS": "0"})
+    _refused(
+        ["run", str(stub), "-p", "hi"], "QWYTHOS_THREADS 0 is out of range", env={"QWYTHOS_THREADS": "0"}
+    )
 
 
 def test_qwythos_threads_read_by_the_library(monkeypatch):
@@ -157,8 +166,12 @@ def test_empty_xdg_cache_home_counts_as_unset(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     ("flag", "value", "want"),
-    [("--seq", "0", "--seq 0 is too small"), ("--seq", "-5", "--seq -5 is too small"),
-     ("--batch", "0", "--batch 0 is too small"), ("--lr", "0", "--lr 0.0 is not a learning rate")],
+    [
+        ("--seq", "0", "--seq 0 is too small"),
+        ("--seq", "-5", "--seq -5 is too small"),
+        ("--batch", "0", "--batch 0 is too small"),
+        ("--lr", "0", "--lr 0.0 is not a learning rate"),
+    ],
 )
 def test_mtp_fit_numbers_refused_before_any_work(flag, value, want, stub, tmp_path):
     out = tmp_path / "fit.gguf"
@@ -193,7 +206,9 @@ def test_export_engine_takes_names_and_addresses():
             check_host(bad, "--master-addr")
 
 
-@pytest.mark.parametrize(("cmd", "value"), [(["serve", "M"], "70000"), (["serve", "M"], "-1"), (["rpc-server"], "0")])
+@pytest.mark.parametrize(
+    ("cmd", "value"), [(["serve", "M"], "70000"), (["serve", "M"], "-1"), (["rpc-server"], "0")]
+)
 def test_ports_out_of_range(cmd, value, stub):
     args = [str(stub) if a == "M" else a for a in cmd]
     _refused([*args, "--port", value], f"--port {value} is not a TCP port")
@@ -228,7 +243,9 @@ def test_rpc_at_an_http_server_says_so():
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         ep = rpc.Endpoint("127.0.0.1", httpd.server_address[1])
-        with pytest.raises(QwythosError, match="is an HTTP server, not a llama.cpp rpc-server") as e:
+        with pytest.raises(
+            QwythosError, match="is not a llama.cpp rpc-server: it answers like an HTTP server"
+        ) as e:
             rpc.query_worker(ep, timeout=1.0)
         assert "another run" not in e.value.message + (e.value.hint or "")
     finally:
@@ -266,8 +283,13 @@ def test_impossible_costs_are_not_stored_nor_trusted(tmp_path, draft_cost_cache)
     assert dc.implausible(sound) is None
     busy = dc.DraftCosts([0.10, 0.0003, 0.14], 0.0, [0.7, 0.5])  # a batch of 2 "333x" cheaper than 1
     assert "ceiling of 2x" in dc.implausible(busy)
-    for bad in (busy, dc.DraftCosts([float("nan"), 0.1], 0.01, [0.5]), dc.DraftCosts([0.1, 0.1], -1.0, [0.5]),
-                dc.DraftCosts([0.1, 0.12], 0.01, [1.5]), dc.DraftCosts([0.0, 0.1], 0.01, [0.5])):
+    for bad in (
+        busy,
+        dc.DraftCosts([float("nan"), 0.1], 0.01, [0.5]),
+        dc.DraftCosts([0.1, 0.1], -1.0, [0.5]),
+        dc.DraftCosts([0.1, 0.12], 0.01, [1.5]),
+        dc.DraftCosts([0.0, 0.1], 0.01, [0.5]),
+    ):
         with pytest.raises(QwythosError, match="measure again"):
             dc.store(f, 2, bad, 1)
     assert not draft_cost_cache.exists()
@@ -293,8 +315,9 @@ def test_speedup_ceiling_and_scatter():
 def _row(mode, draft, speedup, scatter=0.0):
     from qwythos.runtime.speed import BenchRow
 
-    return BenchRow(mode, draft, 64, 10.0, 10.0, 0.5, [0.5], 1.5, speedup, True, 0, 0, 0, 0, 1.0,
-                    scatter=scatter)
+    return BenchRow(
+        mode, draft, 64, 10.0, 10.0, 0.5, [0.5], 1.5, speedup, True, 0, 0, 0, 0, 1.0, scatter=scatter
+    )
 
 
 def test_bench_keeps_unsound_measurements_out_of_the_cache(stub, draft_cost_cache):
@@ -312,7 +335,9 @@ def test_bench_keeps_unsound_measurements_out_of_the_cache(stub, draft_cost_cach
         note = _store(model, 2, costs, rep)
         assert want in note and "measure again" in note and rep.cache_file is None
         assert not draft_cost_cache.exists()
-    rep = BenchReport(str(stub), 4, 64, 2, rows=[_row("plain", 0, 1.0), _row("mtp draft 1", 1, 1.3)], recommended=1)
+    rep = BenchReport(
+        str(stub), 4, 64, 2, rows=[_row("plain", 0, 1.0), _row("mtp draft 1", 1, 1.3)], recommended=1
+    )
     assert _store(model, 2, costs, rep) == "" and rep.cache_file == str(draft_cost_cache)
 
 
@@ -323,6 +348,8 @@ def test_bench_with_an_unwritable_cache_still_reports(stub, tmp_path, monkeypatc
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("QWYTHOS_DRAFT_COSTS", str(blocker / "draft_costs.json"))
-    rep = BenchReport(str(stub), 4, 64, 2, rows=[_row("plain", 0, 1.0), _row("mtp draft 1", 1, 1.3)], recommended=1)
+    rep = BenchReport(
+        str(stub), 4, 64, 2, rows=[_row("plain", 0, 1.0), _row("mtp draft 1", 1, 1.3)], recommended=1
+    )
     note = _store(SimpleNamespace(path=stub, placement=""), 2, DraftCosts([0.1, 0.12], 0.01, [0.6]), rep)
     assert note.startswith("costs not stored") and rep.cache_file is None

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qwythos.core.drafting.lengths import MAX_DRAFT
 from qwythos.core import limits
+from qwythos.core.drafting.lengths import MAX_DRAFT
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.view import read_view
 from qwythos.core.llamacpp import interrupt

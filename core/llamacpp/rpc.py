@@ -136,15 +136,22 @@ def _call(sock: socket.socket, cmd: int, payload: bytes, reply: int) -> bytes:
     return _recv_exact(sock, size)
 
 
-def _speaks_http(sock: socket.socket, wait: float = 1.0) -> bool:
-    """After a silent HELLO: end the line an HTTP server is still reading; it then answers
-    `HTTP/...` where an rpc-server busy with another client stays silent."""
+def _answers_other_protocol(sock: socket.socket, wait: float = 1.0) -> str | None:
+    """After a silent HELLO: end the line a line-based server (HTTP) is still reading. An rpc-server
+    busy with another client has not accepted us yet and stays silent; anything else that answers
+    or hangs up is not an rpc-server. What it looks like ("an HTTP server"), or None when silent."""
     try:
         sock.settimeout(wait)
         sock.sendall(b"\r\n\r\n")
-        return sock.recv(5) == b"HTTP/"
-    except OSError:  # TimeoutError included
-        return False
+        reply = sock.recv(256)
+    except TimeoutError:
+        return None
+    except OSError:
+        return "a server that hung up"
+    text = reply.upper()
+    if b"HTTP/" in text or b"<HTML" in text or b"<!DOCTYPE" in text:
+        return "an HTTP server"
+    return "another kind of server" if reply else "a server that hung up"
 
 
 def query_worker(ep: Endpoint, timeout: float = 5.0) -> WorkerInfo:
@@ -168,9 +175,10 @@ def query_worker(ep: Endpoint, timeout: float = 5.0) -> WorkerInfo:
             try:
                 hello = _call(sock, _CMD_HELLO, bytes(_CONN_CAPS), 4 + _CONN_CAPS)
             except TimeoutError:
-                if _speaks_http(sock):
+                other = _answers_other_protocol(sock)
+                if other is not None:
                     raise QwythosError(
-                        f"{where} is an HTTP server, not a llama.cpp rpc-server",
+                        f"{where} is not a llama.cpp rpc-server: it answers like {other}",
                         "check the port: --rpc takes the HOST:PORT of a `qwythos rpc-server` "
                         "(or llama.cpp's rpc-server)",
                     ) from None

@@ -18,6 +18,7 @@ from qwythos.core.gguf.ftypes import ggml_types
 from qwythos.core.gguf.view import GGUFView, read_view
 from qwythos.core.model.arch import check_arch
 from qwythos.core.model.qwen35 import TextConfig, config_from_gguf
+from qwythos.core.model.release import START_CONTEXT
 
 #: --kv-type: the KV cache's element type.
 KV_TYPES = ("f16", "q8_0", "q4_0")
@@ -110,7 +111,7 @@ def model_memory(view_or_path: GGUFView | str | Path, ctx: int, kv_type: str = "
 
 def check_context(
     view_or_path: GGUFView | str | Path,
-    ctx: int,
+    ctx: int | None,
     *,
     kv_type: str = "f16",
     offloaded: bool = False,
@@ -120,15 +121,18 @@ def check_context(
     """Refuse `--ctx` before anything is allocated: above the context the model was trained for (its
     header's `context_length`), or needing more memory than this machine has available (weights +
     KV cache + recurrent state, what `qwythos plan` predicts; not checked when layers are offloaded,
-    their memory is elsewhere). available: bytes (-1: this machine's, core/limits.available_memory;
-    None: unknown, not checked). Returns the prediction."""
+    their memory is elsewhere). ctx None: START_CONTEXT, or the trained context when smaller.
+    available: bytes (-1: this machine's, core/limits.available_memory; None: unknown, not checked).
+    Returns the prediction (`.ctx`: the context to allocate)."""
     from qwythos.core.limits import available_memory
 
     view = view_or_path if isinstance(view_or_path, GGUFView) else read_view(view_or_path)
     check_arch(view, doing)
-    if ctx < 1:
-        raise QwythosError(f"--ctx {ctx} must be a positive number of tokens", "e.g. --ctx 4096")
     trained = view.context_length or 0
+    if ctx is None:
+        ctx = min(START_CONTEXT, trained) if trained > 0 else START_CONTEXT
+    if ctx < 1:
+        raise QwythosError(f"--ctx {ctx} must be a positive number of tokens", f"e.g. --ctx {START_CONTEXT}")
     if trained and ctx > trained:
         raise QwythosError(
             f"--ctx {ctx} is above the {trained} tokens {view.path.name} was trained for",

@@ -67,7 +67,7 @@ class BackendOptions:
     draft: int | str = AUTO
     no_mtp: bool = False
     gpu_layers: int | None = None
-    n_ctx: int = START_CONTEXT
+    n_ctx: int | None = None  # None: START_CONTEXT, or the model's trained context when smaller
     mmproj: Path | None = None
     threads: int | None = None
     alias: str | None = None
@@ -143,11 +143,13 @@ class Backend:
         draft = 0 if opts.no_mtp else opts.draft
         if opts.no_mtp and opts.draft != AUTO:
             raise QwythosError("--draft and --no-mtp contradict each other", "pass one of them")
-        if opts.n_ctx < 16:
+        if opts.n_ctx is not None and opts.n_ctx < 16:
             raise QwythosError(f"--ctx {opts.n_ctx} is too small", f"e.g. --ctx {START_CONTEXT}")
         check_threads(opts.threads)
         projector = choose_mmproj(opts.model, opts.mmproj)
-        check_context(opts.model, opts.n_ctx, offloaded=bool(opts.gpu_layers))  # before any allocation
+        n_ctx = check_context(
+            opts.model, opts.n_ctx, offloaded=bool(opts.gpu_layers)
+        ).ctx  # before allocating
         insist = isinstance(draft, int) and draft > 0
         model = load_model(
             opts.model, mtp=False if opts.no_mtp else (True if insist else None), n_gpu_layers=opts.gpu_layers
@@ -159,7 +161,7 @@ class Backend:
 
                 vision = Vision(model, projector.path, threads=opts.threads)
             plan = draft_plan(model, draft, threads=opts.threads)
-            engine = Engine(model, plan, n_ctx=opts.n_ctx, threads=opts.threads, vision=vision)
+            engine = Engine(model, plan, n_ctx=n_ctx, threads=opts.threads, vision=vision)
             session = ChatSession(engine)
         except BaseException:
             if engine is not None:
