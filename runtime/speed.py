@@ -140,7 +140,7 @@ def unsound(rows: list[BenchRow], costs: DraftCosts) -> str | None:
         why = draft_costs.speedup_past_ceiling(r.draft, r.speedup)
         if why is not None:
             return f"{r.mode} measured {why}"
-    why = draft_costs.implausible(costs)
+    why = draft_costs.implausible(costs, draft_costs.BOUND_SLACK)
     if why is not None:
         return why
     for r in rows:

@@ -77,6 +77,7 @@ def test_bench_json_and_table(rt_trained_gguf, draft_cost_cache, monkeypatch):
     # keeps scattered or impossible measurements out of the cache is tested in test_untrusted_flags
     monkeypatch.setattr(draft_costs, "MAX_SCATTER", float("inf"))
     monkeypatch.setattr(draft_costs, "BOUND_SLACK", 1e6)
+    monkeypatch.setattr(draft_costs, "GUARD_SLACK", 1e6)
     r = runner.invoke(
         app, ["bench", str(rt_trained_gguf), "--max-tokens", "16", "--drafts", "1,2", "--json", "-t", "2"]
     )

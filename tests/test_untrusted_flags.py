@@ -321,6 +321,7 @@ def _row(mode, draft, speedup, scatter=0.0):
 
 
 def test_bench_keeps_unsound_measurements_out_of_the_cache(stub, draft_cost_cache):
+    from qwythos.core.drafting import costs as dc
     from qwythos.core.drafting.costs import DraftCosts
     from qwythos.runtime.speed import BenchReport, _store
 
@@ -335,9 +336,15 @@ def test_bench_keeps_unsound_measurements_out_of_the_cache(stub, draft_cost_cach
         note = _store(model, 2, costs, rep)
         assert want in note and "measure again" in note and rep.cache_file is None
         assert not draft_cost_cache.exists()
-    rep = BenchReport(
-        str(stub), 4, 64, 2, rows=[_row("plain", 0, 1.0), _row("mtp draft 1", 1, 1.3)], recommended=1
+    rows = [_row("plain", 0, 1.0), _row("mtp draft 1", 1, 1.3)]
+    # a step with a draft 1.4x cheaper than a plain one: past bench's bound, inside the cache's guard
+    cheap = DraftCosts([0.10, 0.07], 0.0, [0.9])
+    assert dc.implausible(cheap) is None and "cheaper than a plain step" in dc.implausible(
+        cheap, dc.BOUND_SLACK
     )
+    rep = BenchReport(str(stub), 4, 64, 2, rows=rows, recommended=1)
+    assert "cheaper than a plain step" in _store(model, 2, cheap, rep) and not draft_cost_cache.exists()
+    rep = BenchReport(str(stub), 4, 64, 2, rows=rows, recommended=1)
     assert _store(model, 2, costs, rep) == "" and rep.cache_file == str(draft_cost_cache)
 
 

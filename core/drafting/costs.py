@@ -43,20 +43,25 @@ class DraftCosts:
         return v[-1] + (k - len(v)) * slope
 
 
-#: How far a measurement may stray past a bound of the cost model before it counts as broken (timer
-#: noise on a quiet machine stays well inside it; a busy one's 333x "speed-ups" do not).
+#: How far bench's measurements may stray past a bound of the cost model before they count as
+#: broken (timer noise on a quiet machine stays well inside it; a busy one's 333x "speed-ups" do not).
 BOUND_SLACK = 0.25
+#: The looser guard on everything the cache stores or hands out (a run's first steps, few and short,
+#: are noisier than a bench; an entry past it is impossible however it was measured).
+GUARD_SLACK = 1.0
 #: The largest coefficient of variation (std / mean) of one mode's seconds per target pass over the
 #: bench's prompts: more scatter than this means something else ran on the machine meanwhile.
 MAX_SCATTER = 0.5
 MEASURE_AGAIN = "measure again with `qwythos bench` when the machine is otherwise idle"
 
 
-def implausible(costs: DraftCosts) -> str | None:
+def implausible(costs: DraftCosts, slack: float | None = None) -> str | None:
     """Why these costs cannot come from a real measurement, or None. Times must be finite and
     positive, acceptances within 0..1, and a step with N drafts (a target batch of N + 1 tokens plus
     N head passes) can cost no less than a plain step (a batch of 1): else its predicted speed-up
-    would pass the N + 1 tokens a step can yield at most."""
+    would pass the N + 1 tokens a step can yield at most. slack: the noise allowed (GUARD_SLACK by
+    default; bench asks for BOUND_SLACK)."""
+    slack = GUARD_SLACK if slack is None else slack
     v, h = costs.verify_s, costs.head_s
     if not v or not all(math.isfinite(t) and t > 0 for t in v) or not (math.isfinite(h) and h >= 0):
         return "a non-positive or non-finite time"
@@ -64,7 +69,7 @@ def implausible(costs: DraftCosts) -> str | None:
         return "an acceptance outside 0..1"
     for n in range(1, len(v)):
         step = v[n] + n * h
-        if step * (1 + BOUND_SLACK) < v[0]:
+        if step * (1 + slack) < v[0]:
             return (
                 f"a step with {n} draft(s) measured {v[0] / step:.1f}x cheaper than a plain step "
                 f"(a predicted speed-up past the ceiling of {n + 1}x)"
