@@ -300,6 +300,12 @@ def test_impossible_costs_are_not_stored_nor_trusted(tmp_path, draft_cost_cache)
     entry["costs"]["verify_s"] = busy.verify_s
     draft_cost_cache.write_text(json.dumps(data))
     assert dc.lookup(f, 2) is None and dc.recommended_draft(f, 2) is None
+    # a run's entry is only where the next run starts measuring: its times are checked, not its ratios
+    g = tmp_path / "g.gguf"
+    g.write_bytes(b"y")
+    assert dc.store(g, 2, busy, 0, source="run") is not None and dc.lookup(g, 2).source == "run"
+    with pytest.raises(QwythosError, match="non-positive or non-finite"):
+        dc.store(g, 2, dc.DraftCosts([0.1, float("inf")], 0.01, [0.5]), 0, source="run")
 
 
 def test_speedup_ceiling_and_scatter():

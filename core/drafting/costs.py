@@ -46,9 +46,16 @@ class DraftCosts:
 #: How far bench's measurements may stray past a bound of the cost model before they count as
 #: broken (timer noise on a quiet machine stays well inside it; a busy one's 333x "speed-ups" do not).
 BOUND_SLACK = 0.25
-#: The looser guard on everything the cache stores or hands out (a run's first steps, few and short,
-#: are noisier than a bench; an entry past it is impossible however it was measured).
+#: The looser guard on the bench entries the cache stores or hands out (past it they are impossible
+#: however measured). A run's entry, from its first few short steps, is only where the next run's
+#: policy starts measuring again: for it only the times and acceptances are checked.
 GUARD_SLACK = 1.0
+
+
+def guard_slack(source: str) -> float:
+    return GUARD_SLACK if source == "bench" else math.inf
+
+
 #: The largest coefficient of variation (std / mean) of one mode's seconds per target pass over the
 #: bench's prompts: more scatter than this means something else ran on the machine meanwhile.
 MAX_SCATTER = 0.5
@@ -194,7 +201,7 @@ def lookup(gguf: str | Path, threads: int, placement: str = "") -> CostRecord | 
             [float(x) for x in c["verify_s"]], float(c["head_s"]), [float(x) for x in c["acceptance"]]
         )
         source = entry.get("source", "bench")
-        if implausible(costs) is not None or source not in SOURCES:
+        if source not in SOURCES or implausible(costs, guard_slack(source)) is not None:
             return None  # an impossible entry (a busy machine's, an edited cache) is measured again
         return CostRecord(costs, int(entry["recommended"]), float(entry["measured_at"]), key, source)
     except (KeyError, TypeError, ValueError):
@@ -212,7 +219,7 @@ def store(
     """Add or replace this file's entry (the rest of the cache is kept; read and written under the
     cache's lock). An entry from a `run` never replaces one from `bench`: None then. Costs that
     cannot be real (`implausible`) are never stored: a QwythosError saying to measure again."""
-    why = implausible(costs)
+    why = implausible(costs, guard_slack(source))
     if why is not None:
         raise QwythosError(f"the measured draft costs were not stored: {why}", MEASURE_AGAIN)
     key = cost_key(gguf, threads, placement)
