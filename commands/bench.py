@@ -5,9 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from qwythos.commands import engine_flags as flags
-from qwythos.commands.common import JsonOption, app, console, fail, print_json, simple_table, with_flag_groups
+from qwythos.commands.common import (
+    JsonOption,
+    app,
+    console,
+    err_console,
+    fail,
+    print_json,
+    simple_table,
+    with_flag_groups,
+)
 from qwythos.core.drafting.lengths import MAX_DRAFT
 from qwythos.core.errors import QwythosError
 
@@ -94,9 +104,15 @@ def bench_cmd(
         best = {x.draft: x for x in r.rows if x.mode not in ("auto", NO_MTP)}[r.recommended]
         console.print(
             f"recommended: --draft {r.recommended} (predicted {best.predicted_speedup:.2f}x, measured "
-            f"{best.speedup:.2f}x {r.baseline}); `run` and `chat` use it with --draft auto"
-            + (f" [dim](costs stored in {r.cache_file})[/]" if r.cache_file else "")
+            f"{best.speedup:.2f}x {r.baseline})"
+            + (
+                f"; `run` and `chat` use it with --draft auto [dim](costs stored in {r.cache_file})[/]"
+                if r.cache_file
+                else ""
+            )
         )
+        if r.cache_note:
+            err_console.print(f"[yellow]warning:[/] {escape(r.cache_note)}", highlight=False, soft_wrap=True)
     if r.break_even:
         needs = ", ".join(
             f"draft {n}: {a:.0%}" if a is not None else f"draft {n}: never" for n, a in r.break_even.items()

@@ -43,9 +43,75 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+def _flag(param: click.Parameter | None) -> str:
+    """The flag as the user spells it at its longest (`--threads`, not `-t`)."""
+    opts = getattr(param, "opts", None) or [getattr(param, "name", "") or "value"]
+    return max(opts, key=len)
+
+
+def _by_name_checks() -> dict[str, Callable[[Any, str], Any]]:
+    """Flags checked by their name in every command that takes them: one checker per kind of value
+    (core/limits), so `bench -t 0` is refused as `run -t 0` is, and a bad QWYTHOS_THREADS is refused
+    by every command with --threads before any work."""
+    from qwythos.core import limits
+
+    def threads(value: int | None, flag: str) -> int | None:
+        if value is None:
+            limits.env_threads()  # the default comes from QWYTHOS_THREADS: checked now, not mid-run
+            return None
+        return limits.check_threads(value, flag)
+
+    return {"threads": threads, "seed": limits.check_seed}
+
+
+def _finite(value: Any, flag: str) -> Any:
+    """Every float flag (temperature, top-p, penalties, learning rate, ...): a finite number; `inf`
+    is refused as `nan` is (core/limits.check_finite)."""
+    from qwythos.core.limits import check_finite
+
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, float):
+            check_finite(v, flag)
+    return value
+
+
+def _checked(param: click.Parameter, *checks: Callable[[Any, str], Any]) -> None:
+    inner = param.callback
+
+    def callback(ctx: click.Context, p: click.Parameter, value: Any) -> Any:
+        for check in checks:
+            value = check(value, _flag(p))
+        return inner(ctx, p, value) if inner is not None else value
+
+    param.callback = callback
+
+
+#: Groups whose flags describe another machine (an export's --threads is the server's, not ours):
+#: only the checks that do not depend on this machine apply there.
+OTHER_MACHINE_GROUPS = {"export": ("threads",)}
+
+
+def check_flags(group: Any, by_name: dict[str, Callable[[Any, str], Any]] | None = None) -> None:
+    """Give every command of `group` (its sub-groups too) the checks above: float flags finite,
+    the flags of _by_name_checks checked wherever they appear."""
+    by_name = _by_name_checks() if by_name is None else by_name
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):  # a sub-group (typer's click may be its own copy: no isinstance)
+            skip = OTHER_MACHINE_GROUPS.get(name, ())
+            check_flags(cmd, {k: v for k, v in by_name.items() if k not in skip})
+            continue
+        for p in cmd.params:
+            _checked(p, _finite, *([by_name[p.name]] if p.name in by_name else []))
+
+
 class QwythosGroup(TyperGroup):
     """The one error mapping (as huggingface_hub's `hf` does it): every command of every sub-group
-    runs inside this `invoke`, so a `QwythosError` becomes one message and exit 1, Ctrl-C exit 130."""
+    runs inside this `invoke`, so a `QwythosError` becomes one message and exit 1, Ctrl-C exit 130.
+    Every flag gets its kind's check here (`check_flags`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        check_flags(self)
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
         from qwythos.core import fileio

@@ -19,9 +19,10 @@ from pathlib import Path
 import typer
 
 from qwythos.commands.common import FlagGroup, err_console
+from qwythos.core import limits
 from qwythos.core.errors import QwythosError
 from qwythos.core.llamacpp.placement import AUTO as AUTO_LAYERS
-from qwythos.core.llamacpp.placement import parse_gpu_layers
+from qwythos.core.llamacpp.placement import may_offload, parse_gpu_layers
 from qwythos.core.model import release
 from qwythos.runtime.sampling import CARD_SAMPLING, SamplingParams
 
@@ -34,7 +35,7 @@ class EngineFlags:
     no_mtp: bool = False
     threads: int | None = None
     draft_model: Path | None = None
-    ctx: int = release.START_CONTEXT
+    ctx: int | None = None  # None: START_CONTEXT, or the model's trained context when smaller
 
     @property
     def mtp(self) -> bool | None:
@@ -66,7 +67,7 @@ GPU_LAYERS_OPTION = typer.Option(
 
 
 def engine_from_flags(
-    draft: str | None, no_mtp: bool, threads: int | None, draft_model: Path | None, ctx: int
+    draft: str | None, no_mtp: bool, threads: int | None, draft_model: Path | None, ctx: int | None
 ) -> EngineFlags:
     """--draft (auto by default), --no-mtp, --threads, --draft-model and --ctx, checked."""
     from qwythos.runtime.draft_plan import AUTO, parse_draft
@@ -74,9 +75,8 @@ def engine_from_flags(
     d = None if draft is None else parse_draft(draft)
     if d is not None and no_mtp:
         raise QwythosError("--draft and --no-mtp contradict each other", "pass one of them")
-    if threads is not None and threads < 1:
-        raise QwythosError(f"--threads {threads} must be at least 1", "e.g. -t 4 (default: all CPUs)")
-    if ctx < 1:
+    limits.check_threads(threads)
+    if ctx is not None and ctx < 1:
         raise QwythosError(
             f"--ctx {ctx} must be a positive number of tokens", f"e.g. --ctx {release.START_CONTEXT}"
         )
@@ -93,6 +93,7 @@ def sampling_from_flags(
 ) -> SamplingParams:
     """The model card's sampling with the flags given in its place, checked."""
     c = CARD_SAMPLING
+    limits.check_seed(seed)
     for flag, v, ok, want in (
         ("--temp", temp, lambda x: x >= 0, f"0 (greedy) or more; the card uses {c.temperature}"),
         ("--top-k", top_k, lambda x: x >= 0, f"0 (off) or more; the card uses {c.top_k}"),
@@ -105,7 +106,7 @@ def sampling_from_flags(
             f"above 0 (1 = off); the card uses {c.repeat_penalty}",
         ),
     ):
-        if v is not None and not ok(v):
+        if v is not None and not ok(limits.check_finite(v, flag)):
             raise QwythosError(f"{flag} {v} is out of range", f"use {want}")
     given = dict(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty)
     return replace(c, seed=seed, **{k: v for k, v in given.items() if v is not None})
@@ -131,8 +132,13 @@ ENGINE_FLAGS = FlagGroup(
     threads=(int | None, THREADS_OPTION),
     draft_model=(Path | None, typer.Option(None, "--draft-model", help="A separate MTP draft GGUF.")),
     ctx=(
-        int,
-        typer.Option(release.START_CONTEXT, "--ctx", help="Context length (raise it for long inputs)."),
+        int | None,
+        typer.Option(
+            None,
+            "--ctx",
+            help=f"Context length (default {release.START_CONTEXT}, or the model's trained context when "
+            "smaller; at most the trained context).",
+        ),
     ),
 )
 SAMPLING_FLAGS = FlagGroup(
@@ -188,17 +194,21 @@ def open_engine(model_path: Path, engine: EngineFlags, placement: PlacementFlags
     warning, without a head). projector: a core/gguf/mmproj.ProjectorChoice to load for images
     (engine.vision)."""
     from qwythos.core.llamacpp.handles import load_model
+    from qwythos.core.model.memory import check_context
     from qwythos.runtime.draft_plan import draft_plan
     from qwythos.runtime.speculative import Engine
     from qwythos.runtime.vision import Vision
 
+    # --ctx against the model's trained context and this machine's memory, from the header alone
+    offloaded = may_offload(placement.gpu_layers, placement.rpc)
+    n_ctx = check_context(model_path, engine.ctx, offloaded=offloaded).ctx
     model = load_model(
         model_path,
         mtp=engine.mtp,
         draft_path=engine.draft_model,
         rpc=placement.rpc,
         n_gpu_layers=placement.gpu_layers,
-        n_ctx=engine.ctx,
+        n_ctx=n_ctx,
     )
     if model.workers:
         err_console.print(f"[dim]{placement_line(model)}[/]")
@@ -211,7 +221,7 @@ def open_engine(model_path: Path, engine: EngineFlags, placement: PlacementFlags
         plan = draft_plan(model, engine.draft, threads=engine.threads)
         if projector is not None:
             vision = Vision(model, projector.path, threads=engine.threads)
-        return model, Engine(model, plan, n_ctx=engine.ctx, threads=engine.threads, vision=vision)
+        return model, Engine(model, plan, n_ctx=n_ctx, threads=engine.threads, vision=vision)
     except BaseException:
         if vision is not None:
             vision.close()

@@ -64,8 +64,6 @@ def eval_cmd(
 
     text = text if text is not None else default_text()
     text_str = read_text_input(text, "--text")
-    if threads < 1:
-        raise QwythosError(f"--threads {threads} must be at least 1", f"e.g. --threads {EVAL_THREADS}")
     if ctx < 32 or max_windows < 1:
         raise QwythosError(
             f"--ctx {ctx} / --max-windows {max_windows} too small",

@@ -260,6 +260,12 @@ def _add_engine_command(engine: Engine) -> None:
         force: bool = typer.Option(False, "--force", help="Replace earlier launch scripts."),
         json_out: bool = JsonOption,
     ) -> None:
+        from qwythos.core.limits import check_host, check_port
+
+        check_host(host, "--host")  # what reaches a launch script is checked before anything is written
+        check_host(master_addr, "--master-addr")
+        check_port(port, "--port")
+        check_port(master_port, "--master-port")
         r = export_engine(
             engine,
             folder,

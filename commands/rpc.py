@@ -23,18 +23,15 @@ def rpc_server_cmd(
 ) -> None:
     """Serve this machine's CPU to `qwythos run/chat/bench --rpc HOST:PORT` (or llama.cpp's --rpc).
     Never expose it to an open network: it has no authentication."""
-    from qwythos.core.errors import QwythosError
+    from qwythos.core.limits import check_port
     from qwythos.core.llamacpp import rpc
     from qwythos.core.llamacpp.handles import default_threads
 
-    if not 1 <= port <= 65535:
-        raise QwythosError(f"--port {port} is out of range", f"use 1..65535, e.g. --port {rpc.DEFAULT_PORT}")
-    if threads is not None and threads < 1:
-        raise QwythosError(f"--threads {threads} must be at least 1", "e.g. -t 4 (default: all CPUs)")
+    check_port(port)
     ep = rpc.Endpoint(host, port)
+    rpc.check_can_serve(ep)  # refused before anything says it listens
     if not ep.is_loopback:
         err_console.print(f"[bold yellow]warning:[/] listening on {ep}: {rpc.OPEN_NETWORK_WARNING}")
-    rpc.check_can_serve(ep)
     cache_dir = fileio.cache_dir("rpc") if cache else None
     err_console.print(f"[dim]clients: qwythos run MODEL.gguf --rpc {ep} ...; Ctrl-C stops the worker[/]")
     rpc.serve(ep, threads or default_threads(), cache_dir)

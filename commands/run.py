@@ -64,9 +64,8 @@ def run_cmd(
         raise QwythosError("--raw cannot place --image", "drop --raw: the chat template places the pictures")
     for img in images:
         if not img.is_file():
-            raise QwythosError(
-                f"image {img} does not exist", "pass the path of a PNG or JPEG file with --image"
-            )
+            what = "is a folder, not a picture" if img.is_dir() else "does not exist"
+            raise QwythosError(f"--image {img} {what}", "pass the path of a PNG or JPEG file with --image")
     projector = flags.choose_projector(model_path, mmproj, images) if images or mmproj else None
     model, eng = flags.open_engine(model_path, engine, placement, projector if images else None)
     layout = None

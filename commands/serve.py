@@ -28,7 +28,12 @@ def serve_cmd(
     ),
     no_mtp: bool = typer.Option(False, "--no-mtp", help="Plain decoding, no drafts."),
     gpu_layers: str = GPU_LAYERS_OPTION,
-    ctx: int = typer.Option(START_CONTEXT, "--ctx", help="Context length shared by every conversation."),
+    ctx: int | None = typer.Option(
+        None,
+        "--ctx",
+        help=f"Context length shared by every conversation (default {START_CONTEXT}, or the model's "
+        "trained context when smaller).",
+    ),
     mmproj: Path | None = typer.Option(
         None, "--mmproj", help="Vision projector GGUF (default: an mmproj*.gguf beside the model)."
     ),
@@ -44,9 +49,11 @@ def serve_cmd(
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads (default: all)."),
 ) -> None:
     """Serve the model over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models."""
+    from qwythos.core.limits import check_port
     from qwythos.runtime.server.backend import BackendOptions, parse_draft
     from qwythos.runtime.server.launch import ServeOptions, check_exposure, require_extra, serve
 
+    check_port(port, allow_zero=True)
     require_extra()
     warning = check_exposure(host, api_key)
     if warning:

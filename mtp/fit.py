@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -55,6 +56,23 @@ class FitSettings(TrainSettings):
     tokens: int = 200_000
     seq: int = 512
     top_k: int = 32
+
+    def check(self) -> FitSettings:
+        """Every number checked before any work: one message naming the flag."""
+        for what, v, lo in (
+            ("--steps", self.steps, 1),
+            ("--tokens", self.tokens, 16),
+            ("--depths", self.depths, 1),
+            ("--seq", self.seq, 2),  # a sequence of one token has nothing after it to predict
+            ("--batch", self.batch, 1),
+        ):
+            if v < lo:
+                raise QwythosError(f"{what} {v} is too small", f"use at least {lo}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise QwythosError(
+                f"--lr {self.lr} is not a learning rate", f"use a small positive number, e.g. --lr {FIT_LR}"
+            )
+        return self
 
     def train_settings(self, init: bool) -> TrainSettings:
         """The training part alone (the resume key must not change with collection settings)."""
@@ -189,6 +207,7 @@ def fit(
     progress: Callable[[str, Any], None] | None = None,
 ) -> FitResult:
     """Collect, train, write (see the module docstring). Returns what was done and measured."""
+    s = (settings or FitSettings()).check()
     require_torch()
     import torch
 
@@ -199,16 +218,12 @@ def fit(
     from qwythos.mtp.sources import HeadSource, HeadTensor
 
     t0 = time.perf_counter()
-    s = settings or FitSettings()
     model = Path(model)
     hdr = read_header(model)
     if hdr.kv.get("general.architecture") != ARCH or not has_trunk(hdr):
         raise QwythosError(f"{model} is not a qwen35 model with its trunk", "pass the main model GGUF")
     if head_type is not None and head_type.lower() not in HEAD_TYPES:
         raise QwythosError(f"unknown head --type {head_type}", f"use one of {', '.join(HEAD_TYPES)}")
-    for what, v, lo in (("--steps", s.steps, 1), ("--tokens", s.tokens, 16), ("--depths", s.depths, 1)):
-        if v < lo:
-            raise QwythosError(f"{what} {v} is too small", f"use at least {lo}")
     out_path = Path(out) if out is not None else default_output(model, separate)
     if out_path.resolve() == model.resolve():
         raise QwythosError(

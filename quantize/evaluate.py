@@ -24,6 +24,7 @@ from qwythos.core.gguf.view import GGUFView, read_view
 from qwythos.core.llamacpp.handles import load_model
 from qwythos.core.llamacpp.log import llama_log_to
 from qwythos.core.model.release import CALIBRATION_TEXT
+from qwythos.core.model.structure import check_model
 
 EVAL_CTX = 256  # tokens per window (the second half is scored)
 EVAL_MAX_WINDOWS = 8
@@ -260,6 +261,14 @@ def check_same_model(base: Path | GGUFView, quants: list[Path] | list[GGUFView])
         return list(view.tokens or []), tensors
 
     base_v = as_view(base)
+    for v, role, fix in (
+        (base_v, "the base", "convert the BF16 base again (`qwythos convert`)"),
+        *((as_view(q), "the quantization", "quantize it again from the base") for q in quants),
+    ):  # a damaged file is named as such, before any comparison blames the other one
+        issues = check_model(v)
+        if issues:
+            more = f" (and {len(issues) - 1} more problems)" if len(issues) > 1 else ""
+            raise QwythosError(f"{role} {v.path} is damaged: {issues[0]}{more}", fix)
     b_vocab, b_tensors = shape(base_v)
     for q_v in map(as_view, quants):
         q = q_v.path

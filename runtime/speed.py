@@ -62,6 +62,7 @@ class BenchRow:
     predicted_speedup: float | None = None  # the cost model's prediction for this draft length
     steps_per_draft: list[int] = field(default_factory=list)
     first_text: str = ""  # what the first prompt generated (the demo shows it)
+    scatter: float = 0.0  # coefficient of variation of seconds per target pass over the prompts
 
 
 @dataclass
@@ -76,6 +77,7 @@ class BenchReport:
     recommended: int | None = None  # the draft length the measured costs predict fastest
     costs: dict | None = None
     cache_file: str | None = None  # where the costs were stored
+    cache_note: str = ""  # why they were not (impossible or scattered measurements, a read-only cache)
     placement: str = ""  # where the layers ran (Model.placement; "" = all on this CPU)
     placed: dict = field(default_factory=dict)  # which device held what, and why (Placement.to_dict)
     baseline: str = "plain"  # what the speed-ups are against: NO_MTP (the file without its head) or plain
@@ -149,7 +151,30 @@ def _row(mode: str, draft: int, gens: list[Generation], base_tps, base_tokens) -
         seconds=secs,
         steps_per_draft=steps,
         first_text=gens[0].text if gens else "",
+        scatter=draft_costs.scatter(
+            [g.stats.t_verify / g.stats.target_passes for g in gens if g.stats.target_passes]
+        ),
     )
+
+
+def unsound(rows: list[BenchRow], costs: DraftCosts) -> str | None:
+    """Why a bench's measurements must not be stored for `run` to trust, or None: a speed-up past
+    its ceiling, costs the model cannot produce (core/drafting/costs.implausible), or a fixed mode
+    whose seconds per target pass scatter over the prompts (the machine was busy)."""
+    for r in rows:
+        why = draft_costs.speedup_past_ceiling(r.draft, r.speedup)
+        if why is not None:
+            return f"{r.mode} measured {why}"
+    why = draft_costs.implausible(costs, draft_costs.BOUND_SLACK)
+    if why is not None:
+        return why
+    for r in rows:
+        if r.mode != "auto" and r.scatter > draft_costs.MAX_SCATTER:
+            return (
+                f"{r.mode}'s time per target pass varied by {r.scatter:.0%} over the prompts "
+                f"(more than {draft_costs.MAX_SCATTER:.0%})"
+            )
+    return None
 
 
 def costs_from_rows(rows: list[BenchRow]) -> DraftCosts | None:
@@ -235,10 +260,26 @@ def bench_model(
             row.predicted_speedup = predicted_tps(costs, report.recommended) / plain if plain else None
             report.rows.append(row)
         if store:
-            t = threads or default_threads()
-            draft_costs.store(model.path, t, costs, report.recommended, model.placement)
-            report.cache_file = str(draft_costs.cache_file())
+            report.cache_note = _store(model, threads, costs, report)
     return report
+
+
+def _store(model: Model, threads: int | None, costs: DraftCosts, report: BenchReport) -> str:
+    """Store the costs for `run` when they are sound and the cache writable; else why not (the
+    table is printed either way)."""
+    why = unsound(report.rows, costs)
+    if why is not None:
+        return f"costs not stored: {why}; {draft_costs.MEASURE_AGAIN}"
+    try:
+        draft_costs.store(
+            model.path, threads or default_threads(), costs, report.recommended, model.placement
+        )
+    except QwythosError as e:
+        return f"costs not stored: {e.message}"
+    except OSError as e:
+        return f"costs not stored in {draft_costs.cache_file()}: {e.strerror or e}"
+    report.cache_file = str(draft_costs.cache_file())
+    return ""
 
 
 def run_bench(

@@ -225,7 +225,8 @@ class Vision:
         """A bitmap of the picture at `path`; missing, empty or undecodable files get one message."""
         p = Path(path)
         if not p.is_file():
-            raise QwythosError(f"image {p} does not exist", "pass the path of a PNG or JPEG file")
+            what = "is a folder, not a picture" if p.is_dir() else "does not exist"
+            raise QwythosError(f"image {p} {what}", "pass the path of a PNG or JPEG file")
         data = p.read_bytes()
         if not data or len(data) > MAX_IMAGE_BYTES:
             raise QwythosError(

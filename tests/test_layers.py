@@ -82,7 +82,7 @@ def test_every_import_follows_the_layers():
 
 #: core's rooms in order: each imports only itself and the rooms before it, so core has no circle
 #: (the GGUF format knows nothing of the model; the llama.cpp binding stands on both).
-CORE_ROOMS = ("errors", "fileio", "hub", "drafting", "gguf", "model", "llamacpp")
+CORE_ROOMS = ("errors", "limits", "fileio", "hub", "drafting", "gguf", "model", "llamacpp")
 
 
 def _core_room(module: str) -> str:

@@ -231,9 +231,15 @@ def test_rpc_server_refuses_a_taken_port(worker):
     assert p.returncode == 1 and f"cannot listen on {ep}" in p.stderr, p.stderr
 
 
-def test_rpc_server_warns_off_loopback(worker):
-    """Any address but the loopback gets the warning before anything else (here it then fails to bind
-    a taken port, so the test does not leave a worker on the network)."""
+def test_rpc_server_refuses_before_warning_and_warns_off_loopback(worker, monkeypatch):
+    """An address that cannot be served is refused before anything says it listens; any address but
+    the loopback that can be gets the warning (the worker itself stubbed out here, so the test does
+    not leave one on the network)."""
+    from typer.testing import CliRunner
+
+    from qwythos.cli import app
+    from qwythos.core.llamacpp import rpc
+
     ep, _, _ = worker
     p = subprocess.run(
         [*QWYTHOS, "rpc-server", "--host", "0.0.0.0", "--port", str(ep.port)],
@@ -241,4 +247,11 @@ def test_rpc_server_warns_off_loopback(worker):
         text=True,
         timeout=60,
     )
-    assert "never let it face an open network" in p.stderr.replace("\n", " ")
+    assert p.returncode == 1 and "cannot listen" in p.stderr and "open network" not in p.stderr
+    served = []
+    monkeypatch.setattr(rpc, "check_can_serve", lambda e: None)
+    monkeypatch.setattr(rpc, "serve", lambda e, *a: served.append(str(e)))
+    r = CliRunner().invoke(app, ["rpc-server", "--host", "0.0.0.0", "--port", str(ep.port)])
+    assert "never let it face an open network" in " ".join(r.output.split()) and served == [
+        f"0.0.0.0:{ep.port}"
+    ]

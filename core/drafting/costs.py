@@ -12,12 +12,14 @@ a run never replaces bench's. The cache is one JSON file in the user's cache fol
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from qwythos.core.errors import QwythosError
 from qwythos.core.fileio import atomic_output, cache_dir
 
 LOCK_WAIT_S = 5.0  # two processes storing at once: the second waits for the first
@@ -39,6 +41,68 @@ class DraftCosts:
             return v[k - 1]
         slope = max(0.0, v[-1] - v[-2]) if len(v) >= 2 else v[-1]
         return v[-1] + (k - len(v)) * slope
+
+
+#: How far bench's measurements may stray past a bound of the cost model before they count as
+#: broken (timer noise on a quiet machine stays well inside it; a busy one's 333x "speed-ups" do not).
+BOUND_SLACK = 0.25
+#: The looser guard on the bench entries the cache stores or hands out (past it they are impossible
+#: however measured). A run's entry, from its first few short steps, is only where the next run's
+#: policy starts measuring again: for it only the times and acceptances are checked.
+GUARD_SLACK = 1.0
+
+
+def guard_slack(source: str) -> float:
+    return GUARD_SLACK if source == "bench" else math.inf
+
+
+#: The largest coefficient of variation (std / mean) of one mode's seconds per target pass over the
+#: bench's prompts: more scatter than this means something else ran on the machine meanwhile.
+MAX_SCATTER = 0.5
+MEASURE_AGAIN = "measure again with `qwythos bench` when the machine is otherwise idle"
+
+
+def implausible(costs: DraftCosts, slack: float | None = None) -> str | None:
+    """Why these costs cannot come from a real measurement, or None. Times must be finite and
+    positive, acceptances within 0..1, and a step with N drafts (a target batch of N + 1 tokens plus
+    N head passes) can cost no less than a plain step (a batch of 1): else its predicted speed-up
+    would pass the N + 1 tokens a step can yield at most. slack: the noise allowed (GUARD_SLACK by
+    default; bench asks for BOUND_SLACK)."""
+    slack = GUARD_SLACK if slack is None else slack
+    v, h = costs.verify_s, costs.head_s
+    if not v or not all(math.isfinite(t) and t > 0 for t in v) or not (math.isfinite(h) and h >= 0):
+        return "a non-positive or non-finite time"
+    if not all(math.isfinite(a) and 0 <= a <= 1 for a in costs.acceptance):
+        return "an acceptance outside 0..1"
+    for n in range(1, len(v)):
+        step = v[n] + n * h
+        if step * (1 + slack) < v[0]:
+            return (
+                f"a step with {n} draft(s) measured {v[0] / step:.1f}x cheaper than a plain step "
+                f"(a predicted speed-up past the ceiling of {n + 1}x)"
+            )
+    return None
+
+
+def speedup_past_ceiling(n: int, speedup: float) -> str | None:
+    """A measured speed-up of draft length n beyond its ceiling (n + 1 tokens per target pass), or
+    not a finite positive number: why it cannot be real, else None."""
+    if not (math.isfinite(speedup) and speedup > 0):
+        return f"a speed-up of {speedup} for draft {n}"
+    if n > 0 and speedup > (n + 1) * (1 + BOUND_SLACK):
+        return f"a speed-up of {speedup:.1f}x for draft {n}, whose ceiling is {n + 1}x"
+    return None
+
+
+def scatter(samples: list[float]) -> float:
+    """The coefficient of variation of repeated measurements (0 for fewer than two)."""
+    if len(samples) < 2:
+        return 0.0
+    mean = sum(samples) / len(samples)
+    if not mean > 0:
+        return math.inf
+    var = sum((x - mean) ** 2 for x in samples) / (len(samples) - 1)
+    return math.sqrt(var) / mean
 
 
 #: Who measured an entry: `qwythos bench` (every length over whole runs), or a `run` that
@@ -137,8 +201,8 @@ def lookup(gguf: str | Path, threads: int, placement: str = "") -> CostRecord | 
             [float(x) for x in c["verify_s"]], float(c["head_s"]), [float(x) for x in c["acceptance"]]
         )
         source = entry.get("source", "bench")
-        if len(costs.verify_s) < 1 or costs.head_s < 0 or source not in SOURCES:
-            return None
+        if source not in SOURCES or implausible(costs, guard_slack(source)) is not None:
+            return None  # an impossible entry (a busy machine's, an edited cache) is measured again
         return CostRecord(costs, int(entry["recommended"]), float(entry["measured_at"]), key, source)
     except (KeyError, TypeError, ValueError):
         return None
@@ -153,7 +217,11 @@ def store(
     source: str = "bench",
 ) -> CostRecord | None:
     """Add or replace this file's entry (the rest of the cache is kept; read and written under the
-    cache's lock). An entry from a `run` never replaces one from `bench`: None then."""
+    cache's lock). An entry from a `run` never replaces one from `bench`: None then. Costs that
+    cannot be real (`implausible`) are never stored: a QwythosError saying to measure again."""
+    why = implausible(costs, guard_slack(source))
+    if why is not None:
+        raise QwythosError(f"the measured draft costs were not stored: {why}", MEASURE_AGAIN)
     key = cost_key(gguf, threads, placement)
     rec = CostRecord(costs, int(recommended), time.time(), key, source)
     path = cache_file()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qwythos.core import limits
 from qwythos.core.drafting.lengths import MAX_DRAFT
 from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.view import read_view
@@ -57,14 +58,9 @@ def _init_backend() -> None:
 
 
 def default_threads() -> int:
-    """Threads for llama.cpp: QWYTHOS_THREADS, else the CPUs this process may run on."""
-    env = os.environ.get("QWYTHOS_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    """Threads for llama.cpp: QWYTHOS_THREADS (checked: a bad value is one message naming it), else
+    the CPUs this process may run on."""
+    return limits.env_threads() or limits.cpu_count()
 
 
 @dataclass

@@ -120,6 +120,19 @@ class Placement:
         return max(0, self.n_gpu_layers - 1 - self.n_mtp)
 
 
+def may_offload(setting: int | str | None, rpc: object = None) -> bool:
+    """Whether some layers may live outside this machine's memory (so a memory check against it
+    would be wrong): RPC workers, a layer count above 0, or auto with a GPU device in this build."""
+    if rpc:
+        return True
+    setting = parse_gpu_layers(setting)
+    if setting == AUTO:
+        from qwythos.core.llamacpp.devices import list_devices
+
+        return bool(gpus_of(list_devices()))
+    return setting > 0
+
+
 def gpus_of(devices: list[Device]) -> list[Device]:
     """The devices llama.cpp would offload to: the discrete GPUs, else the integrated ones (RPC
     workers left out: they are placed by --rpc)."""

@@ -136,6 +136,24 @@ def _call(sock: socket.socket, cmd: int, payload: bytes, reply: int) -> bytes:
     return _recv_exact(sock, size)
 
 
+def _answers_other_protocol(sock: socket.socket, wait: float = 1.0) -> str | None:
+    """After a silent HELLO: end the line a line-based server (HTTP) is still reading. An rpc-server
+    busy with another client has not accepted us yet and stays silent; anything else that answers
+    or hangs up is not an rpc-server. What it looks like ("an HTTP server"), or None when silent."""
+    try:
+        sock.settimeout(wait)
+        sock.sendall(b"\r\n\r\n")
+        reply = sock.recv(256)
+    except TimeoutError:
+        return None
+    except OSError:
+        return "a server that hung up"
+    text = reply.upper()
+    if b"HTTP/" in text or b"<HTML" in text or b"<!DOCTYPE" in text:
+        return "an HTTP server"
+    return "another kind of server" if reply else "a server that hung up"
+
+
 def query_worker(ep: Endpoint, timeout: float = 5.0) -> WorkerInfo:
     """Speak the protocol's HELLO, DEVICE_COUNT and GET_DEVICE_MEMORY to a worker; a QwythosError
     naming the worker and the fix when it is down, busy, not an rpc-server or of another version."""
@@ -157,9 +175,17 @@ def query_worker(ep: Endpoint, timeout: float = 5.0) -> WorkerInfo:
             try:
                 hello = _call(sock, _CMD_HELLO, bytes(_CONN_CAPS), 4 + _CONN_CAPS)
             except TimeoutError:
+                other = _answers_other_protocol(sock)
+                if other is not None:
+                    raise QwythosError(
+                        f"{where} is not a llama.cpp rpc-server: it answers like {other}",
+                        "check the port: --rpc takes the HOST:PORT of a `qwythos rpc-server` "
+                        "(or llama.cpp's rpc-server)",
+                    ) from None
                 raise QwythosError(
-                    f"{where} accepted the connection but did not answer within {timeout:.0f} s",
-                    "an rpc-server serves one client at a time: is another run using it?",
+                    f"{where} accepted the connection but did not answer HELLO within {timeout:.0f} s",
+                    "either it is not an rpc-server (check the port), or it is one serving another "
+                    "client (an rpc-server serves one at a time): is another run using it?",
                 ) from None
             except (ConnectionError, ValueError, OSError):
                 raise QwythosError(

@@ -18,6 +18,7 @@ from qwythos.core.gguf.ftypes import ggml_types
 from qwythos.core.gguf.view import GGUFView, read_view
 from qwythos.core.model.arch import check_arch
 from qwythos.core.model.qwen35 import TextConfig, config_from_gguf
+from qwythos.core.model.release import START_CONTEXT
 
 #: --kv-type: the KV cache's element type.
 KV_TYPES = ("f16", "q8_0", "q4_0")
@@ -105,4 +106,46 @@ def model_memory(view_or_path: GGUFView | str | Path, ctx: int, kv_type: str = "
     mem.layers = [w + s for w, s in zip(weights[: cfg.n_layer], state, strict=True)]
     # a declared nextn block whose tensors are missing is not loaded: nothing to place
     mem.mtp = [w + kv for w in weights[cfg.n_layer :] if w]
+    return mem
+
+
+def check_context(
+    view_or_path: GGUFView | str | Path,
+    ctx: int | None,
+    *,
+    kv_type: str = "f16",
+    offloaded: bool = False,
+    available: int | None = -1,
+    doing: str = "run",
+) -> ModelMemory:
+    """Refuse `--ctx` before anything is allocated: above the context the model was trained for (its
+    header's `context_length`), or needing more memory than this machine has available (weights +
+    KV cache + recurrent state, what `qwythos plan` predicts; not checked when layers are offloaded,
+    their memory is elsewhere). ctx None: START_CONTEXT, or the trained context when smaller.
+    available: bytes (-1: this machine's, core/limits.available_memory; None: unknown, not checked).
+    Returns the prediction (`.ctx`: the context to allocate)."""
+    from qwythos.core.limits import available_memory
+
+    view = view_or_path if isinstance(view_or_path, GGUFView) else read_view(view_or_path)
+    check_arch(view, doing)
+    trained = view.context_length or 0
+    if ctx is None:
+        ctx = min(START_CONTEXT, trained) if trained > 0 else START_CONTEXT
+    if ctx < 1:
+        raise QwythosError(f"--ctx {ctx} must be a positive number of tokens", f"e.g. --ctx {START_CONTEXT}")
+    if trained and ctx > trained:
+        raise QwythosError(
+            f"--ctx {ctx} is above the {trained} tokens {view.path.name} was trained for",
+            f"use --ctx {trained} or less",
+        )
+    mem = model_memory(view, ctx, kv_type)
+    have = available_memory() if available == -1 else available
+    if not offloaded and have is not None and mem.total > have:
+        gib = 2**30
+        raise QwythosError(
+            f"--ctx {ctx} needs {mem.total / gib:.2f} GiB for {view.path.name} (weights, KV cache and "
+            f"recurrent state, as `qwythos plan` predicts), more than the {have / gib:.2f} GiB this "
+            "machine has available",
+            "use a smaller --ctx, offload layers (-ngl) or free memory",
+        )
     return mem

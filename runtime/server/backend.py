@@ -67,7 +67,7 @@ class BackendOptions:
     draft: int | str = AUTO
     no_mtp: bool = False
     gpu_layers: int | str | None = None  # None: auto (core/llamacpp/placement.py)
-    n_ctx: int = START_CONTEXT
+    n_ctx: int | None = None  # None: START_CONTEXT, or the model's trained context when smaller
     mmproj: Path | None = None
     threads: int | None = None
     alias: str | None = None
@@ -133,7 +133,10 @@ class Backend:
     @classmethod
     def open(cls, opts: BackendOptions) -> Backend:
         from qwythos.core.gguf.mmproj import choose_mmproj
+        from qwythos.core.limits import check_threads
         from qwythos.core.llamacpp.handles import load_model
+        from qwythos.core.llamacpp.placement import may_offload
+        from qwythos.core.model.memory import check_context
         from qwythos.runtime.draft_plan import draft_plan
         from qwythos.runtime.session import ChatSession
         from qwythos.runtime.speculative import Engine
@@ -141,19 +144,18 @@ class Backend:
         draft = 0 if opts.no_mtp else opts.draft
         if opts.no_mtp and opts.draft != AUTO:
             raise QwythosError("--draft and --no-mtp contradict each other", "pass one of them")
-        if opts.n_ctx < 16:
+        if opts.n_ctx is not None and opts.n_ctx < 16:
             raise QwythosError(f"--ctx {opts.n_ctx} is too small", f"e.g. --ctx {START_CONTEXT}")
-        if opts.threads is not None and opts.threads < 1:
-            raise QwythosError(
-                f"--threads {opts.threads} must be at least 1", "e.g. -t 4 (default: all CPUs)"
-            )
+        check_threads(opts.threads)
         projector = choose_mmproj(opts.model, opts.mmproj)
+        # before allocating: against the trained context and, with the layers here, this machine's memory
+        n_ctx = check_context(opts.model, opts.n_ctx, offloaded=may_offload(opts.gpu_layers)).ctx
         insist = isinstance(draft, int) and draft > 0
         model = load_model(
             opts.model,
             mtp=False if opts.no_mtp else (True if insist else None),
             n_gpu_layers=opts.gpu_layers,
-            n_ctx=opts.n_ctx,
+            n_ctx=n_ctx,
         )
         vision = engine = None
         try:
@@ -162,7 +164,7 @@ class Backend:
 
                 vision = Vision(model, projector.path, threads=opts.threads)
             plan = draft_plan(model, draft, threads=opts.threads)
-            engine = Engine(model, plan, n_ctx=opts.n_ctx, threads=opts.threads, vision=vision)
+            engine = Engine(model, plan, n_ctx=n_ctx, threads=opts.threads, vision=vision)
             session = ChatSession(engine)
         except BaseException:
             if engine is not None:
