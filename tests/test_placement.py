@@ -280,3 +280,14 @@ def test_auto_asks_llama_cpp_for_the_computed_layers_and_split(monkeypatch, rt_t
     # the draft-cost cache keeps each placement's measurements apart
     keys = {json.dumps(costs.cost_key(rt_trained_gguf, 2, p), sort_keys=True) for p in (two, one, cpu, three)}
     assert len(keys) == 4
+
+
+def test_may_offload_decides_whether_host_memory_bounds_the_context(monkeypatch):
+    """--ctx is checked against this machine's memory only when every layer stays here."""
+    from qwythos.core.llamacpp import devices
+
+    monkeypatch.setattr(devices, "list_devices", lambda: [CPU])
+    assert not placement.may_offload("auto") and not placement.may_offload(0)
+    assert placement.may_offload(5) and placement.may_offload(0, rpc="10.0.0.2:50052")
+    monkeypatch.setattr(devices, "list_devices", lambda: [CPU, gpu("CUDA0", 20)])
+    assert placement.may_offload("auto") and placement.may_offload(None) and not placement.may_offload(0)
