@@ -403,9 +403,9 @@ def test_every_header_is_read_once(
     reads: list[Path] = []
     start = file._Reader.__init__  # every header parse, whichever function asks for it
 
-    def counted(self, f, path: Path) -> None:  # noqa: ANN001
+    def counted(self, f, path: Path, *rest) -> None:  # noqa: ANN001
         reads.append(Path(path))
-        start(self, f, path)
+        start(self, f, path, *rest)
 
     def inspect_both() -> None:
         inspect(proj, json_out=True)
