@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from qwythos.core.drafting.costs import DraftCosts
 from qwythos.core.errors import QwythosError
 from qwythos.runtime.chat import TURN_END, render_chat
 from qwythos.runtime.draft_plan import draft_plan
@@ -67,8 +68,15 @@ def _layout(m, vis, text: str, imgs: list[Path], *, system: str | None = None):
     return vis.tokenize(prompt, imgs)
 
 
+#: auto starts from these costs (a verify of k tokens as cheap as one, as on a GPU: it drafts), so
+#: its choices depend on acceptance only, never on how busy the machine is: the batches it verifies,
+#: and with them llama.cpp's float noise in BF16, are the same on every run
+AUTO_COSTS = DraftCosts([1.0] * 5, 0.01, [0.7] * 4)
+
+
 def _gen(m, vis, layout, draft, n=32, n_ctx=1024):
-    with Engine(m, draft_plan(m, draft, costs=None), n_ctx=n_ctx, vision=vis) as eng:
+    costs = AUTO_COSTS if draft == "auto" else None
+    with Engine(m, draft_plan(m, draft, costs=costs), n_ctx=n_ctx, vision=vis) as eng:
         return eng.generate(layout, max_tokens=n, stop=list(TURN_END))
 
 
