@@ -103,8 +103,8 @@ def main() -> int:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--calib", choices=("mixed", "code"), default="mixed")
     ap.add_argument("--eval-ctx", type=int, default=256)
-    ap.add_argument("--eval-windows", type=int, default=64)
-    ap.add_argument("--accept-tokens", type=int, default=4096)
+    ap.add_argument("--eval-windows", type=int, default=16)
+    ap.add_argument("--accept-tokens", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
@@ -177,16 +177,18 @@ def main() -> int:
             )
             files[(ft, label)] = Path(rep.outputs[0].path)
     with llama_log_to(None):
+        scored = [k for k in files if k[1] != "trunk-only"]  # same trunk as "imatrix": same KLD
         ev = evaluate(
             src,
-            [files[k] for k in files],
+            [files[k] for k in scored],
             held,
             n_ctx=args.eval_ctx,
             max_windows=args.eval_windows,
             threads=args.threads,
             text_name="held-out stdlib files",
         )
-        kld = {k: r for k, r in zip(files, ev.rows, strict=True)}
+        kld = {k: r for k, r in zip(scored, ev.rows, strict=True)}
+        print(f"eval done, {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         acc = {
             k: measure_acceptance(p, text=held, depth=1, max_tokens=args.accept_tokens).rates[0]
             for k, p in files.items()
