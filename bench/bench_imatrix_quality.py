@@ -217,6 +217,7 @@ def main() -> int:
             f"| {100 * a.top1_agreement:.2f}% | {100 * b.top1_agreement:.2f}% "
             f"| {acc[(ft, 'none')]:.3f} | {acc[(ft, 'trunk-only')]:.3f} | {acc[(ft, 'imatrix')]:.3f} |"
         )
+    print("\n(an IQ type's head without head data gets q8_0: quantize never gives the head an IQ type blind)")
     q4 = dict(worst).get("Q4_K_M")
     raised = [ft for ft, c in worst if not np.isnan(c) and c > 0]
     print(
