@@ -2,9 +2,12 @@
 
 data/tiny-wide (scripts/train_tiny.py --shape wide: hidden 256, every matrix row a multiple of the
 256-wide k-quant block, trained with its MTP head on the stdlib's train split) is converted to
-BF16, its importance matrix collected with `qwythos imatrix` (head included) from a calibration text,
-and it is quantized to each type twice (`qwythos quantize --mtp-type same`, without and with
-`--imatrix`). Then, on held-out text that is not the calibration text (the stdlib files the training
+BF16 (its linear-attention key heads, 32 wide, first zero-padded to the value heads' 64 by
+scripts/pad_linear_keys.py: llama.cpp's qwen35 loader needs them equal; the padded model is close to,
+not exactly, the trained one, and every figure below compares it with its own BF16), its importance
+matrix computed by `qwythos quantize --imatrix auto` (head included) from a calibration text, and it
+is quantized to each type twice (`--mtp-type same`, without and with the imatrix; an IQ type
+without one, which `quantize` refuses, through llama.cpp's quantizer directly). Then, on held-out text that is not the calibration text (the stdlib files the training
 held out), the library behind `qwythos eval` measures mean KL divergence and top-1 agreement against
 the BF16, and the one behind `qwythos mtp validate` the head's depth-1 acceptance. A third
 quantization per type uses the same imatrix without its head entries (what llama-imatrix's file
@@ -26,6 +29,41 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 TYPES = ("Q4_K_M", "Q3_K_M", "IQ4_XS", "Q2_K")
+
+
+def loadable(model: Path, work: Path) -> tuple[Path, str]:
+    """`model`, or a copy with its key heads zero-padded to the value heads' width (llama.cpp's
+    qwen35 loader reads both from one key) -> (folder, note)."""
+    import json
+
+    text = json.loads((model / "config.json").read_text())["text_config"]
+    if text["linear_key_head_dim"] >= text["linear_value_head_dim"]:
+        return model, ""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from pad_linear_keys import pad_folder
+
+    out = work / f"{model.name}-keys-padded"
+    if not (out / "config.json").is_file():
+        pad_folder(model, out)
+    return out, (
+        f"key heads zero-padded {text['linear_key_head_dim']} -> {text['linear_value_head_dim']} "
+        "(scripts/pad_linear_keys.py)"
+    )
+
+
+def blind(src: Path, out: Path, type_name: str, threads: int) -> Path:
+    """`type_name` without an importance matrix through llama.cpp's quantizer directly (quantize
+    refuses IQ types without one): the comparison the imatrix is measured against."""
+    from qwythos.core.gguf.ftypes import parse_ftype
+    from qwythos.quantize.llama_quant import llama_quantize
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{type_name}-blind.gguf"
+    if not path.is_file():
+        call = llama_quantize(src, path, parse_ftype(type_name), nthread=threads)
+        if not call.ok:
+            raise SystemExit(f"llama.cpp could not make {type_name} without an imatrix: {call.error}")
+    return path
 
 
 def train_split_code(max_chars: int) -> str:
@@ -64,20 +102,20 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=REPO / "data" / "tiny-wide", help="HF folder with a head")
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--calib", choices=("mixed", "code"), default="mixed")
-    ap.add_argument("--ctx", type=int, default=512, help="imatrix chunk size")
     ap.add_argument("--eval-ctx", type=int, default=256)
-    ap.add_argument("--eval-windows", type=int, default=64)
-    ap.add_argument("--accept-tokens", type=int, default=4096)
+    ap.add_argument("--eval-windows", type=int, default=16)
+    ap.add_argument("--accept-tokens", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
 
     from qwythos.convert.text import convert
+    from qwythos.core.gguf.ftypes import parse_ftype
     from qwythos.core.gguf.view import read_view
     from qwythos.core.llamacpp.log import llama_log_to
     from qwythos.mtp.acceptance import measure_acceptance
     from qwythos.quantize.evaluate import evaluate
-    from qwythos.quantize.imatrix import CALIBRATION, compute_imatrix
+    from qwythos.quantize.imatrix import CALIBRATION, DEFAULT_CTX
     from qwythos.quantize.pipeline import quantize
 
     sys.path.insert(0, str(REPO / "bench"))
@@ -85,9 +123,10 @@ def main() -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="qwythos-imatrix-quality-"))
     work.mkdir(parents=True, exist_ok=True)
+    model, pad_note = loadable(args.model, work)
     src = work / f"{args.model.name}-BF16.gguf"
     if not src.is_file():
-        convert(args.model, src)
+        convert(model, src)
     view = read_view(src)
     n_layer = view.n_trunk or 0
     if args.calib == "mixed":
@@ -98,40 +137,58 @@ def main() -> int:
     held = held_out_stdlib(400_000)
 
     t0 = time.perf_counter()
-    im = compute_imatrix(
-        src, work / f"{args.calib}.imatrix.gguf", [calib], ctx=args.ctx, threads=args.threads, force=True
+    types = args.types.split(",")
+    files: dict[tuple[str, str], Path] = {}
+    first = quantize(  # --imatrix auto: computed here once, reused by the quantizations after it
+        src,
+        work / f"{types[0]}-imatrix-{args.calib}",
+        types=types[0],
+        imatrix="auto",
+        calib=calib,
+        mtp_type="same",
+        threads=args.threads,
     )
+    files[(types[0], "imatrix")] = Path(first.outputs[0].path)
+    im = first.imatrix or {}
+    im_file = Path(im["file"])
     print(
-        f"imatrix: {im.chunks} chunks x {im.chunk_size} of {calib.name}, {im.entries} matrices "
-        f"({im.head_entries} in the head), {time.perf_counter() - t0:.1f} s",
+        f"imatrix ({'computed' if im.get('computed') else 'reused'}): {im['chunks']} chunks of {calib.name}, "
+        f"head covered: {im['covers_head']}, {time.perf_counter() - t0:.1f} s (with the first quantization)",
         file=sys.stderr,
         flush=True,
     )
-    trunk_im = without_head(Path(im.output), work / f"{args.calib}-nohead.imatrix.gguf", n_layer)
+    trunk_im = without_head(im_file, work / f"{args.calib}-nohead.imatrix.gguf", n_layer)
 
-    files: dict[tuple[str, str], Path] = {}
-    for ft in args.types.split(","):
-        for label, imf in (("none", None), ("imatrix", Path(im.output)), ("trunk-only", trunk_im)):
+    for ft in types:
+        for label, imf in (("none", None), ("imatrix", "auto"), ("trunk-only", trunk_im)):
+            if (ft, label) in files:
+                continue
+            if imf is None and parse_ftype(ft).needs_imatrix:
+                files[(ft, label)] = blind(src, work / f"blind-{args.calib}", ft, args.threads)
+                continue
             rep = quantize(
                 src,
                 work / f"{ft}-{label}-{args.calib}",
                 types=ft,
                 imatrix=imf,
+                calib=calib if imf == "auto" else None,
                 mtp_type="same",
                 threads=args.threads,
             )
             files[(ft, label)] = Path(rep.outputs[0].path)
     with llama_log_to(None):
+        scored = [k for k in files if k[1] != "trunk-only"]  # same trunk as "imatrix": same KLD
         ev = evaluate(
             src,
-            [files[k] for k in files],
+            [files[k] for k in scored],
             held,
             n_ctx=args.eval_ctx,
             max_windows=args.eval_windows,
             threads=args.threads,
             text_name="held-out stdlib files",
         )
-        kld = {k: r for k, r in zip(files, ev.rows, strict=True)}
+        kld = {k: r for k, r in zip(scored, ev.rows, strict=True)}
+        print(f"eval done, {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         acc = {
             k: measure_acceptance(p, text=held, depth=1, max_tokens=args.accept_tokens).rates[0]
             for k, p in files.items()
@@ -139,7 +196,8 @@ def main() -> int:
         base_acc = measure_acceptance(src, text=held, depth=1, max_tokens=args.accept_tokens).rates[0]
 
     print(
-        f"\n{args.model.name} (hidden {view.embedding_length}), imatrix from {calib.name} ({im.chunks} x {im.chunk_size} tokens), "
+        f"\n{args.model.name} (hidden {view.embedding_length}{', ' + pad_note if pad_note else ''}), "
+        f"imatrix from {calib.name} ({im['chunks']} chunks of {DEFAULT_CTX} tokens), "
         f"scored on held-out stdlib files: {ev.n_tokens_scored} tokens (windows of {ev.n_ctx}), "
         f"BF16 PPL {ev.base_ppl:.3f}; depth-1 acceptance over {args.accept_tokens} positions, "
         f"BF16 {base_acc:.3f}; head type = trunk type (--mtp-type same)\n"
@@ -159,6 +217,7 @@ def main() -> int:
             f"| {100 * a.top1_agreement:.2f}% | {100 * b.top1_agreement:.2f}% "
             f"| {acc[(ft, 'none')]:.3f} | {acc[(ft, 'trunk-only')]:.3f} | {acc[(ft, 'imatrix')]:.3f} |"
         )
+    print("\n(an IQ type's head without head data gets q8_0: quantize never gives the head an IQ type blind)")
     q4 = dict(worst).get("Q4_K_M")
     raised = [ft for ft, c in worst if not np.isnan(c) and c > 0]
     print(

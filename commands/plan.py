@@ -1,6 +1,7 @@
 """`qwythos plan`: file sizes (llama.cpp's dry run, no weights) and memory at a context.
 
-A thin layer over quantize/plan.py; `--types` and `--mtp-type` are `qwythos quantize`'s options.
+A thin layer over quantize/plan.py; `--mtp-type` is `qwythos quantize`'s option; `--types` defaults
+to the smaller sizes as well (quantize.plan.PLAN_TYPES).
 """
 
 from __future__ import annotations
@@ -8,17 +9,22 @@ from __future__ import annotations
 import typer
 
 from qwythos.commands.common import JsonOption, app, console, print_json, simple_table
-from qwythos.commands.quantize import MtpTypeOption, TypesOption
+from qwythos.commands.quantize import MtpTypeOption
 from qwythos.core.errors import QwythosError
 from qwythos.core.model.memory import KV_TYPES
 from qwythos.core.model.release import START_CONTEXT
+from qwythos.quantize.plan import PLAN_TYPES
 from qwythos.quantize.plan import plan as run_plan
+
+PlanTypesOption = typer.Option(
+    ",".join(PLAN_TYPES), "--types", help="Comma-separated llama.cpp types (default: the common sizes)."
+)
 
 
 @app.command()
 def plan(
     src: str = typer.Argument(..., help="GGUF, HF folder, or config.json."),
-    types: str = TypesOption,
+    types: str = PlanTypesOption,
     ctx: int = typer.Option(START_CONTEXT, "--ctx", help="Context length for the memory estimate."),
     kv_type: str = typer.Option(
         KV_TYPES[0], "--kv-type", help=f"KV cache type: {', '.join(KV_TYPES[:-1])} or {KV_TYPES[-1]}."
@@ -36,7 +42,7 @@ def plan(
     console.print(
         simple_table(
             f"plan for {src} ({p.n_params / 1e9:.2f} B params, ctx {ctx}, KV {kv_type})",
-            ["type", "file GiB", "+MTP GiB", "bpw", "MTP type", "memory GiB"],
+            ["type", "file GiB", "+MTP GiB", "bpw", "MTP type", "memory GiB", "imatrix"],
             [
                 [
                     t.type,
@@ -45,6 +51,7 @@ def plan(
                     f"{t.bpw:.2f}",
                     t.mtp_type,
                     f"{t.memory_gib:.2f}",
+                    "needed" if t.needs_imatrix else "-",
                 ]
                 for t in p.types
             ],

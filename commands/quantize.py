@@ -36,7 +36,15 @@ def quantize(
     src: str = typer.Argument(..., help="HF folder / repo id, or a BF16/F16/F32 qwen35 GGUF."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Output folder (default: current folder)."),
     types: str = TypesOption,
-    imatrix: Path | None = typer.Option(None, "--imatrix", help="llama-imatrix file (GGUF or legacy .dat)."),
+    imatrix: str | None = typer.Option(
+        None,
+        "--imatrix",
+        help="Importance matrix: a file (`qwythos imatrix`'s or llama-imatrix's, GGUF or legacy .dat), or "
+        "'auto': computed once from the calibration text and cached beside the source.",
+    ),
+    calib: Path | None = typer.Option(
+        None, "--calib", help="Text for --imatrix auto (default: the bundled imatrix-calibration.txt)."
+    ),
     mtp_type: str = MtpTypeOption,
     output_tensor_type: str | None = typer.Option(
         None, "--output-tensor-type", help="Type of output.weight."
@@ -70,6 +78,7 @@ def quantize(
         threads=threads,
         requantize=requantize,
         mmproj_type=mmproj_type,
+        calib=calib,
     )
     if json_out:
         report = run_quantize(src, out, **kw)

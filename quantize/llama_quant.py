@@ -38,6 +38,8 @@ TENSOR_LINE = re.compile(
 )
 PROGRESS_HEAD = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 ERROR_LINE = re.compile(r"failed to quantize: (.*)")
+#: the fix for an importance-matrix file we cannot use
+REMAKE = "make one with `qwythos imatrix MODEL.gguf`, or let quantize compute it: --imatrix auto"
 
 
 @dataclass
@@ -92,9 +94,7 @@ def _imatrix_from_gguf(path: Path) -> Imatrix:
     def floats(t: GGUFTensorInfo) -> np.ndarray:
         dtype = IMATRIX_DTYPES.get(t.ggml_type)
         if dtype is None:
-            raise QwythosError(
-                f"{path}: {t.name} is stored as type {t.ggml_type}, not F32", "use a llama-imatrix output"
-            )
+            raise QwythosError(f"{path}: {t.name} is stored as type {t.ggml_type}, not F32", REMAKE)
         n = math.prod(t.ne)
         return np.fromfile(path, dtype=dtype, count=n, offset=t.offset).astype(np.float32)
 
@@ -106,9 +106,7 @@ def _imatrix_from_gguf(path: Path) -> Imatrix:
         elif t.name.endswith(".counts"):
             counts[t.name[: -len(".counts")]] = floats(t)
     if not sums:
-        raise QwythosError(
-            f"{path} holds no importance data (no *.in_sum2 tensors)", "use a llama-imatrix output"
-        )
+        raise QwythosError(f"{path} holds no importance data (no *.in_sum2 tensors)", REMAKE)
     entries: dict[str, np.ndarray] = {}
     for name, s in sums.items():
         c = counts.get(name)
@@ -121,7 +119,7 @@ def _imatrix_from_gguf(path: Path) -> Imatrix:
     datasets = [d for d in view.kv.get("imatrix.datasets") or [] if isinstance(d, str)]
     chunks = view.kv.get("imatrix.chunk_count")
     if not isinstance(chunks, int) or "imatrix.chunk_size" not in view.kv or not datasets:
-        raise QwythosError(f"{path}: imatrix metadata missing", "regenerate it with a current llama-imatrix")
+        raise QwythosError(f"{path}: imatrix metadata missing", REMAKE)
     return Imatrix(path, entries, datasets, int(chunks), legacy=False)
 
 
@@ -133,26 +131,24 @@ def _imatrix_from_dat(path: Path) -> Imatrix:
         nonlocal pos
         size = struct.calcsize(fmt)
         if pos + size > len(data):
-            raise QwythosError(f"{path} is truncated or not an imatrix file", "use a llama-imatrix output")
+            raise QwythosError(f"{path} is truncated or not an imatrix file", REMAKE)
         out = struct.unpack_from(fmt, data, pos)
         pos += size
         return out
 
     (n,) = take("<i")
     if n < 1 or n > 1_000_000:
-        raise QwythosError(
-            f"{path} is not an imatrix file (GGUF or legacy .dat)", "use a llama-imatrix output"
-        )
+        raise QwythosError(f"{path} is not an imatrix file (GGUF or legacy .dat)", REMAKE)
     entries: dict[str, np.ndarray] = {}
     for _ in range(n):
         (ln,) = take("<i")
         if ln <= 0 or ln > 4096:
-            raise QwythosError(f"{path} is not an imatrix file", "use a llama-imatrix output")
+            raise QwythosError(f"{path} is not an imatrix file", REMAKE)
         name = data[pos : pos + ln].decode("utf-8", "replace")
         pos += ln
         ncall, nval = take("<ii")
         if nval < 1 or pos + 4 * nval > len(data):
-            raise QwythosError(f"{path} is truncated (entry {name})", "regenerate the imatrix")
+            raise QwythosError(f"{path} is truncated (entry {name})", REMAKE)
         vals = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
         entries[name] = vals / ncall if ncall > 0 else vals.copy()
@@ -167,16 +163,20 @@ def _imatrix_from_dat(path: Path) -> Imatrix:
 
 
 def load_imatrix(path: str | Path) -> Imatrix:
-    """Read a llama-imatrix output: the GGUF form (`*.in_sum2` / `*.counts`) or the legacy .dat."""
+    """Read an importance-matrix file (`qwythos imatrix`'s or llama-imatrix's): the GGUF form
+    (`*.in_sum2` / `*.counts`) or the legacy .dat."""
     path = Path(path)
     if not path.is_file():
-        raise QwythosError(f"imatrix file {path} not found", "pass the file written by llama-imatrix")
+        raise QwythosError(
+            f"imatrix file {path} not found",
+            "pass a file written by `qwythos imatrix` (or llama-imatrix), or --imatrix auto",
+        )
     with open(path, "rb") as f:
         magic = f.read(4)
     im = _imatrix_from_gguf(path) if magic == b"GGUF" else _imatrix_from_dat(path)
     for name, v in im.entries.items():
         if not np.all(np.isfinite(v)):
-            raise QwythosError(f"{path}: entry {name} has non-finite values", "regenerate the imatrix")
+            raise QwythosError(f"{path}: entry {name} has non-finite values", REMAKE)
     return im
 
 

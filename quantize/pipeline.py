@@ -6,7 +6,9 @@ once into a `quantize.source.Source` (path, kind, header view) that every step b
 goes to `<Name>-<Type>.gguf` through a temp name; a rerun skips outputs whose manifest entry
 (source fingerprint + parameters + size) still matches. The MTP block keeps `mtp_type` through
 llama.cpp's per-tensor overrides (default q8_0: drafts as well as bf16 with half the head's bytes,
-see plan.DEFAULT_MTP_TYPE). Every output is parsed, its `general.file_type` checked, and loaded by
+see plan.DEFAULT_MTP_TYPE). `imatrix="auto"` computes the source's importance matrix once (MTP head
+included) and caches it (quantize/imatrix_auto.py); IQ types are made only with an importance matrix,
+and the head only gets one when the matrix has data for it. Every output is parsed, its `general.file_type` checked, and loaded by
 llama-cpp-python to decode a few tokens before it is reported.
 """
 
@@ -36,11 +38,12 @@ from qwythos.core.fileio import (
     write_text_atomic,
 )
 from qwythos.core.gguf.file import ggml_type_name
-from qwythos.core.gguf.ftypes import FType, parse_ggml_type, parse_types
+from qwythos.core.gguf.ftypes import FType, ggml_needs_imatrix, parse_ggml_type, parse_types
 from qwythos.core.gguf.view import GGUFView, read_view
 from qwythos.core.llamacpp.handles import load_model
 from qwythos.core.llamacpp.log import llama_log_to
 from qwythos.core.model.arch import check_arch
+from qwythos.quantize.imatrix_auto import AutoImatrix, auto_imatrix, is_auto
 from qwythos.quantize.llama_quant import Imatrix, llama_quantize, load_imatrix
 from qwythos.quantize.plan import DEFAULT_MTP_TYPE, DEFAULT_TYPES, check_mtp_type, dry_run, mtp_overrides
 from qwythos.quantize.source import GGUF, Source, file_fingerprint, open_source
@@ -76,6 +79,7 @@ class QuantizeReport:
     manifest: str = ""
     sums: str = ""
     notes: list[str] = field(default_factory=list)
+    imatrix: dict[str, Any] | None = None  # the importance matrix used (as the manifest records it)
 
 
 def tool_version() -> str:
@@ -238,34 +242,97 @@ def check_out_dir(out: Path) -> None:
         )
 
 
-def check_imatrix(im: Imatrix, source: Source) -> None:
-    """An importance matrix must be for this model: it covers most of the matrices llama.cpp would
-    use it for, with the right row lengths (one from another model matches none of them)."""
-    head = tuple(f"blk.{source.n_layer + k}." for k in range(source.n_nextn))
-    wanted = {
+def _matrices(source: Source) -> dict[str, int]:
+    """The weight matrices an importance matrix has data for (blk.*, not norms) -> row length."""
+    return {
         t.name: t.ne[0]
         for t in source.view.tensors
-        if len(t.ne) >= 2
-        and t.name.startswith("blk.")
-        and not (head and t.name.startswith(head))
-        and "norm" not in t.name
+        if len(t.ne) >= 2 and t.name.startswith("blk.") and "norm" not in t.name
     }
+
+
+def _head_prefix(source: Source) -> tuple[str, ...]:
+    return tuple(f"blk.{source.n_layer + k}." for k in range(source.n_nextn))
+
+
+def check_imatrix(im: Imatrix, source: Source) -> None:
+    """An importance matrix must be for this model: it covers most of the trunk's matrices llama.cpp
+    would use it for, with the right row lengths (one from another model matches none of them); the
+    head's entries, when it has them, fit too."""
+    head = _head_prefix(source)
+    every = _matrices(source)
+    wanted = {n: ne0 for n, ne0 in every.items() if not (head and n.startswith(head))}
     covered = [n for n in wanted if n in im.entries]
-    wrong = [n for n in covered if im.entries[n].size % wanted[n] != 0 or im.entries[n].size < wanted[n]]
+    fix = f"it was made for another model: make one for this model with `qwythos imatrix {source.gguf.name}` or --imatrix auto"
+    wrong = [
+        n
+        for n in every
+        if n in im.entries and (im.entries[n].size % every[n] or im.entries[n].size < every[n])
+    ]
     if wrong:
         n = wrong[0]
         raise QwythosError(
             f"the imatrix {im.path} does not fit {source.gguf}: {n} has {im.entries[n].size} values for rows of "
-            f"{wanted[n]} ({len(wrong)} tensor(s) differ)",
-            "it was made for another model: run llama-imatrix on this model (its BF16 GGUF)",
+            f"{every[n]} ({len(wrong)} tensor(s) differ)",
+            fix,
         )
     if wanted and len(covered) < 0.5 * len(wanted):
         missing = next(n for n in wanted if n not in im.entries)
         raise QwythosError(
             f"the imatrix {im.path} covers {len(covered)} of the {len(wanted)} matrices of {source.gguf} "
             f"(no data for {missing}, ...)",
-            "it was made for another model: run llama-imatrix on this model (its BF16 GGUF)",
+            fix,
         )
+
+
+def covers_head(im: Imatrix | None, source: Source) -> bool:
+    """The importance matrix has data for every matrix of the MTP head (eh_proj, attention, FFN):
+    `qwythos imatrix`'s do; llama-imatrix never runs the head, so its files have none."""
+    head = _head_prefix(source)
+    names = [n for n in _matrices(source) if head and n.startswith(head)]
+    return bool(im is not None and names and all(im.has(n) for n in names))
+
+
+def head_overrides(source: Source, ft: FType, mtp_type: str, im: Imatrix | None) -> tuple[list, str | None]:
+    """The per-tensor overrides for the head of one output, and a note when the head was moved off
+    an IQ type. An IQ type for the head needs the head's own importance data: with `--mtp-type same`
+    a head without it gets q8_0 (and a note); an explicit `--mtp-type iq...` is refused."""
+    ov = mtp_overrides(source.n_layer, source.n_nextn, mtp_type, ft)
+    if not source.n_nextn or covers_head(im, source):
+        return ov, None
+    where = f"the imatrix {im.path.name}" if im is not None else "no --imatrix"
+    fix = (
+        f"make one that covers the head: `qwythos imatrix {source.gguf.name}` (or --imatrix auto) runs the "
+        "MTP head, llama-imatrix never does"
+    )
+    if mtp_type != "same" and ggml_needs_imatrix(parse_ggml_type(mtp_type, "--mtp-type")):
+        raise QwythosError(
+            f"--mtp-type {mtp_type} needs importance data for the MTP head, and {where} has none",
+            fix + "; or give the head another type (--mtp-type q8_0)",
+        )
+    if mtp_type == "same" and ft.needs_imatrix:
+        note = (
+            f"{ft.name}: {where} has no data for the MTP head (llama-imatrix never runs it): the head was "
+            f"given q8_0; {fix}"
+        )
+        return mtp_overrides(source.n_layer, source.n_nextn, "q8_0", ft), note
+    return ov, None
+
+
+def imatrix_record(im: Imatrix, source: Source, auto: AutoImatrix | None) -> dict[str, Any]:
+    """What the manifest says about the importance matrix an output was made with."""
+    rec: dict[str, Any] = {
+        "file": str(im.path),
+        "sha256": sha256_file(im.path),
+        "calibration": list(im.datasets),
+        "chunks": im.chunk_count,
+        "covers_head": covers_head(im, source),
+        "auto": auto is not None,
+    }
+    if auto is not None:
+        rec["calibration_sha256"] = auto.calibration_sha256
+        rec["computed"] = auto.computed
+    return rec
 
 
 # ---------------------------------------------------------------- main
@@ -304,7 +371,7 @@ def quantize(
     src: str | Path | Source,
     out_dir: str | Path | None = None,
     types: list[str] | str = DEFAULT_TYPES,
-    imatrix: str | Path | None = None,
+    imatrix: str | Path | None = None,  # a file, or "auto" (computed once from `calib`, cached)
     # q8_0, not bf16: drafts as well with half the head's bytes (measured; see plan.DEFAULT_MTP_TYPE)
     mtp_type: str = DEFAULT_MTP_TYPE,
     output_tensor_type: str | None = None,
@@ -314,6 +381,7 @@ def quantize(
     progress: Callable[[str, int, int], None] | None = None,
     verify: bool = True,
     mmproj_type: str | None = None,
+    calib: str | Path | None = None,
 ) -> QuantizeReport:
     """Quantize `src` to every type in `types`; see the module docstring."""
     fts = parse_types(list(types) if not isinstance(types, str) else types)
@@ -322,17 +390,26 @@ def quantize(
     tet = parse_ggml_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else None
     if threads is not None and threads < 0:
         raise QwythosError(f"--threads {threads} is negative", "pass a positive count, or leave it out (all)")
-    im = load_imatrix(imatrix) if imatrix else None
-    needs = [f.name for f in fts if f.needs_imatrix]
-    if needs and im is None:
+    auto = is_auto(imatrix)
+    if calib is not None and not auto:
         raise QwythosError(
-            f"{', '.join(needs)} need an importance matrix", "pass --imatrix FILE (from llama-imatrix)"
+            "--calib is the text --imatrix auto computes its importance matrix from",
+            "add --imatrix auto, or leave --calib out",
+        )
+    im = load_imatrix(imatrix) if imatrix and not auto else None
+    needs = [f.name for f in fts if f.needs_imatrix]
+    if needs and im is None and not auto:
+        raise QwythosError(
+            f"{', '.join(needs)} {'needs' if len(needs) == 1 else 'need'} an importance matrix "
+            "(IQ types are made only with one)",
+            "pass --imatrix auto (computed once with `qwythos imatrix` from the bundled calibration text "
+            "and cached beside the source), or --imatrix FILE from `qwythos imatrix`",
         )
     out = Path(out_dir) if out_dir is not None else Path.cwd()
     check_out_dir(out)
     ensure_writable_dir(out, "output folder")
     given = src.path if isinstance(src, Source) else Path(src)
-    register_inputs(given if given.exists() else None, imatrix)
+    register_inputs(given if given.exists() else None, None if auto else imatrix, calib)
 
     source = open_source(src, "quantize")
     converted, notes = False, []
@@ -340,6 +417,19 @@ def quantize(
         source, converted, notes = with_bf16_gguf(source, out, progress)
     check_source_gguf(source.view, requantize)
     register_inputs(source.gguf)
+    got = None
+    if auto:
+
+        def _iprog(done: int, total: int) -> None:
+            if progress is not None:
+                progress("imatrix", done, total)
+
+        got = auto_imatrix(source, calib, threads=threads, progress=_iprog)
+        im = load_imatrix(got.path)
+        notes.append(
+            f"importance matrix {'computed' if got.computed else 'reused (source and text unchanged)'}: "
+            f"{got.path} ({got.calibration}, {im.chunk_count} chunks)"
+        )
     if im is not None:
         check_imatrix(im, source)
     src_fp = source.fingerprint
@@ -350,21 +440,16 @@ def quantize(
         converted=converted,
         out_dir=str(out),
         notes=notes,
+        imatrix=imatrix_record(im, source, got) if im is not None else None,
     )
     entries = _load_entries(out)
 
     # plan every output first (exact sizes from the dry run) and check the disk once
     jobs: list[Job] = []
     for ft in fts:
-        ov = mtp_overrides(source.n_layer, source.n_nextn, mtp_type, ft)
-        if source.n_nextn and mtp_type == "same" and ft.needs_imatrix:
-            head = [f"blk.{source.n_layer + k}.attn_q.weight" for k in range(source.n_nextn)]
-            if im is None or not all(im.has(h) for h in head):
-                ov = mtp_overrides(source.n_layer, source.n_nextn, "q8_0", ft)
-                report.notes.append(
-                    f"{ft.name}: the imatrix has no data for the MTP block (llama-imatrix never runs it): "
-                    "the head was given q8_0"
-                )
+        ov, note = head_overrides(source, ft, mtp_type, im)
+        if note:
+            report.notes.append(note)
         choices, size = dry_run(
             source.gguf, ft, overrides=ov, output_tensor_type=ott, token_embedding_type=tet, imatrix=im
         )
@@ -444,7 +529,7 @@ def quantize(
             "source_fingerprint": src_fp,
             "params": job.params_key,
             "mtp_type": rep.mtp_type,
-            "imatrix": str(im.path) if im else None,
+            "imatrix": report.imatrix,
             "verified": verified,
             "tool_version": tool_version(),
         }

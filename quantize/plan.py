@@ -37,6 +37,13 @@ from qwythos.quantize.llama_quant import Imatrix, TensorChoice, llama_quantize, 
 from qwythos.quantize.source import CONFIG_FILE, GGUF, Source, open_plan_source
 
 DEFAULT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16")
+# Sizes below Q4_K_M, for small GPUs: made best (IQ types: only) with an importance matrix
+SMALL_TYPES = ("Q2_K", "IQ3_M", "Q3_K_M", "IQ4_XS")
+# What `qwythos plan` sizes by default: the small ones too, smallest first
+PLAN_TYPES = (*SMALL_TYPES, *DEFAULT_TYPES)
+# quantize.imatrix.* keys an output made with an importance matrix carries (file name, dataset,
+# entry and chunk counts): a few hundred bytes, an estimate
+IMATRIX_KV_BYTES = 256
 MTP_TYPES = ("bf16", "q8_0", "same")
 # The MTP block's default type. Measured (bench/bench_mtp_type.py, trained tiny model, trunk Q4_K_M):
 # a q8_0 head drafts as well as a bf16 one (depth-1 acceptance +0.23 / -0.07 points on two texts,
@@ -251,16 +258,14 @@ def dry_run(
     )
     if not call.ok:
         raise QwythosError(f"llama.cpp's quantizer rejected {gguf}: {call.error}", "check the input file")
-    extra = 0
-    if imatrix is not None:
-        extra = 256  # quantize.imatrix.* keys (file name, dataset, counts): a few hundred bytes
+    extra = IMATRIX_KV_BYTES if imatrix is not None or ftype.needs_imatrix else 0
     size = output_meta_size(gguf, ftype.id) + extra + sum(pad(t.nbytes()) for t in call.tensors)
     return call.tensors, size
 
 
 def plan(
     src_or_config: str | Path | Source,
-    types: list[str] | str = DEFAULT_TYPES,
+    types: list[str] | str = PLAN_TYPES,
     ctx: int = START_CONTEXT,
     kv_type: str = KV_TYPES[0],
     *,
@@ -340,6 +345,12 @@ def plan(
                     memory_gib=round(mem / GIB, 3),
                 )
             )
+    needs = [t.type for t in result.types if t.needs_imatrix]
+    if needs:
+        result.notes.append(
+            f"{', '.join(needs)}: made only with an importance matrix (`qwythos quantize --imatrix auto` "
+            "computes one)"
+        )
     if is_config and n_nextn and mtp is not True:
         result.notes.append(
             "file size = trunk only, as the official GGUF repo ships its quants (the MTP head is a "

@@ -69,6 +69,9 @@ SHAPES: dict[str, dict] = {
         "hidden_size": 256,
         "intermediate_size": 512,
         "head_dim": 64,
+        # llama.cpp's qwen35 loader takes both linear-attention head widths from ssm.state_size:
+        # key and value heads must be equally wide for the file to load
+        "linear_key_head_dim": 64,
         "linear_value_head_dim": 64,
         "rope_parameters": {**TEXT_CONFIG["rope_parameters"], "mrope_section": [3, 3, 2]},
     },

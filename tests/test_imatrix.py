@@ -300,7 +300,7 @@ def test_head_data_lets_iq_types_quantize_the_head(tiny_mtp_gguf: Path, tmp_path
     im = compute_imatrix(tiny_mtp_gguf, tmp_path / "im.gguf", [CALIBRATION_TEXT], ctx=64, chunks=3, threads=1)
     assert im.head_entries > 0
     rep = quantize(tiny_mtp_gguf, tmp_path / "q", types="IQ2_XS", imatrix=im.output, mtp_type="same")
-    assert not any("no data for the MTP block" in n for n in rep.notes), rep.notes
+    assert not any("no data for the MTP head" in n for n in rep.notes), rep.notes
     assert rep.outputs[0].mtp_type.lower().startswith("iq")
 
 

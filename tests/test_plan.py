@@ -10,7 +10,7 @@ import pytest
 from qwythos.core.errors import QwythosError
 from qwythos.core.model import qwen35
 from qwythos.quantize.pipeline import quantize
-from qwythos.quantize.plan import kv_cache_bytes, plan, recurrent_state_bytes
+from qwythos.quantize.plan import IMATRIX_KV_BYTES, PLAN_TYPES, kv_cache_bytes, plan, recurrent_state_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_GIB = {"Q4_K_M": 5.24, "Q5_K_M": 6.02, "Q6_K": 6.85, "Q8_0": 8.87, "BF16": 16.69}
@@ -22,11 +22,31 @@ def tiny(tiny_mtp_gguf: Path) -> Path:
 
 
 def test_plan_equals_real_sizes(tiny: Path, tmp_path: Path) -> None:
-    types = ["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16", "IQ4_XS", "Q3_K_M"]
+    types = ["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16", "Q3_K_M", "Q2_K"]
     p = plan(tiny, types)
     rep = quantize(tiny, tmp_path, types=types, verify=False)
     assert [t.file_bytes for t in p.types] == [o.bytes for o in rep.outputs]
     assert p.source_kind == "gguf" and p.mtp_layers == 1
+
+
+def test_plan_lists_the_small_types_and_which_need_an_imatrix(tiny: Path, tmp_path: Path) -> None:
+    """By default plan sizes Q2_K, IQ3_M, Q3_K_M and IQ4_XS too; IQ types are flagged (and quantize
+    makes them only with an imatrix, whose keys plan allows for: sizes within that allowance)."""
+    from qwythos.testing.imatrix import write_imatrix
+
+    p = plan(tiny)
+    assert [t.type for t in p.types] == list(PLAN_TYPES)
+    assert list(PLAN_TYPES[:4]) == ["Q2_K", "IQ3_M", "Q3_K_M", "IQ4_XS"]
+    need = {t.type for t in p.types if t.needs_imatrix}
+    assert need == {"IQ3_M", "IQ4_XS"}
+    assert any(n.startswith("IQ3_M, IQ4_XS: made only with an importance matrix") for n in p.notes)
+    sizes = [t.file_bytes for t in p.types]
+    assert sizes[:4] == sorted(sizes[:4]) and sizes[3] < sizes[4]  # smaller than Q4_K_M
+    im = write_imatrix(tmp_path / "im.gguf", tiny, skip_head=False)
+    rep = quantize(tiny, tmp_path / "q", types="IQ4_XS,IQ3_M", imatrix=im, verify=False)
+    by_type = {t.type: t.file_bytes for t in p.types}
+    for o in rep.outputs:
+        assert 0 <= by_type[o.type] - o.bytes <= IMATRIX_KV_BYTES, o.type
 
 
 def test_config_plan_matches_a_written_model(tiny_mtp_dir: Path, tiny: Path) -> None:

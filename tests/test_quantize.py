@@ -14,6 +14,7 @@ from qwythos.core.gguf.file import read_header
 from qwythos.core.gguf.ftypes import ftypes, parse_ftype, parse_ggml_type
 from qwythos.quantize.llama_quant import load_imatrix
 from qwythos.quantize.pipeline import MANIFEST, SUMS, quantize, sha256_file
+from qwythos.quantize.source import file_fingerprint, open_source
 from qwythos.testing.imatrix import write_imatrix
 
 # ---------------------------------------------------------------- fixtures (conftest: tiny_mtp_gguf, tiny_mtp_dir)
@@ -216,10 +217,17 @@ def test_imatrix_both_formats_load_identically(tiny_gguf: Path, tmp_path: Path, 
     assert v.shape == (256,) and 5 <= v.min() and v.max() <= 15  # sums / counts: the per-column mean
 
 
-def test_iq_type_needs_imatrix(tiny_gguf: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("types", ["IQ2_XS", "Q4_K_M,IQ4_XS", "IQ3_M"])
+def test_iq_type_needs_imatrix(tiny_gguf: Path, tmp_path: Path, types: str) -> None:
+    """Every IQ type (IQ4_XS and IQ3_M too, which llama.cpp itself would make blind) is refused
+    without an importance matrix, before any work, naming the types and --imatrix auto."""
     with pytest.raises(QwythosError) as e:
-        quantize(tiny_gguf, tmp_path, types="IQ2_XS")
-    assert "--imatrix" in (e.value.hint or "")
+        quantize(tiny_gguf, tmp_path, types=types)
+    iq = [t for t in types.split(",") if t.startswith("IQ")]
+    assert e.value.message.startswith(", ".join(iq)) and "importance matrix" in e.value.message
+    assert "--imatrix auto" in (e.value.hint or "") and "qwythos imatrix" in (e.value.hint or "")
+    assert not list(tmp_path.glob("*.gguf"))
+    assert not parse_ftype("Q3_K_M").needs_imatrix and not parse_ftype("Q2_K").needs_imatrix
 
 
 @pytest.mark.parametrize("mtp_type", ["bf16", "same"])
@@ -234,7 +242,96 @@ def test_iq_type_with_headless_imatrix(tiny_gguf: Path, tmp_path: Path, mtp_type
     want = GGMLQuantizationType.BF16 if mtp_type == "bf16" else GGMLQuantizationType.Q8_0
     assert t["blk.4.nextn.eh_proj.weight"] == want
     assert hdr.kv["quantize.imatrix.entries_count"] == len(load_imatrix(im).entries)
-    assert (mtp_type == "same") == any("no data for the MTP block" in n for n in rep.notes)
+    notes = [n for n in rep.notes if "no data for the MTP head" in n]
+    assert (mtp_type == "same") == bool(notes)
+    assert all("qwythos imatrix" in n for n in notes)
+
+
+def test_iq_head_with_a_covering_imatrix_and_refused_without(tiny_gguf: Path, tmp_path: Path) -> None:
+    """An IQ type for the head needs the head's own data: allowed with an imatrix that covers the
+    head (`qwythos imatrix`'s), refused by name with one that does not (llama-imatrix's)."""
+    covering = write_imatrix(tmp_path / "all.gguf", tiny_gguf, skip_head=False)
+    headless = write_imatrix(tmp_path / "trunk.gguf", tiny_gguf)
+    for mtp_type in ("same", "iq4_xs"):
+        rep = quantize(
+            tiny_gguf, tmp_path / mtp_type, types="IQ4_XS", imatrix=covering, mtp_type=mtp_type, verify=False
+        )
+        t = {x.name: x.ggml_type for x in read_header(Path(rep.outputs[0].path)).tensors}
+        assert t["blk.4.nextn.eh_proj.weight"] == GGMLQuantizationType.IQ4_XS, mtp_type
+        assert t["blk.4.attn_q.weight"] == GGMLQuantizationType.IQ4_XS
+        assert rep.imatrix["covers_head"] and not any("MTP head" in n for n in rep.notes)
+    for im in (headless, None):
+        with pytest.raises(QwythosError) as e:
+            quantize(tiny_gguf, tmp_path / "x", types="Q4_K_M", imatrix=im, mtp_type="iq4_xs")
+        assert "--mtp-type iq4_xs needs importance data for the MTP head" in e.value.message
+        assert "qwythos imatrix" in (e.value.hint or "") and "--mtp-type q8_0" in (e.value.hint or "")
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").glob("*.gguf"))
+
+
+@pytest.fixture()
+def own_copy(tiny_gguf: Path, tmp_path: Path) -> Path:
+    """The tiny GGUF in a folder of this test's (--imatrix auto writes beside its source)."""
+    import shutil
+
+    d = tmp_path / "src"
+    d.mkdir()
+    return Path(shutil.copy2(tiny_gguf, d / tiny_gguf.name))
+
+
+@pytest.fixture(scope="module")
+def short_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two 512-token chunks' worth of the bundled calibration text (the tiny vocabulary's tokens)."""
+    from qwythos.quantize.imatrix import CALIBRATION
+
+    p = tmp_path_factory.mktemp("calib") / "calib-short.txt"
+    p.write_text(CALIBRATION.read_text()[:5000])
+    return p
+
+
+def test_imatrix_auto_computed_once_then_reused(own_copy: Path, short_calib: Path, tmp_path: Path) -> None:
+    from qwythos.quantize.imatrix_auto import cache_key, cached_paths
+
+    kw = dict(types="Q4_K_M", imatrix="auto", calib=short_calib, verify=False, threads=2)
+    rep = quantize(own_copy, tmp_path / "q", **kw)
+    rec = rep.imatrix
+    im = Path(rec["file"])
+    assert rec["auto"] and rec["computed"] and rec["covers_head"]
+    assert im.parent == own_copy.parent and im.name.startswith("tiny-mtp-BF16.imatrix-")
+    assert rec["calibration"] == ["calib-short.txt"] and rec["chunks"] == load_imatrix(im).chunk_count >= 1
+    assert rec["sha256"] == sha256_file(im) and rec["calibration_sha256"] == sha256_file(short_calib)
+    man = json.loads((tmp_path / "q" / MANIFEST).read_text())
+    assert man["outputs"]["tiny-mtp-Q4_K_M.gguf"]["imatrix"] == rec
+    assert any("importance matrix computed" in n for n in rep.notes)
+    stamp = im.stat().st_mtime_ns
+
+    again = quantize(own_copy, tmp_path / "q", **kw)  # same source and text: reused, not recomputed
+    assert not again.imatrix["computed"] and again.imatrix["file"] == str(im)
+    assert im.stat().st_mtime_ns == stamp and again.outputs[0].skipped
+    assert any("reused" in n for n in again.notes)
+
+    other = tmp_path / "other.txt"  # another text: another key, another file
+    other.write_text(short_calib.read_text()[::-1])
+    key = cache_key(file_fingerprint(own_copy), sha256_file(other))
+    assert cached_paths(open_source(own_copy), key)[0] != im
+
+
+def test_imatrix_auto_in_the_cache_when_the_source_folder_is_read_only(
+    own_copy: Path, short_calib: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import qwythos.quantize.imatrix_auto as auto
+    from qwythos.core.fileio import cache_dir
+
+    monkeypatch.setattr(auto, "_writable", lambda folder: folder != own_copy.parent)
+    rep = quantize(own_copy, tmp_path / "q", types="Q4_K_M", imatrix="auto", calib=short_calib, verify=False)
+    im = Path(rep.imatrix["file"])
+    assert im.parent == cache_dir("imatrix") and im.is_file()
+    assert sorted(p.name for p in own_copy.parent.iterdir()) == [own_copy.name]
+
+
+def test_calib_without_imatrix_auto_is_refused(tiny_gguf: Path, short_calib: Path, tmp_path: Path) -> None:
+    with pytest.raises(QwythosError) as e:
+        quantize(tiny_gguf, tmp_path, types="Q4_K_M", calib=short_calib)
+    assert "--calib" in e.value.message and "--imatrix auto" in (e.value.hint or "")
 
 
 def _with_nan_output_norm(src: Path, dst: Path) -> Path:

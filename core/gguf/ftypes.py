@@ -28,11 +28,20 @@ DEFAULT_TYPE_EXCEPTIONS = {
 }
 # names llama-quantize also accepts
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-# GGML types whose tensors need importance-matrix data (llama.cpp refuses to make them without)
 # GGML types a tensor may be stored as besides the quantized ones; quantized types never stored
 STORABLE_FLOAT = ("f32", "f16", "bf16")
 NOT_STORED = ("q8_1", "q8_k")
-IMATRIX_REQUIRED = frozenset({"iq3_xxs", "iq2_xxs", "iq2_xs", "iq2_s", "iq1_m", "iq1_s"})
+# GGML types made only with importance-matrix data: every IQ type (llama.cpp refuses the smallest
+# ones without; IQ4_XS / IQ3_S it would make blind, where the importance data is what they are
+# designed around) ...
+IMATRIX_TYPE_PREFIX = "iq"
+# ... and file types whose mix llama.cpp refuses without one although their bulk type is a k-quant
+IMATRIX_FTYPES = frozenset({"Q2_K_S"})
+
+
+def ggml_needs_imatrix(t: GGMLType) -> bool:
+    """A tensor of this GGML type is made only with importance data for it (every IQ type)."""
+    return t.name.lower().startswith(IMATRIX_TYPE_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,7 @@ class FType:
 
     @property
     def needs_imatrix(self) -> bool:
-        return self.default_type.name in IMATRIX_REQUIRED or self.name == "Q2_K_S"
+        return ggml_needs_imatrix(self.default_type) or self.name in IMATRIX_FTYPES
 
 
 def _libggml() -> ctypes.CDLL:
