@@ -134,6 +134,13 @@ def convert(
         raise QwythosError(f"unknown --outtype {outtype}", "use bf16, f16 or f32")
     ckpt = open_checkpoint(src)
     cfg = qwen35.text_config_from(ckpt.config, where=str(ckpt.path / "config.json"))
+    if cfg.lin_k_dim != cfg.lin_v_dim:  # llama.cpp sizes both from ssm.state_size: such a GGUF never loads
+        raise QwythosError(
+            f"{ckpt.path / 'config.json'}: linear_key_head_dim {cfg.lin_k_dim} differs from "
+            f"linear_value_head_dim {cfg.lin_v_dim}, and llama.cpp's qwen35 loader needs them equal",
+            "convert a checkpoint whose key and value heads are equally wide (scripts/pad_linear_keys.py "
+            "zero-pads the key heads of such a folder)",
+        )
     in_files = qwen35.mtp_layer_count(ckpt)
     notes: list[str] = []
     if not mtp:

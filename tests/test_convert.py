@@ -443,3 +443,16 @@ def test_checkpoint_without_chat_template_converts_with_a_warning(
     r = GGUFReader(res.output)
     assert "tokenizer.chat_template" not in r.fields
     assert kv(r, "qwythos.convert.warnings") == [warning]
+
+
+def test_unequal_linear_head_widths_are_refused_before_writing(tiny_mtp_dir: Path, tmp_path: Path) -> None:
+    """llama.cpp's qwen35 loader takes both linear-attention head widths from ssm.state_size: a
+    checkpoint with narrower key heads would make a GGUF nothing can load."""
+    src = Path(shutil.copytree(tiny_mtp_dir, tmp_path / "src"))
+    cfg = json.loads((src / "config.json").read_text())
+    text = cfg.get("text_config", cfg)
+    text["linear_key_head_dim"] = text["linear_value_head_dim"] // 2
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(QwythosError, match="linear_key_head_dim 16 differs from linear_value_head_dim 32"):
+        convert(src, tmp_path / "out.gguf")
+    assert not list(tmp_path.glob("out*"))
