@@ -16,7 +16,8 @@ when the choice is 0) so that acceptance it is not measuring can still change it
 after a probe that hit, twice as late after one that found nothing, never where not even perfect
 acceptance at that depth could beat the choice on the measured costs (`could_pay`), and never so
 often that probes cost more than a few percent of the time (`probe_floor`). Every
-choice only affects speed: a step of any length is exact.
+choice only affects speed: a step of any length is exact. `explain` says what exploring and probing
+cost: their steps, seconds, and seconds beyond plain decoding of the tokens they gave.
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ class DraftPolicy:
         self.switches: list[tuple[int, int, int]] = []  # (step, from, to)
         self.steps = 0
         self.histogram = [0] * (max_draft + 1)
+        # what exploring and probing cost: steps, their seconds (target + head), the tokens they gave
+        self._kind = ""  # this step's kind: "explore" | "probe" | ""
+        self.spent = {k: [0, 0.0, 0] for k in ("explore", "probe")}
 
     # -- measurement -------------------------------------------------------------------------
     def acceptance(self) -> list[float]:
@@ -195,6 +199,12 @@ class DraftPolicy:
         """One step's outcome: drafts made, drafts accepted, seconds in the target and the head."""
         self.steps += 1
         self.histogram[n_drafts] += 1
+        if self._kind:
+            spent = self.spent[self._kind]
+            spent[0] += 1
+            spent[1] += t_verify + t_draft
+            spent[2] += 1 + accepted
+            self._kind = ""
         self._verify[n_drafts].append(t_verify)
         if n_drafts:
             self._head.append(t_draft / n_drafts)
@@ -212,7 +222,9 @@ class DraftPolicy:
     def choose(self, limit: int) -> int:
         """This step's draft length (at most `limit`, the room left)."""
         if self._explore:
-            return min(self._explore.pop(0), limit)
+            n = min(self._explore.pop(0), limit)
+            self._kind = "explore" if n > 0 else ""  # the plain step is what plain decoding does
+            return n
         costs = self.costs()
         switched = False
         if costs is not None:
@@ -237,14 +249,33 @@ class DraftPolicy:
             if costs is None or could_pay(costs, n, self.max_draft):
                 # look one step deeper than the choice: that depth's acceptance is otherwise never seen
                 self._probing = True
+                self._kind = "probe"
                 n += 1
             else:  # not even perfect acceptance there would beat the choice: skip, back off
                 self._probe_every = min(PROBE_MAX, self._probe_every * 2)
-        return min(n, limit)
+        n = min(n, limit)
+        if n <= self.current:  # the room left cut the probe off
+            self._kind = ""
+        return n
+
+    def lost_seconds(self, kind: str) -> float | None:
+        """Seconds the `kind` steps ("explore" or "probe") cost beyond plain decoding of the same
+        tokens (the measured one-token time each); None before plain decoding was timed."""
+        plain = sorted(self._verify[0])[len(self._verify[0]) // 2] if self._verify[0] else None
+        if plain is None:
+            return None
+        _, seconds, tokens = self.spent[kind]
+        return max(0.0, seconds - tokens * plain)
 
     def explain(self) -> dict:
         c = self.costs()
         return {
+            "exploration_steps": self.spent["explore"][0],
+            "exploration_seconds": self.spent["explore"][1],
+            "exploration_lost_seconds": self.lost_seconds("explore"),
+            "probe_steps": self.spent["probe"][0],
+            "probe_seconds": self.spent["probe"][1],
+            "probe_lost_seconds": self.lost_seconds("probe"),
             "max_draft": self.max_draft,
             "started_from": "cache" if self.start is not None else "measuring",
             "final_choice": self.current,

@@ -145,6 +145,23 @@ def test_policy_measures_then_settles_and_adapts():
     assert p.switches and p.explain()["final_choice"] == p.current
 
 
+def test_policy_says_what_exploring_and_probing_cost():
+    rng = np.random.default_rng(0)
+    p = DraftPolicy(4)
+    _drive(p, 100, lambda k: 1.0 + 0.6 * (k - 1), 0.2, 0.0, rng)  # nothing accepted
+    e = p.explain()
+    # cold: plain (what plain decoding does anyway), then one draft of 1, rejected: 1.6 + 0.2 seconds
+    # for one token, 0.8 lost against plain's 1.0
+    assert (e["exploration_steps"], e["exploration_seconds"]) == (1, pytest.approx(1.8))
+    assert e["exploration_lost_seconds"] == pytest.approx(0.8)
+    # probes: one draft deeper than plain, each 0.8 lost; never more than a few percent of the time
+    assert e["probe_steps"] == p.histogram[1] - 1 > 0
+    assert e["probe_lost_seconds"] == pytest.approx(0.8 * e["probe_steps"])
+    assert e["probe_lost_seconds"] < 0.05 * 100
+    cached = DraftPolicy(4, DraftCosts([1.0, 1.6, 2.2, 2.8, 3.4], 0.2, [0.0])).explain()
+    assert cached["exploration_steps"] == 0 and cached["exploration_lost_seconds"] == 0.0
+
+
 def test_policy_starts_from_cached_costs_without_exploring():
     c = DraftCosts([1.0, 1.05, 1.1, 1.15, 1.2], 0.02, [0.9, 0.9, 0.9, 0.9])
     p = DraftPolicy(4, c)
