@@ -19,7 +19,13 @@ Per mode: the target's time per one-token decode (mean, and median over steps; t
 generated token (gen_seconds / tokens: verify + Python + probes), probes and their draft time, and
 each figure's ratio to `no-mtp`: the median over rounds of that round's ratio.
 
+With --cold N the bench runs the CLI instead, as a user does: `qwythos run MODEL -p PROMPT
+--max-tokens --tokens --json` with an empty draft-cost cache (QWYTHOS_DRAFT_COSTS at a fresh file:
+auto explores) against `run --no-mtp`, N interleaved pairs, and prints each pair's generated tok/s,
+their ratio, and what `--json` says the exploration and the probes cost.
+
     nice -n 10 python bench/bench_auto_overhead.py MODEL.gguf [--pairs 8] [--tokens 48] [--threads 2] [--parts]
+    nice -n 10 python bench/bench_auto_overhead.py MODEL.gguf --cold 5 --tokens 64
     nice -n 10 python bench/bench_auto_overhead.py --build-9b      # bench_mtp.build_9b's file in --work
 """
 
@@ -77,10 +83,56 @@ def _engines(plain_m, head_m, threads: int, n_ctx: int, parts: bool, costs_of):
     modes |= {
         "auto@0": lambda: Engine(head_m, Stay0("auto", AUTO_MAX_DRAFT), n_ctx=n_ctx, threads=threads),
         "auto": lambda: Engine(
-            head_m, draft_plan(head_m, "auto", threads=threads, costs=costs_of()), n_ctx=n_ctx, threads=threads
+            head_m,
+            draft_plan(head_m, "auto", threads=threads, costs=costs_of()),
+            n_ctx=n_ctx,
+            threads=threads,
         ),
     }
     return modes
+
+
+def cold_runs(model: Path, pairs: int, tokens: int, threads: int, work: Path) -> list[dict]:
+    """`run --no-mtp` against `run` with nothing cached (auto explores), through the CLI, in turns."""
+    import os
+    import subprocess
+
+    base = [sys.executable, "-m", "qwythos.cli", "run", str(model), "-p", PROMPT, "--max-tokens",
+            str(tokens), "-t", str(threads), "--json"]  # fmt: skip
+    rows = []
+    work.mkdir(parents=True, exist_ok=True)
+    for i in range(pairs):
+        row = {}
+        for mode, extra in (("no-mtp", ["--no-mtp"]), ("auto-cold", [])):
+            costs = work / f"cold-costs-{os.getpid()}-{i}.json"
+            costs.unlink(missing_ok=True)
+            env = dict(os.environ, QWYTHOS_DRAFT_COSTS=str(costs))
+            p = subprocess.run(base + extra, capture_output=True, text=True, env=env)
+            if p.returncode != 0:
+                sys.exit(f"error: {' '.join(base + extra)} failed:\n{p.stderr[-2000:]}")
+            out = json.loads(p.stdout)
+            st = out["generation"]["stats"]
+            row[mode] = {"tps": st["gen_tps"], "tokens": st["gen_tokens"], "draft": out["draft"]}
+            costs.unlink(missing_ok=True)
+        a = row["auto-cold"]["draft"].get("auto") or {}
+        row["ratio"] = row["auto-cold"]["tps"] / row["no-mtp"]["tps"]
+        print(
+            f"pair {i + 1}: no-mtp {row['no-mtp']['tps']:.2f} tok/s, auto cold {row['auto-cold']['tps']:.2f} "
+            f"tok/s ({row['auto-cold']['tokens']} tokens): {row['ratio']:.3f}x; exploration "
+            f"{a.get('exploration_steps')} step(s) {a.get('exploration_seconds', 0):.2f} s, "
+            f"{a.get('exploration_lost_seconds') or 0:.2f} s lost; probes {a.get('probe_steps')}, "
+            f"{a.get('probe_lost_seconds') or 0:.2f} s lost; chose {a.get('final_choice')}",
+            flush=True,
+        )
+        rows.append(row)
+    ratios = [r["ratio"] for r in rows]
+    total = sum(r["auto-cold"]["tokens"] / r["auto-cold"]["tps"] for r in rows)
+    base_total = sum(r["no-mtp"]["tokens"] / r["no-mtp"]["tps"] for r in rows)
+    print(
+        f"auto cold / no-mtp: median {statistics.median(ratios):.3f}x over {pairs} pairs "
+        f"({' '.join(f'{x:.2f}' for x in ratios)}); total generation time {total:.1f} s against {base_total:.1f} s"
+    )
+    return rows
 
 
 def main() -> None:
@@ -92,6 +144,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parts", action="store_true", help="also time snapshots and hidden output apart")
+    ap.add_argument("--cold", type=int, default=0, help="run the CLI cold against --no-mtp, N pairs")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     from qwythos.core.drafting.costs import DraftCosts
@@ -107,6 +160,11 @@ def main() -> None:
         a.model = build_9b(a.work, a.threads)
     if a.model is None:
         sys.exit("error: give MODEL.gguf or --build-9b")
+    if a.cold:
+        rows = cold_runs(a.model, a.cold, a.tokens, a.threads, a.work)
+        if a.json:
+            a.json.write_text(json.dumps(rows, indent=2))
+        return
     n_ctx = 512
     one_token: list[float] = []  # no-mtp's one-token decodes so far: auto's cached costs come from them
 

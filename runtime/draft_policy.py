@@ -37,10 +37,11 @@ HYSTERESIS = 0.04
 WINDOW, HALF_LIFE = 64, 12
 #: Probe interval bounds (steps): doubled after a probe that found nothing, reset after a hit.
 PROBE_MIN, PROBE_MAX = 8, 128
-#: The shortest interval also keeps a probe's worst-case cost (one draft deeper, all rejected)
-#: under this share of the time: on a CPU, where a verify of 2 tokens costs ~1.6 decodes, probes
-#: from plain decoding come every ~24 steps; on a GPU, where it costs ~1, every PROBE_MIN.
-PROBE_BUDGET = 0.03
+#: The shortest interval also keeps a probe's cost under this share of the time. A probe drafts
+#: one deeper than the choice but verifies only the choice's batch (the extra draft is judged
+#: against the last row, runtime/speculative.py), so it costs one head step (from plain: the MTP
+#: context's catch-up rows and one draft, ~0.2-0.5 decodes at the 9B shapes on a CPU).
+PROBE_BUDGET = 0.015
 #: Prior acceptance per depth before anything is known (a trained head at depth 1 is usually 0.6+).
 DEFAULT_ACCEPTANCE = 0.5
 PRIOR_WEIGHT = 4.0  # pseudo-drafts behind the prior
@@ -104,12 +105,12 @@ def could_pay(costs: DraftCosts, current: int, max_draft: int = AUTO_MAX_DRAFT) 
 
 
 def probe_floor(costs: DraftCosts | None, current: int) -> int:
-    """The shortest probe interval (steps) at which a probe one draft deeper than `current`, all of
-    it rejected, costs at most PROBE_BUDGET of the time; PROBE_MIN..PROBE_MAX."""
+    """The shortest probe interval (steps) at which a probe one draft deeper than `current` (one
+    more head step, the same verify batch) costs at most PROBE_BUDGET of the time; PROBE_MIN..PROBE_MAX."""
     if costs is None:
         return PROBE_MIN
     step = costs.verify(current + 1) + current * costs.head_s
-    extra = costs.verify(current + 2) - costs.verify(current + 1) + costs.head_s
+    extra = costs.head_s
     if step <= 0:
         return PROBE_MIN
     return int(min(PROBE_MAX, max(PROBE_MIN, math.ceil(extra / (PROBE_BUDGET * step)))))
@@ -195,17 +196,26 @@ class DraftPolicy:
             return None
         return self.costs()
 
-    def record(self, n_drafts: int, accepted: int, t_verify: float, t_draft: float) -> None:
-        """One step's outcome: drafts made, drafts accepted, seconds in the target and the head."""
+    @property
+    def probing(self) -> bool:
+        """The length just chosen is a probe (one deeper than the choice)."""
+        return self._probing
+
+    def record(
+        self, n_drafts: int, accepted: int, t_verify: float, t_draft: float, rows: int | None = None
+    ) -> None:
+        """One step's outcome: drafts made, drafts accepted, seconds in the target and the head;
+        rows: the target's batch (n_drafts + 1 unless a probe left its last draft unverified)."""
+        rows = n_drafts + 1 if rows is None else rows
         self.steps += 1
         self.histogram[n_drafts] += 1
         if self._kind:
             spent = self.spent[self._kind]
             spent[0] += 1
             spent[1] += t_verify + t_draft
-            spent[2] += 1 + accepted
+            spent[2] += 1 + min(accepted, rows - 1)
             self._kind = ""
-        self._verify[n_drafts].append(t_verify)
+        self._verify[rows - 1].append(t_verify)
         if n_drafts:
             self._head.append(t_draft / n_drafts)
             self._steps.append((n_drafts, accepted))
