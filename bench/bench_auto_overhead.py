@@ -5,14 +5,18 @@ and with it. Modes, each a warm engine, run in turn on the same prompt for --pai
 machine drifts by 10-30% within minutes; a round's modes run back to back):
 
 - `no-mtp`: plain decoding on the file loaded with mtp=False.
-- `auto@0`: auto's target context and the speculative loop, with a plan that always chooses 0
-  (no probes): what every step of auto at N = 0 pays over `no-mtp`.
+- `auto@0`: auto's target context (hidden output; no snapshots while it decodes plain) and the
+  speculative loop, with a plan that always chooses 0 (no probes): what every step of auto at
+  N = 0 pays over `no-mtp`.
 - `auto`: auto with cached costs that choose 0 (probes included): what a user gets.
+- `auto-cold`: auto with nothing cached, a fresh policy every round: it explores (plain, then
+  draft 1 while drafts land), then decides from what it measured; a first `run` on a file.
 - with --parts, where the per-step cost comes from, through the plain loop on the file loaded with
   its head: `head`: the default plain context (`Engine(draft=0)`, what the README once compared
   auto with); `+snap`: the target keeps AUTO_MAX_DRAFT recurrent snapshots (n_rs_seq), no hidden
   output; `+hidden`: hidden-state output on (llama_set_embeddings_nextn), no snapshots; `+both`:
-  auto's target context.
+  auto's target context before it kept snapshots only once drafting starts; `auto@0+snap`:
+  `auto@0` with that target.
 
 Per mode: the target's time per one-token decode (mean, and median over steps; timed around
 `Context.decode`, what GenStats.t_verify adds up for a plain step), the step's whole time per
@@ -60,8 +64,17 @@ def _engines(plain_m, head_m, threads: int, n_ctx: int, parts: bool, costs_of):
     from qwythos.runtime.speculative import Engine
 
     class Stay0(DraftPlan):
+        lazy = True  # like auto from costs that choose 0: the target keeps no snapshots
+
+        @property
+        def starts_plain(self) -> bool:
+            return self.lazy
+
         def choose(self, limit: int) -> int:
             return 0
+
+    class Stay0Snap(Stay0):
+        lazy = False  # the target auto built before: AUTO_MAX_DRAFT snapshots from the start
 
     def plain(model, snapshots=None, hidden=None):
         eng = Engine(model, DraftPlan("plain", 0), n_ctx=n_ctx, threads=threads)
@@ -79,6 +92,9 @@ def _engines(plain_m, head_m, threads: int, n_ctx: int, parts: bool, costs_of):
             "+snap": lambda: plain(head_m, AUTO_MAX_DRAFT, False),
             "+hidden": lambda: plain(head_m, 0, True),
             "+both": lambda: plain(head_m, AUTO_MAX_DRAFT, True),
+            "auto@0+snap": lambda: Engine(
+                head_m, Stay0Snap("auto", AUTO_MAX_DRAFT), n_ctx=n_ctx, threads=threads
+            ),
         }
     modes |= {
         "auto@0": lambda: Engine(head_m, Stay0("auto", AUTO_MAX_DRAFT), n_ctx=n_ctx, threads=threads),
@@ -87,6 +103,10 @@ def _engines(plain_m, head_m, threads: int, n_ctx: int, parts: bool, costs_of):
             draft_plan(head_m, "auto", threads=threads, costs=costs_of()),
             n_ctx=n_ctx,
             threads=threads,
+        ),
+        # nothing cached: every generation starts a fresh policy (exploring), as a first `run` does
+        "auto-cold": lambda: Engine(
+            head_m, draft_plan(head_m, "auto", threads=threads, costs=None), n_ctx=n_ctx, threads=threads
         ),
     }
     return modes
@@ -200,6 +220,8 @@ def main() -> None:
             for r in range(a.pairs):
                 for name, eng in engines.items():
                     calls[name].clear()
+                    if name == "auto-cold":
+                        eng.plan.restart()  # cold again: the policy measures from nothing
                     g = eng.generate(toks, max_tokens=a.tokens)
                     s = g.stats
                     ones = [t for n, t in calls[name] if n == 1] or [float("nan")]  # a head that hits drafts
@@ -230,7 +252,7 @@ def main() -> None:
         f"prompt {PROMPT!r}; ratios: median over rounds of mode / no-mtp in the same round"
     )
     print(
-        f"{'mode':8} {'1-tok ms':>8} {'ratio':>6} {'median':>8} {'ratio':>6} {'step ms/tok':>11} {'ratio':>6} "
+        f"{'mode':11} {'1-tok ms':>8} {'ratio':>6} {'median':>8} {'ratio':>6} {'step ms/tok':>11} {'ratio':>6} "
         f"{'py ms/tok':>9} {'probes':>6} {'draft ms':>8} {'same':>4}"
     )
     summary = {}
@@ -243,7 +265,7 @@ def main() -> None:
         row["same_output"] = outputs[name] == outputs["no-mtp"]
         summary[name] = row
         print(
-            f"{name:8} {row['one_token_ms']:8.1f} {row['one_token_ms_ratio']:6.3f} "
+            f"{name:11} {row['one_token_ms']:8.1f} {row['one_token_ms_ratio']:6.3f} "
             f"{row['one_token_median_ms']:8.1f} {row['one_token_median_ms_ratio']:6.3f} "
             f"{row['step_ms_per_token']:11.1f} {row['step_ms_per_token_ratio']:6.3f} "
             f"{row['python_ms_per_token']:9.2f} {row['probes']:6d} {row['draft_ms']:8.0f} "
