@@ -99,9 +99,23 @@ class DraftPlan:
         """This step's draft length (at most `limit`: the room and tokens left)."""
         return self.policy.choose(limit) if self.policy is not None else min(self.max_draft, limit)
 
-    def record(self, n_drafts: int, accepted: int, t_verify: float, t_draft: float) -> None:
+    @property
+    def starts_plain(self) -> bool:
+        """Auto starting from costs that choose plain decoding (its target keeps no snapshots
+        until a step verifies drafts)."""
+        p = self.policy
+        return p is not None and p.start is not None and p.current == 0
+
+    @property
+    def probing(self) -> bool:
+        """This step drafts one deeper than auto's choice only to see whether that draft lands."""
+        return self.policy is not None and self.policy.probing
+
+    def record(
+        self, n_drafts: int, accepted: int, t_verify: float, t_draft: float, rows: int | None = None
+    ) -> None:
         if self.policy is not None:
-            self.policy.record(n_drafts, accepted, t_verify, t_draft)
+            self.policy.record(n_drafts, accepted, t_verify, t_draft, rows)
 
     def restart(self) -> None:
         """Forget what the policy measured, keeping where it started (a warm-up teaches it nothing)."""

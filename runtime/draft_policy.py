@@ -16,7 +16,8 @@ when the choice is 0) so that acceptance it is not measuring can still change it
 after a probe that hit, twice as late after one that found nothing, never where not even perfect
 acceptance at that depth could beat the choice on the measured costs (`could_pay`), and never so
 often that probes cost more than a few percent of the time (`probe_floor`). Every
-choice only affects speed: a step of any length is exact.
+choice only affects speed: a step of any length is exact. `explain` says what exploring and probing
+cost: their steps, seconds, and seconds beyond plain decoding of the tokens they gave.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ HYSTERESIS = 0.04
 WINDOW, HALF_LIFE = 64, 12
 #: Probe interval bounds (steps): doubled after a probe that found nothing, reset after a hit.
 PROBE_MIN, PROBE_MAX = 8, 128
-#: The shortest interval also keeps a probe's worst-case cost (one draft deeper, all rejected)
-#: under this share of the time: on a CPU, where a verify of 2 tokens costs ~1.6 decodes, probes
-#: from plain decoding come every ~24 steps; on a GPU, where it costs ~1, every PROBE_MIN.
-PROBE_BUDGET = 0.03
+#: The shortest interval also keeps a probe's cost under this share of the time. A probe drafts
+#: one deeper than the choice but verifies only the choice's batch (the extra draft is judged
+#: against the last row, runtime/speculative.py), so it costs one head step (from plain: the MTP
+#: context's catch-up rows and one draft, ~0.2-0.5 decodes at the 9B shapes on a CPU).
+PROBE_BUDGET = 0.015
 #: Prior acceptance per depth before anything is known (a trained head at depth 1 is usually 0.6+).
 DEFAULT_ACCEPTANCE = 0.5
 PRIOR_WEIGHT = 4.0  # pseudo-drafts behind the prior
@@ -103,12 +105,12 @@ def could_pay(costs: DraftCosts, current: int, max_draft: int = AUTO_MAX_DRAFT) 
 
 
 def probe_floor(costs: DraftCosts | None, current: int) -> int:
-    """The shortest probe interval (steps) at which a probe one draft deeper than `current`, all of
-    it rejected, costs at most PROBE_BUDGET of the time; PROBE_MIN..PROBE_MAX."""
+    """The shortest probe interval (steps) at which a probe one draft deeper than `current` (one
+    more head step, the same verify batch) costs at most PROBE_BUDGET of the time; PROBE_MIN..PROBE_MAX."""
     if costs is None:
         return PROBE_MIN
     step = costs.verify(current + 1) + current * costs.head_s
-    extra = costs.verify(current + 2) - costs.verify(current + 1) + costs.head_s
+    extra = costs.head_s
     if step <= 0:
         return PROBE_MIN
     return int(min(PROBE_MAX, max(PROBE_MIN, math.ceil(extra / (PROBE_BUDGET * step)))))
@@ -155,6 +157,9 @@ class DraftPolicy:
         self.switches: list[tuple[int, int, int]] = []  # (step, from, to)
         self.steps = 0
         self.histogram = [0] * (max_draft + 1)
+        # what exploring and probing cost: steps, their seconds (target + head), the tokens they gave
+        self._kind = ""  # this step's kind: "explore" | "probe" | ""
+        self.spent = {k: [0, 0.0, 0] for k in ("explore", "probe")}
 
     # -- measurement -------------------------------------------------------------------------
     def acceptance(self) -> list[float]:
@@ -191,11 +196,26 @@ class DraftPolicy:
             return None
         return self.costs()
 
-    def record(self, n_drafts: int, accepted: int, t_verify: float, t_draft: float) -> None:
-        """One step's outcome: drafts made, drafts accepted, seconds in the target and the head."""
+    @property
+    def probing(self) -> bool:
+        """The length just chosen is a probe (one deeper than the choice)."""
+        return self._probing
+
+    def record(
+        self, n_drafts: int, accepted: int, t_verify: float, t_draft: float, rows: int | None = None
+    ) -> None:
+        """One step's outcome: drafts made, drafts accepted, seconds in the target and the head;
+        rows: the target's batch (n_drafts + 1 unless a probe left its last draft unverified)."""
+        rows = n_drafts + 1 if rows is None else rows
         self.steps += 1
         self.histogram[n_drafts] += 1
-        self._verify[n_drafts].append(t_verify)
+        if self._kind:
+            spent = self.spent[self._kind]
+            spent[0] += 1
+            spent[1] += t_verify + t_draft
+            spent[2] += 1 + min(accepted, rows - 1)
+            self._kind = ""
+        self._verify[rows - 1].append(t_verify)
         if n_drafts:
             self._head.append(t_draft / n_drafts)
             self._steps.append((n_drafts, accepted))
@@ -212,7 +232,9 @@ class DraftPolicy:
     def choose(self, limit: int) -> int:
         """This step's draft length (at most `limit`, the room left)."""
         if self._explore:
-            return min(self._explore.pop(0), limit)
+            n = min(self._explore.pop(0), limit)
+            self._kind = "explore" if n > 0 else ""  # the plain step is what plain decoding does
+            return n
         costs = self.costs()
         switched = False
         if costs is not None:
@@ -237,14 +259,33 @@ class DraftPolicy:
             if costs is None or could_pay(costs, n, self.max_draft):
                 # look one step deeper than the choice: that depth's acceptance is otherwise never seen
                 self._probing = True
+                self._kind = "probe"
                 n += 1
             else:  # not even perfect acceptance there would beat the choice: skip, back off
                 self._probe_every = min(PROBE_MAX, self._probe_every * 2)
-        return min(n, limit)
+        n = min(n, limit)
+        if n <= self.current:  # the room left cut the probe off
+            self._kind = ""
+        return n
+
+    def lost_seconds(self, kind: str) -> float | None:
+        """Seconds the `kind` steps ("explore" or "probe") cost beyond plain decoding of the same
+        tokens (the measured one-token time each); None before plain decoding was timed."""
+        plain = sorted(self._verify[0])[len(self._verify[0]) // 2] if self._verify[0] else None
+        if plain is None:
+            return None
+        _, seconds, tokens = self.spent[kind]
+        return max(0.0, seconds - tokens * plain)
 
     def explain(self) -> dict:
         c = self.costs()
         return {
+            "exploration_steps": self.spent["explore"][0],
+            "exploration_seconds": self.spent["explore"][1],
+            "exploration_lost_seconds": self.lost_seconds("explore"),
+            "probe_steps": self.spent["probe"][0],
+            "probe_seconds": self.spent["probe"][1],
+            "probe_lost_seconds": self.lost_seconds("probe"),
             "max_draft": self.max_draft,
             "started_from": "cache" if self.start is not None else "measuring",
             "final_choice": self.current,

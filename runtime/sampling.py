@@ -143,6 +143,8 @@ def accept_drafts(
     params: SamplingParams,
     rng: np.random.Generator,
     q: list[Dist] | None = None,
+    *,
+    bonus: bool = True,
 ) -> Verdict:
     """The acceptance rule of one speculative step, a pure function of the target's logits.
 
@@ -152,7 +154,9 @@ def accept_drafts(
     Sampled (q[j]: the distribution draft j was drawn from, a point mass when None): accept draft j
     with probability min(1, p/q), else resample from norm(max(p - q, 0)) and stop; when every draft
     is accepted the next token is drawn from the last row. Either way the tokens follow plain
-    decoding's distribution exactly.
+    decoding's distribution exactly. bonus=False: logits has no row after the last draft (a probe
+    that did not verify it, runtime/speculative.py); when every draft is accepted the next token is
+    the last draft itself.
     """
     window = list(history)
     for j, d in enumerate(drafts):
@@ -167,4 +171,6 @@ def accept_drafts(
             if not (qd > 0 and rng.random() < min(1.0, pd / qd)):
                 return Verdict(j, residual(p, qj).sample(rng))
         window.append(d)
+    if not bonus:
+        return Verdict(len(drafts), drafts[-1])
     return Verdict(len(drafts), choose(logits[len(drafts)], window, params, rng))

@@ -238,7 +238,14 @@ class Engine:
         self._extra_cells = 0  # KV cells in the target beyond its positions (images)
         self.n_ctx = n_ctx
         self.p_min = p_min
-        self.target: Context = model.new_target(n_ctx, n_draft=self.max_draft, threads=threads)
+        self.threads = threads
+        # auto starting at plain decoding keeps no recurrent snapshots until a step verifies drafts
+        # (`_snapshots_for`): every decode with snapshots copies each recurrent layer's state once
+        # more (llama.cpp's gated delta net with K > 1), and probes from plain verify one token
+        self.snapshots = 0 if plan.starts_plain else self.max_draft
+        self.target: Context = model.new_target(
+            n_ctx, n_draft=self.max_draft, threads=threads, snapshots=self.snapshots
+        )
         self.mtp: Context | None = None
         if self.max_draft > 0 and self.drafter is None:
             self.mtp = model.new_draft(n_ctx, n_batch=self.target.n_batch, threads=threads)
@@ -495,6 +502,18 @@ class Engine:
             _empty_rows(self.model.path, rows)
         return logits, self.target.hidden(rows)
 
+    def _snapshots_for(self, n_drafts: int) -> None:
+        """Before a verify of n_drafts drafts: a target without snapshots is rebuilt with them (its
+        state, KV cache and recurrent, carried over; once per engine, a few ms per 1k positions)."""
+        if n_drafts <= self.snapshots:
+            return
+        n = self.target.n_past
+        state = self.target.save_state(partial=False)
+        self.target.close()  # first: the two contexts never hold memory at once
+        self.target = self.model.new_target(self.n_ctx, n_draft=self.max_draft, threads=self.threads)
+        self.snapshots = self.max_draft
+        self.target.load_state(state, n, partial=False)
+
     def _rollback(self, n: int, accepted: int, n_drafts: int) -> None:
         """Drop the target's positions after the accepted prefix (the MTP context already dropped
         its draft rows); remember the catch-up rows the MTP context still lacks."""
@@ -517,23 +536,31 @@ class Engine:
                 return
             limit = min(room, out.max_tokens - len(out.tokens))
             n_draft = plan.choose(limit)
+            probe = plan.probing
+            self._snapshots_for(n_draft - 1 if probe else n_draft)  # the most this step verifies
             a = perf()
             fed = n_draft > 0 and self.mtp is not None  # the MTP context takes the catch-up rows
             drafts, qs = self._draft(x, n, n_draft, history, sp, rng)
             b = perf()
-            logits, hrows = self._verify(x, drafts, n)
+            # a probe's last draft is judged against the last row of the batch the choice verifies,
+            # not verified itself: the probe costs one head step, never a longer batch (nor, from
+            # plain decoding, a rollback)
+            short = probe and len(drafts) == n_draft
+            verified = drafts[:-1] if short else drafts
+            logits, hrows = self._verify(x, verified, n)
             c = perf()
-            v = accept_drafts(drafts, logits, _recent(history, sp), sp, rng, qs)
-            acc = v.accepted
+            v = accept_drafts(drafts, logits, _recent(history, sp), sp, rng, qs, bonus=not short)
+            acc = v.accepted  # drafts accepted; the target holds `kept` of them
+            kept = min(acc, len(verified))
             if self.mtp is not None:
                 if fed:
-                    self._cu_tokens, self._cu_hidden = drafts[:acc], list(hrows[:acc].copy())
+                    self._cu_tokens, self._cu_hidden = verified[:kept], list(hrows[:kept].copy())
                 else:
                     self._cu_tokens.append(x)
                     self._cu_hidden.append(self._h_last)
-            self._h_last = hrows[acc].copy()
+            self._h_last = hrows[kept].copy()
             d0 = perf()
-            self._rollback(n, acc, len(drafts))
+            self._rollback(n, kept, len(verified))
             e = perf()
             stats.t_draft += b - a
             stats.t_verify += c - b
@@ -546,8 +573,8 @@ class Engine:
                 if j < acc:
                     stats.accepted += 1
                     stats.accepted_per_depth[j] += 1
-            plan.record(len(drafts), acc, c - b, b - a)
-            for d in drafts[:acc]:
+            plan.record(len(drafts), acc, c - b, b - a, len(verified) + 1)
+            for d in verified[:kept]:
                 history.append(d)
                 if out.emit(d):
                     return

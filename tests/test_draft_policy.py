@@ -8,7 +8,14 @@ import pytest
 
 from qwythos.core.drafting import costs as draft_costs
 from qwythos.core.drafting.costs import DraftCosts
-from qwythos.runtime.draft_policy import DraftPolicy, best_draft, break_even, expected_tokens, predicted_tps
+from qwythos.runtime.draft_policy import (
+    PROBE_BUDGET,
+    DraftPolicy,
+    best_draft,
+    break_even,
+    expected_tokens,
+    predicted_tps,
+)
 from qwythos.runtime.sampling import GREEDY, Dist, SamplingParams, accept_drafts, distribution
 
 V = 16
@@ -145,6 +152,25 @@ def test_policy_measures_then_settles_and_adapts():
     assert p.switches and p.explain()["final_choice"] == p.current
 
 
+def test_policy_says_what_exploring_and_probing_cost():
+    p = DraftPolicy(4)
+    for _ in range(200):  # nothing accepted; a probe verifies the choice's batch only (the engine's way)
+        n = p.choose(8)
+        rows = n if p.probing else n + 1
+        p.record(n, 0, 1.0 + 0.6 * (rows - 1), 0.2 * n, rows)
+    e = p.explain()
+    # cold: plain (what plain decoding does anyway), then one draft of 1, rejected: 1.6 + 0.2 seconds
+    # for one token, 0.8 lost against plain's 1.0
+    assert (e["exploration_steps"], e["exploration_seconds"]) == (1, pytest.approx(1.8))
+    assert e["exploration_lost_seconds"] == pytest.approx(0.8)
+    # probes from plain: a plain step plus one draft, 0.2 lost each, at most PROBE_BUDGET of the time
+    assert e["probe_steps"] == p.histogram[1] - 1 > 0
+    assert e["probe_lost_seconds"] == pytest.approx(0.2 * e["probe_steps"])
+    assert e["probe_lost_seconds"] <= PROBE_BUDGET * 200
+    cached = DraftPolicy(4, DraftCosts([1.0, 1.6, 2.2, 2.8, 3.4], 0.2, [0.0])).explain()
+    assert cached["exploration_steps"] == 0 and cached["exploration_lost_seconds"] == 0.0
+
+
 def test_policy_starts_from_cached_costs_without_exploring():
     c = DraftCosts([1.0, 1.05, 1.1, 1.15, 1.2], 0.02, [0.9, 0.9, 0.9, 0.9])
     p = DraftPolicy(4, c)
@@ -264,10 +290,13 @@ def test_cold_exploration_stops_at_the_first_rejection():
 def test_probe_interval_keeps_probes_cheap():
     from qwythos.runtime.draft_policy import PROBE_MIN, probe_floor
 
-    cpu = DraftCosts([0.40, 0.64, 0.88, 1.12, 1.36], 0.045, [0.0] * 4)  # the 9B shapes on 2 cores
-    assert probe_floor(cpu, 0) == 24  # (0.24 + 0.045) / (0.03 * 0.40) = 23.75
+    # the 9B shapes on 2 cores; a probe from plain costs one head step (catch-up rows + a draft),
+    # not the longer verify: 0.12 / (0.015 * 0.40) = 20 steps
+    cpu = DraftCosts([0.40, 0.64, 0.88, 1.12, 1.36], 0.12, [0.0] * 4)
+    assert probe_floor(cpu, 0) == 20
+    assert probe_floor(cpu, 1) == 11  # 0.12 / (0.015 * (0.64 + 0.12)) = 10.5
     gpu = DraftCosts([0.020, 0.0202, 0.0204, 0.0206, 0.0208], 0.0003, [0.0] * 4)
     assert probe_floor(gpu, 0) == PROBE_MIN and probe_floor(None, 0) == PROBE_MIN
     p = DraftPolicy(4, cpu)
-    chosen = [p.choose(8) for _ in range(40)]
-    assert chosen.index(1) == 23 and chosen.count(1) == 1  # the first probe after 24 steps, not 8
+    chosen = [p.choose(8) for _ in range(30)]
+    assert chosen.index(1) == 19 and chosen.count(1) == 1  # the first probe after 20 steps, not 8

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qwythos.core.errors import QwythosError
-from qwythos.runtime.draft_plan import draft_plan
+from qwythos.runtime.draft_plan import DraftPlan, draft_plan
 from qwythos.runtime.draft_policy import DraftPolicy
 from qwythos.runtime.sampling import GREEDY, SamplingParams, distribution
 from qwythos.runtime.speculative import Engine, generate
@@ -50,6 +50,73 @@ def test_greedy_with_repetition_penalty_equals_plain(rt_trained_model):
     assert plain.tokens != generate(m, toks, max_tokens=40, draft=0).tokens  # the penalty matters here
     for n in (1, 3, "auto"):
         assert generate(m, toks, max_tokens=40, sampling=sp, draft=n).tokens == plain.tokens
+
+
+class _Probing(DraftPlan):
+    """Every step a probe one draft deeper than `base`: the extra draft is judged against the last
+    row of the base batch, never verified itself (what auto's probes do)."""
+
+    def __init__(self, base: int, max_draft: int = 4) -> None:
+        super().__init__("auto", max_draft)
+        self.base = base
+
+    def choose(self, limit: int) -> int:
+        return min(self.base + 1, limit)
+
+    @property
+    def probing(self) -> bool:
+        return True
+
+
+def test_probes_judge_their_last_draft_unverified_and_stay_exact(rt_trained_model):
+    """From plain decoding a probe is a one-token step plus a draft; from draft 2 a 3-token verify
+    plus a third draft. Hits (the unverified draft becomes the next token) and misses both occur."""
+    m = rt_trained_model
+    for base in (0, 2):
+        hits = judged = 0
+        for prompt in PROMPTS[:4]:
+            toks = m.tokenize(prompt)
+            plain = generate(m, toks, max_tokens=40, draft=0)
+            with Engine(m, _Probing(base), n_ctx=256) as eng:
+                g = eng.generate(toks, max_tokens=40)
+            assert g.tokens == plain.tokens, (prompt, base)
+            s = g.stats
+            assert s.target_passes >= len(g.tokens) // (base + 1) - 1  # no step yields more than base + 1
+            hits += s.accepted_per_depth[base]
+            judged += s.drafted_per_depth[base]
+        assert 0 < hits < judged, base  # hits and misses
+
+
+class _PlainThenDraft(DraftPlan):
+    """Auto that starts at plain decoding (its target without snapshots) and drafts 3 from step k."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__("auto", 4)
+        self.k, self.steps = k, 0
+
+    @property
+    def starts_plain(self) -> bool:
+        return True
+
+    def choose(self, limit: int) -> int:
+        self.steps += 1
+        return 0 if self.steps <= self.k else min(3, limit)
+
+
+def test_a_target_without_snapshots_gets_them_when_drafting_starts(rt_trained_model):
+    """The target is rebuilt with snapshots mid-generation, its state carried over: still exact."""
+    m = rt_trained_model
+    for prompt in PROMPTS[:3]:
+        toks = m.tokenize(prompt)
+        plain = generate(m, toks, max_tokens=40, draft=0)
+        with Engine(m, _PlainThenDraft(7), n_ctx=256) as eng:
+            assert eng.snapshots == 0
+            g = eng.generate(toks, max_tokens=40)
+            assert eng.snapshots == 4 and g.stats.steps_per_draft[0] == 7
+            assert g.tokens == plain.tokens, prompt
+            assert 0 < g.stats.accepted < g.stats.drafted  # rollbacks ran on the rebuilt target
+            again = eng.generate(toks, max_tokens=40)  # the engine goes on with it
+            assert again.tokens == plain.tokens
 
 
 def _oracle(reference: list[int], noise: float, seed: int):
@@ -108,7 +175,14 @@ def _exact_joint(m, toks, sp) -> dict[tuple[int, int], float]:
 
 @pytest.mark.parametrize(
     ("dtype", "mode"),
-    [("bf16", "mtp"), ("bf16", "oracle"), ("bf16", "auto"), ("f32", "mtp"), ("f32", "auto")],
+    [
+        ("bf16", "mtp"),
+        ("bf16", "oracle"),
+        ("bf16", "auto"),
+        ("bf16", "probe"),
+        ("f32", "mtp"),
+        ("f32", "auto"),
+    ],
 )
 def test_sampled_speculative_follows_plain_distribution(request, dtype, mode):
     m = request.getfixturevalue("rt_trained_model" if dtype == "bf16" else "rt_trained_f32_model")
@@ -122,7 +196,10 @@ def test_sampled_speculative_follows_plain_distribution(request, dtype, mode):
         drafter = lambda hist, n: [int(rng.choice(sorted({k[1] for k in joint})))] * n  # noqa: E731
     counts: dict[tuple[int, int], int] = {}
     accepted = drafted = 0
-    plan = draft_plan(m, "auto" if mode == "auto" else 3, drafter=drafter, costs=None)
+    if mode == "probe":  # every step a probe from plain: the second token is the unverified draft's verdict
+        plan = _Probing(0)
+    else:
+        plan = draft_plan(m, "auto" if mode == "auto" else 3, drafter=drafter, costs=None)
     with Engine(m, plan, n_ctx=128) as eng:
         for seed in range(n_runs):
             if mode == "auto" and seed % 5 == 0:
@@ -136,7 +213,7 @@ def test_sampled_speculative_follows_plain_distribution(request, dtype, mode):
             counts[key] = counts.get(key, 0) + 1
             accepted += g.stats.accepted
             drafted += g.stats.drafted
-    if mode == "auto":  # lengths vary per step, but it drafts and both paths run
+    if mode in ("auto", "probe"):  # lengths vary per step, but it drafts and both paths run
         assert 0 < accepted < drafted
     else:
         assert drafted == n_runs and 0 < accepted < drafted

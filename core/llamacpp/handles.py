@@ -399,15 +399,20 @@ class Model:
         n_batch: int = 512,
         threads: int | None = None,
         eval_callback=None,
+        snapshots: int | None = None,
+        hidden: bool | None = None,
     ) -> Context:
         """The target context: logits + hidden states, `n_draft` recurrent snapshots for rollback.
         eval_callback: a ggml_backend_sched_eval_callback that sees every graph node (kept alive by
-        the context)."""
+        the context). snapshots / hidden: the snapshot count and the hidden-state output apart from
+        n_draft (bench/bench_auto_overhead.py times each alone); by default n_draft and n_draft > 0."""
         lc = _llama()
         if not 0 <= n_draft <= MAX_DRAFT:
             raise QwythosError(f"draft length {n_draft} is out of range", f"use 0..{MAX_DRAFT}")
-        cp = self._context_params(n_ctx, max(n_batch, n_draft + 1), threads, eval_callback)
-        cp.n_rs_seq = n_draft
+        snapshots = n_draft if snapshots is None else snapshots
+        hidden = n_draft > 0 if hidden is None else hidden
+        cp = self._context_params(n_ctx, max(n_batch, snapshots + 1), threads, eval_callback)
+        cp.n_rs_seq = snapshots
         handle = lc.llama_init_from_model(self.handle, cp)
         if not handle:
             raise QwythosError(
@@ -416,9 +421,10 @@ class Model:
             )
         ctx = Context(self, handle, n_ctx, cp.n_batch, "target")
         ctx.eval_callback = eval_callback
-        if n_draft > 0:
+        if hidden:
             _ext().llama_set_embeddings_nextn(handle, True, False)
-            if lc.llama_n_rs_seq(handle) < n_draft:
+        if snapshots > 0:
+            if lc.llama_n_rs_seq(handle) < snapshots:
                 ctx.close()
                 raise QwythosError(f"{self.path}: this llama.cpp cannot roll back recurrent state", None)
         self._contexts.append(ctx)
