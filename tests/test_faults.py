@@ -176,10 +176,11 @@ def test_sigint_during_validate_exits_130(rt_trained_gguf: Path, tmp_path: Path)
 def test_sigint_during_run_prints_partial_reply_and_stats(rt_trained_gguf: Path) -> None:
     # greedy decoding of the tiny model loops without an end token (measured: 20000 of 20000 tokens),
     # so the reply is still being generated when the signal comes, on a fast machine too (sampled
-    # at temperature 1 it ended after 1329 tokens, before 3 CPU-seconds on a fast machine)
+    # at temperature 1 it ended after 1329 tokens, before 3 CPU-seconds on a fast machine); 4000
+    # tokens in its trained context of 4096 take ~10 CPU-seconds (measured on this 2-core machine)
     proc = F.start(
         "run", rt_trained_gguf, "--raw", "-p", "Once upon a time", "--no-mtp", "--temp", "0",
-        "--max-tokens", "60000", "--ctx", "65536",
+        "--max-tokens", "4000", "--ctx", "4096",
     )  # fmt: skip
     pid = proc.pid
     # signal once it is generating: well past imports and loading, by the CPU time it has used
