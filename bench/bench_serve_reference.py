@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -39,13 +38,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench_serve import PROMPTS  # the same prompts as the library-vs-server bench (bench/ is on the path)
+
 REPO = Path(__file__).resolve().parents[1]
-PROMPTS = (
-    "def fibonacci(n):",
-    "class LinkedList:",
-    "import os\nimport sys\n\ndef main():",
-    "Write a function that parses a CSV line.",
-)
 # The reference script's own dependency list (its `# /// script` header), llama-cpp-python apart:
 # that one is our wheel, so both servers run the same llama.cpp build.
 REFERENCE_DEPS = ("fastapi", "jinja2", "numpy", "openai", "pydantic", "safetensors", "uvicorn", "websockets")
@@ -187,13 +182,9 @@ def reference_server(
             time.sleep(0.2)
         yield srv
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        from qwythos.testing.server import stop_process
+
+        stop_process(proc)
 
 
 _MARKUP = re.compile(r"</?think>|\s+")

@@ -92,7 +92,7 @@ class BenchReport:
 NO_MTP = "--no-mtp"  # the baseline row: the same file loaded without its head, as a user would run it
 
 
-def _engines(model: Model, modes: list[tuple[Model, int | str, object]], threads, n_ctx, warm, sp):
+def _engines(modes: list[tuple[Model, int | str, object]], threads, n_ctx, warm, sp):
     """One engine per (model, draft, costs), each warmed up (allocations, first-touch)."""
     engines = []
     for m, draft, costs in modes:
@@ -105,11 +105,11 @@ def _engines(model: Model, modes: list[tuple[Model, int | str, object]], threads
     return engines
 
 
-def _interleaved(model, modes, prompts: list[list[int]], max_tokens: int, sp, threads, n_ctx):
+def _interleaved(modes, prompts: list[list[int]], max_tokens: int, sp, threads, n_ctx):
     """Each mode's generations over the prompts, run in rounds (prompt 1 in every mode, then prompt
     2, ...): this machine drifts by 10-30% within minutes, and interleaving spreads the drift over
     every mode instead of handing it to whichever ran last."""
-    engines = _engines(model, modes, threads, n_ctx, prompts[0], sp)
+    engines = _engines(modes, threads, n_ctx, prompts[0], sp)
     gens: list[list[Generation]] = [[] for _ in modes]
     try:
         for p in prompts:
@@ -224,7 +224,7 @@ def bench_model(
         report.note = f"{model.path.name} has no MTP head: measured plain decoding only"
     base = [(baseline, 0, None)] if baseline is not None else []
     fixed = [(model, d, None) for d in [0, *[d for d in drafts if d > 0]]]
-    gens = _interleaved(model, base + fixed, toks, max_tokens, sampling, threads, n_ctx)
+    gens = _interleaved(base + fixed, toks, max_tokens, sampling, threads, n_ctx)
     base_tps = base_tokens = None
     if baseline is not None:
         report.baseline = NO_MTP
@@ -254,7 +254,7 @@ def bench_model(
         if auto:
             # auto against the baseline again, in its own rounds (it needs the costs measured above)
             pair = [*base, (model, AUTO, costs)]
-            *again, auto_gens = _interleaved(model, pair, toks, max_tokens, sampling, threads, n_ctx)
+            *again, auto_gens = _interleaved(pair, toks, max_tokens, sampling, threads, n_ctx)
             ref_tps = _row(NO_MTP, 0, again[0], None, None).gen_tps if again else base_tps
             row = _row("auto", report.recommended, auto_gens, ref_tps, base_tokens)
             row.predicted_speedup = predicted_tps(costs, report.recommended) / plain if plain else None

@@ -379,7 +379,9 @@ def test_every_bad_input_is_one_message(trained_ggufs, full_run, tmp_path: Path)
     assert "not found" in _one_message(["imatrix", gguf, "--text", tmp_path / "none.txt", *o])
     assert "--ctx 8 is too small" in _one_message(["imatrix", gguf, "--ctx", "8", *o])
     assert "--chunks 0" in _one_message(["imatrix", gguf, "--chunks", "0", *o])
-    assert "--threads 0 is out of range" in _one_message(["imatrix", gguf, "-t", "0", *o])  # one rule for every command
+    assert "--threads 0 is out of range" in _one_message(
+        ["imatrix", gguf, "-t", "0", *o]
+    )  # one rule for every command
     assert "already exists" in _one_message(["imatrix", gguf, "-o", existing])
     assert "checkpoint's name" in _one_message(["imatrix", gguf, "-o", tmp_path / "a.gguf.checkpoint"])
     assert "one of this command's inputs" in _one_message(["imatrix", gguf, "-o", gguf, "--force"])

@@ -46,7 +46,10 @@ SIZE_KEYS = (
     L.FULL_ATTENTION_INTERVAL,
     Keys.Rope.DIMENSION_COUNT,
 )
-#: the sizes that must not be 0 when present (a divisor or a width)
+#: the sizes that may be 0 (no head, no tokens listed, no rotary split); every other one must not be
+#: 0 when present (a divisor or a width)
+MAY_BE_ZERO = (L.BLOCK_COUNT, L.NEXTN_PREDICT_LAYERS, L.VOCAB_SIZE, Keys.Rope.DIMENSION_COUNT)
+POSITIVE_KEYS = tuple(k for k in SIZE_KEYS if k not in MAY_BE_ZERO)
 POSITIVE_KEYS = (
     L.CONTEXT_LENGTH,
     L.EMBEDDING_LENGTH,
