@@ -28,7 +28,7 @@ import numpy as np
 from qwythos.core import limits
 from qwythos.core.drafting.lengths import MAX_DRAFT
 from qwythos.core.errors import QwythosError
-from qwythos.core.gguf.view import read_view
+from qwythos.core.gguf.view import GGUFView, read_view
 from qwythos.core.llamacpp import interrupt
 from qwythos.core.llamacpp import placement as _placement
 from qwythos.core.llamacpp import rpc as _rpc
@@ -87,11 +87,11 @@ class ModelInfo:
         return self.n_nextn > 0 and self.has_mtp_tensors
 
 
-def read_model_info(path: str | Path) -> ModelInfo:
-    """Parse and check a GGUF header; raise QwythosError naming the file when it is unusable."""
-
-    path = Path(path)
-    view = read_view(path)
+def read_model_info(path: str | Path | GGUFView) -> ModelInfo:
+    """Parse (or take the parsed) GGUF header and check it; raise QwythosError naming the file when it
+    is unusable."""
+    view = path if isinstance(path, GGUFView) else read_view(path)
+    path = view.path
     check_arch(view, "run")
     arch = view.arch
     n_nextn, n_layer = view.n_nextn, view.n_trunk or 0
@@ -517,9 +517,11 @@ def choose_placement(
     load_mtp: bool = True,
     rpc: bool = False,
     devices: list[Device] | None = None,
+    view: GGUFView | None = None,
 ) -> _placement.Placement:
     """Where the layers go: -ngl auto places them from the GPUs' free memory at n_ctx (every layer
-    with rpc workers); a number is used as given. devices: this build's (list_devices) by default."""
+    with rpc workers); a number is used as given. devices: this build's (list_devices) by default.
+    view: the file's parsed header when the caller has it (else it is read again)."""
     setting = _placement.parse_gpu_layers(setting)
     found = list_devices() if devices is None else devices
     n_mtp = info.n_nextn if info.has_mtp_tensors else 0
@@ -527,7 +529,7 @@ def choose_placement(
         return _placement.given(int(setting), found, info.n_layer, n_mtp, rpc=rpc)
     if rpc:
         return _placement.given(_placement.ALL_LAYERS, found, info.n_layer, n_mtp, rpc=True, auto=True)
-    memory = model_memory(info.path, n_ctx, KV_TYPE)
+    memory = model_memory(view or info.path, n_ctx, KV_TYPE)
     if not load_mtp:  # the MTP block's index still counts in llama.cpp's layers, its bytes are not loaded
         memory.mtp = [0] * len(memory.mtp)
     return _placement.place(found, memory)
@@ -549,7 +551,8 @@ def load_model(
     rpc (core/llamacpp/placement.py); a number: layers offloaded to GPUs or RPC workers, as given.
     rpc: llama.cpp rpc-server workers, "HOST:PORT[,HOST:PORT]" or parsed endpoints; each is
     checked over the protocol before llama.cpp sees it (core/llamacpp/rpc.py)."""
-    info = read_model_info(path)
+    view = read_view(path)  # parsed once: the checks and the placement's memory both read it
+    info = read_model_info(view)
     setting = _placement.parse_gpu_layers(n_gpu_layers)
     workers, devices = [], None
     if rpc:
@@ -567,7 +570,8 @@ def load_model(
         )
     load_mtp = info.has_mtp and mtp is not False and dinfo is None
     _init_backend()  # the registry up (a GPU backend initialised) before its devices are listed
-    placed = choose_placement(info, setting, n_ctx=n_ctx, load_mtp=load_mtp, rpc=bool(rpc))
+    placed = choose_placement(info, setting, n_ctx=n_ctx, load_mtp=load_mtp, rpc=bool(rpc), view=view)
+    del view  # the tokenizer's arrays are not kept for the model's lifetime
     ngl, split = placed.n_gpu_layers, placed.tensor_split
     where = dict(n_gpu_layers=ngl, workers=devices, tensor_split=split)
 
