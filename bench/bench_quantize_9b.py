@@ -44,6 +44,11 @@ def write_random_gguf(config_path: Path, out: Path, mtp: bool) -> Path:
 
         def chunks(p=p):
             n = p.nbytes // (2 if p.ggml_type == GGMLQuantizationType.BF16 else 4)
+            if p.name.endswith(".ssm_a"):  # -exp(A_log), A ~ U(0.5, 16) as trained models start: a
+                # state that decays (+1 makes it grow without bound and trips a llama.cpp kernel,
+                # README "A llama.cpp kernel fault")
+                yield -np.random.default_rng(n).uniform(0.5, 16.0, n).astype(np.float32)
+                return
             if p.ggml_type != GGMLQuantizationType.BF16:
                 yield np.ones(n, np.float32)
                 return

@@ -48,7 +48,9 @@ def doctor(
             "verdict": result.verdict,
             "model_kwargs": result.model_kwargs(),
             "rpc_backend": has_rpc,
-            "loaded_without_repacked_weights": unrepacked,
+            "loaded_without_repacked_weights": {  # false: none repacked; a list: those tensors plain
+                f: (list(v) if v else False) for f, v in unrepacked.items()
+            },
             "backends": to_jsonable(backends),
             "devices": to_jsonable(found),
             "gpu_note": gpu_note,
@@ -71,7 +73,11 @@ def doctor(
         rows.append(
             [
                 "files whose repacked batched logits failed (loaded without repacking)",
-                "\n".join(unrepacked) if unrepacked else "none",
+                "\n".join(
+                    f"{f} ({'tensors matching ' + ', '.join(v) + ' plain' if v else 'no weights repacked'})"
+                    for f, v in unrepacked.items()
+                )
+                or "none",
             ]
         )
         rows.append(["compiled backends", ", ".join(f"{b.name} ({b.n_devices} devices)" for b in backends)])

@@ -92,26 +92,71 @@ def test_batched_check_passes_on_the_tiny_model(rt_trained_model):
 
 
 def test_failed_batched_check_reloads_without_repacked_weights(rt_trained_gguf, tmp_path, monkeypatch):
-    """A file whose batched logits disagree loads again with use_extra_bufts=False, says so once per
-    load, and later loads take the cached verdict without checking again."""
+    """A file whose batched logits disagree even with the suspect weights plain loads again with
+    use_extra_bufts=False, says so once per load, and later loads take the cached verdict without
+    checking again."""
     import qwythos.core.llamacpp.handles as L
     from qwythos.core.llamacpp import probe
 
     monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("QWYTHOS_SKIP_PROBE", raising=False)
     calls = []
-    monkeypatch.setattr(L, "check_batched_logits", lambda m, threads=None: calls.append(m.repacked) or False)
+    monkeypatch.setattr(
+        L,
+        "check_batched_logits",
+        lambda m, threads=None: calls.append((m.repacked, m.plain_weights)) or False,
+    )
     with pytest.warns(RuntimeWarning, match="repacked CPU kernels return wrong logits"):
         m = L.load_model(rt_trained_gguf)
-    assert calls == [True] and m.repacked is False
+    assert calls == [(True, ()), (True, L.SUSPECT_WEIGHTS)] and m.repacked is False
     assert m.tokenize("def") and m.has_mtp
     m.close()
     assert probe.batched_verdict(rt_trained_gguf) is False
-    assert probe.batched_failures() == [str(rt_trained_gguf.resolve())]  # what `doctor` lists
-    with pytest.warns(RuntimeWarning):
+    assert probe.batched_failures() == {str(rt_trained_gguf.resolve()): False}  # what `doctor` lists
+    with pytest.warns(RuntimeWarning, match="without them"):
         m = L.load_model(rt_trained_gguf)
-    assert calls == [True] and m.repacked is False  # cached: no second check, no double load
+    assert len(calls) == 2 and m.repacked is False  # cached: no third check, no double load
     m.close()
+
+
+def test_a_check_that_fails_only_with_the_suspect_weights_repacked_keeps_the_rest(
+    rt_trained_gguf, tmp_path, monkeypatch
+):
+    """The narrowed fallback: only the suspect weights lose repacking, the verdict (their patterns)
+    is cached per file, and later loads use it without checking."""
+    import qwythos.core.llamacpp.handles as L
+    from qwythos.core.llamacpp import probe
+
+    monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("QWYTHOS_SKIP_PROBE", raising=False)
+    calls = []
+    monkeypatch.setattr(
+        L,
+        "check_batched_logits",
+        lambda m, threads=None: calls.append(m.plain_weights) or bool(m.plain_weights),
+    )
+    with pytest.warns(RuntimeWarning, match=r"\(ssm_out\.weight\); loading those weights without them"):
+        m = L.load_model(rt_trained_gguf)
+    assert calls == [(), L.SUSPECT_WEIGHTS]
+    assert m.repacked and m.plain_weights == L.SUSPECT_WEIGHTS and m.has_mtp
+    m.close()
+    assert probe.batched_verdict(rt_trained_gguf) == L.SUSPECT_WEIGHTS
+    assert probe.batched_failures() == {str(rt_trained_gguf.resolve()): L.SUSPECT_WEIGHTS}
+    with pytest.warns(RuntimeWarning, match="ssm_out"):
+        m = L.load_model(rt_trained_gguf)
+    assert len(calls) == 2 and m.plain_weights == L.SUSPECT_WEIGHTS
+    m.close()
+
+
+def test_a_damaged_verdict_means_checking_again(rt_trained_gguf, tmp_path, monkeypatch):
+    monkeypatch.setenv("QWYTHOS_CACHE", str(tmp_path / "cache"))
+    probe.record_batched_verdict(rt_trained_gguf, ("x",))
+    cache = probe._batch_cache()
+    for bad in ([], [1], "yes", None, {"a": 1}):
+        data = json.loads(cache.read_text())
+        data[probe._batch_key(rt_trained_gguf)] = bad
+        cache.write_text(json.dumps(data))
+        assert probe.batched_verdict(rt_trained_gguf) is None
 
 
 def test_empty_verify_rows_stop_with_a_message(rt_trained_gguf, tmp_path, monkeypatch):

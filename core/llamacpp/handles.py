@@ -31,6 +31,7 @@ from qwythos.core.errors import QwythosError
 from qwythos.core.gguf.view import GGUFView, read_view
 from qwythos.core.llamacpp import interrupt
 from qwythos.core.llamacpp import placement as _placement
+from qwythos.core.llamacpp import repack as _repack
 from qwythos.core.llamacpp import rpc as _rpc
 from qwythos.core.llamacpp.devices import Device, list_devices, note_missing_gpu
 from qwythos.core.llamacpp.log import _ext, _llama, llama_log_to, quiet_llama_logs  # noqa: F401 - llama_log_to re-exported
@@ -316,6 +317,7 @@ class Model:
         self._closed = False
         self.workers: list = []  # core/llamacpp/rpc.WorkerInfo of the rpc-servers holding layers
         self.repacked = True  # llama.cpp's repacked CPU weights in use (see check_batched_logits)
+        self.plain_weights: tuple[str, ...] = ()  # tensor patterns kept out of them (core/llamacpp/repack.py)
         self.gpu_layers = 0  # layers offloaded (to GPUs or the workers)
         self.placed: _placement.Placement | None = None  # which device holds what, and why
 
@@ -480,7 +482,10 @@ def _load_handle(
     workers: list[int] | None = None,
     repacked: bool = True,
     tensor_split: list[float] | None = None,
+    plain: tuple[str, ...] = (),
 ):
+    """repacked=False: no repacked CPU weights at all; plain: tensor-name patterns kept out of them
+    while the rest stay repacked (core/llamacpp/repack.py)."""
     lc = _llama()
     _init_backend()
     mp = lc.llama_model_default_params()
@@ -497,6 +502,9 @@ def _load_handle(
     if tensor_split and len(tensor_split) > 1:
         split = (ctypes.c_float * max(len(tensor_split), int(lc.llama_max_devices())))(*tensor_split)
         mp.tensor_split = split
+    overrides = _repack.plain_overrides(plain) if repacked else None  # kept alive until the load returns
+    if overrides is not None:
+        mp.tensor_buft_overrides = ctypes.addressof(overrides)
     handle = lc.llama_model_load_from_file(str(info.path).encode(), mp)
     if not handle:  # name the reason when the structural check finds one (core/model/structure.py)
         issues = check_model(info.path)
@@ -575,39 +583,64 @@ def load_model(
     ngl, split = placed.n_gpu_layers, placed.tensor_split
     where = dict(n_gpu_layers=ngl, workers=devices, tensor_split=split)
 
-    def load(repacked: bool) -> Model:
+    def load(repacked: bool, plain: tuple[str, ...] = ()) -> Model:
         draft = None
         if dinfo is not None:  # the draft GGUF goes where the target's top layers go
-            h = _load_handle(dinfo, load_mtp=True, repacked=repacked, **where)
+            h = _load_handle(dinfo, load_mtp=True, repacked=repacked, plain=plain, **where)
             draft = Model(dinfo, h, True)
         try:
-            handle = _load_handle(info, load_mtp=load_mtp, repacked=repacked, **where)
+            handle = _load_handle(info, load_mtp=load_mtp, repacked=repacked, plain=plain, **where)
         except BaseException:
             if draft is not None:
                 draft.close()
             raise
         model = Model(info, handle, load_mtp, draft)
         model.workers, model.gpu_layers, model.repacked = workers, ngl, repacked
+        model.plain_weights = plain if repacked else ()
         model.placed = placed
         return model
 
     verdict = _repacked_verdict(info.path)
+    if isinstance(verdict, tuple):
+        return load(repacked=True, plain=verdict)
     model = load(repacked=verdict is not False)
     if verdict is None and not _repacked_logits_ok(model):  # llama.cpp's repacked kernels fail here
         model.close()
-        model = load(repacked=False)
+        model = _narrowed_load(info.path, load)
     return model
+
+
+#: Weights kept plain first when a file fails the batched check: the one kind whose repacked kernel
+#: alone returned the empty rows (bench/bench_repack_fault.py; core/llamacpp/probe.py).
+SUSPECT_WEIGHTS: tuple[str, ...] = (r"\.ssm_out\.weight$",)
+
+
+def _narrowed_load(path: Path, load) -> Model:
+    """After a failed check: the suspect weights plain and the rest repacked, checked again; if that
+    fails too (or the plain buffer type is unavailable), no repacked weights at all."""
+    from qwythos.core.llamacpp import probe
+
+    if _repack.plain_cpu_buffer_type() is not None:
+        model = load(repacked=True, plain=SUSPECT_WEIGHTS)
+        if check_batched_logits(model):
+            probe.record_batched_verdict(path, SUSPECT_WEIGHTS)
+            _repacked_warning(path, SUSPECT_WEIGHTS)
+            return model
+        model.close()
+    probe.record_batched_verdict(path, False)
+    _repacked_warning(path, False)
+    return load(repacked=False)
 
 
 #: The check's prefix: real text, as a run sees it (the fault depends on what the cache holds).
 _CHECK_TEXT = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) +"
 
 
-def check_batched_logits(model: Model, threads: int | None = None) -> bool:
+def batched_logit_rows(model: Model, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode BATCH_CHECK_ROWS tokens after a real-text prefix in one batch with every logit row,
     as a draft verify does (a context with recurrent snapshots), and the same tokens one at a time:
-    do the rows agree (core/llamacpp/probe.py explains the fault)?"""
-    from qwythos.core.llamacpp.probe import BATCH_CHECK_ROWS, logits_agree
+    (batched rows, one-by-one rows)."""
+    from qwythos.core.llamacpp.probe import BATCH_CHECK_ROWS
 
     n = BATCH_CHECK_ROWS
     toks = model.tokenize(_CHECK_TEXT)[:24] or [0]
@@ -628,15 +661,29 @@ def check_batched_logits(model: Model, threads: int | None = None) -> bool:
                 rows.append(np.array(one))
         finally:
             ctx.close()
-    return logits_agree(rows[0], rows[1])
+    return rows[0], rows[1]
 
 
-def _repacked_warning(path: Path) -> None:
+def check_batched_logits(model: Model, threads: int | None = None) -> bool:
+    """Do a batch's logit rows agree with the same rows decoded one at a time (core/llamacpp/probe.py
+    explains the fault this looks for)?"""
+    from qwythos.core.llamacpp.probe import logits_agree
+
+    return logits_agree(*batched_logit_rows(model, threads))
+
+
+def _repacked_warning(path: Path, verdict) -> None:
     import warnings
 
+    what = (
+        "loading those weights without them, the rest repacked"
+        if verdict
+        else "loading it without them (use_extra_bufts=False: correct, somewhat slower)"
+    )
+    names = ", ".join(p.strip("\\.$^").replace("\\.", ".") for p in verdict) if verdict else ""
     warnings.warn(
         f"llama.cpp's repacked CPU kernels return wrong logits for batches of {path.name} on this "
-        "CPU; loading it without them (use_extra_bufts=False: correct, somewhat slower)",
+        + (f"CPU ({names}); {what}" if verdict else f"CPU; {what}"),
         RuntimeWarning,
         stacklevel=4,
     )
@@ -649,23 +696,23 @@ def _check_applies() -> bool:
     )
 
 
-def _repacked_verdict(path: Path) -> bool | None:
+def _repacked_verdict(path: Path):
     """The cached batched-logits verdict for this file and build (None: not checked yet, or the
-    check does not apply); warns when it says the repacked weights fail."""
+    check does not apply; a tuple: the tensor patterns kept plain); warns when it is not True."""
     from qwythos.core.llamacpp import probe
 
     ok = probe.batched_verdict(path) if _check_applies() else True
-    if ok is False:
-        _repacked_warning(path)
+    if ok is not True and ok is not None:
+        _repacked_warning(path, ok or False)
     return ok
 
 
 def _repacked_logits_ok(model: Model) -> bool:
-    """Run the batched-logits check on a freshly loaded file and cache the verdict."""
+    """Run the batched-logits check on a freshly loaded file; cache a passing verdict (a failing
+    one is cached by _narrowed_load, once it knows what works)."""
     from qwythos.core.llamacpp import probe
 
     ok = check_batched_logits(model)
-    probe.record_batched_verdict(model.path, ok)
-    if not ok:
-        _repacked_warning(model.path)
+    if ok:
+        probe.record_batched_verdict(model.path, True)
     return ok

@@ -234,12 +234,16 @@ def probe_build(timeout: float = 120.0, python: str | None = None, use_cache: bo
 
 
 # --- batched logits on the real file ------------------------------------------------------------
-# Found at the 9B shapes on an AMD EPYC (llama-cpp-python 0.3.36, Q4_K_M): with llama.cpp's repacked
-# CPU weights (`use_extra_bufts`, the default) a batch that asks for 4 or more logit rows after the
-# first position returns all-zero logits; one row at a time is right, and so is every batch with
-# use_extra_bufts=False. Tiny models do not show it, so it is checked on the file itself, once per
-# (file, machine, build): `load_model` compares a 4-row batch with one-row decodes and reloads
-# without repacked weights when they disagree. QWYTHOS_SKIP_PROBE=1 skips it.
+# Found at the 9B shapes (llama-cpp-python 0.3.36, Q4_K_M; an AMD EPYC and an Intel Xeon): with
+# llama.cpp's repacked CPU weights (`use_extra_bufts`, the default) a batch that asks for 4 or more
+# logit rows after the first position returns all-zero logits; one row at a time is right. Narrowed
+# with per-tensor overrides (bench/bench_repack_fault.py): only the recurrent layers' output
+# projection (`ssm_out`, Q4_K) does it, and only in a file whose recurrent state grows without bound
+# (the random bench file's ssm_a = +1; with ssm_a < 0, as trained models have it, batches agree).
+# Tiny models do not show it, so it is checked on the file itself, once per (file, machine, build,
+# CPU features): `load_model` compares a 4-row batch with one-row decodes. A file that fails loads
+# again with only the suspect weights plain (core/llamacpp/repack.py), checked again; if that still
+# fails, without repacked weights at all. QWYTHOS_SKIP_PROBE=1 skips it.
 
 #: Rows of the checked batch, and how far a batched row may sit from its one-row twin (relative
 #: to the logits' scale: quantized kernels round differently batched and one-by-one, ~2% at 9B).
@@ -261,11 +265,17 @@ def _batch_cache() -> Path:
     return _cache_file().with_name("batch_check.json")
 
 
+def _cpu_key() -> str:
+    """The CPU features ggml's kernels are chosen by (AVX2, AVX512, NEON ...): a VM that moves to
+    another host CPU checks its files again."""
+    return hashlib.sha256(system_info().encode()).hexdigest()[:12]
+
+
 def _batch_key(gguf: Path) -> str:
     p = Path(gguf).resolve()
     st = p.stat()
     lib = _library_path()
-    return f"{p}|{st.st_size}|{st.st_mtime_ns}|{_build_key(lib)}|{os.uname().machine}"
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}|{_build_key(lib)}|{os.uname().machine}|{_cpu_key()}"
 
 
 def _read_batch_cache() -> dict:
@@ -276,28 +286,42 @@ def _read_batch_cache() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def batched_verdict(gguf: Path) -> bool | None:
-    """The cached verdict for this file and build (None: not checked yet)."""
-    v = _read_batch_cache().get(_batch_key(gguf))
-    return v if isinstance(v, bool) else None
+#: A cached verdict: True (repacked weights agree), False (load without any), or the tensor-name
+#: patterns kept plain while the rest stay repacked.
+Verdict = bool | tuple[str, ...]
 
 
-def batched_failures() -> list[str]:
-    """Files whose repacked batched logits failed here (this build), for `qwythos doctor`."""
+def _as_verdict(v: object) -> Verdict | None:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    return None  # absent or damaged: check again
+
+
+def batched_verdict(gguf: Path) -> Verdict | None:
+    """The cached verdict for this file, build and CPU (None: not checked yet)."""
+    return _as_verdict(_read_batch_cache().get(_batch_key(gguf)))
+
+
+def batched_failures() -> dict[str, Verdict]:
+    """Files whose repacked batched logits failed here (this build), with what was done about it
+    (False: no repacked weights; patterns: those tensors plain), for `qwythos doctor`."""
     build = f"|{_build_key(_library_path())}|"
-    return sorted(
-        k.split("|", 1)[0]
-        for k, v in _read_batch_cache().items()
-        if v is False and build in k and Path(k.split("|", 1)[0]).exists()
-    )
+    out = {}
+    for k, v in sorted(_read_batch_cache().items()):
+        path, verdict = k.split("|", 1)[0], _as_verdict(v)
+        if verdict not in (None, True) and build in k and Path(path).exists():
+            out[path] = verdict
+    return out
 
 
-def record_batched_verdict(gguf: Path, ok: bool) -> None:
+def record_batched_verdict(gguf: Path, verdict: Verdict) -> None:
     """Store a verdict (entries of files that no longer exist are dropped)."""
     from qwythos.core.fileio import write_text_atomic
 
     data = {k: v for k, v in _read_batch_cache().items() if Path(k.split("|", 1)[0]).exists()}
-    data[_batch_key(gguf)] = ok
+    data[_batch_key(gguf)] = verdict if isinstance(verdict, bool) else list(verdict)
     path = _batch_cache()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
