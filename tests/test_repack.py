@@ -25,17 +25,11 @@ def q4_0_gguf(trained_ggufs, tmp_path_factory):
 
 def _load(path, **kw) -> tuple[Model, set[str]]:
     """The model, and the tensors llama.cpp says it repacked."""
-    lines: list[str] = []
-
-    @log._llama().llama_log_callback
-    def keep(level, text, user):  # noqa: ARG001
-        lines.append(text.decode(errors="replace"))
-
     info = read_model_info(path)
     _init_backend()
-    with log.llama_log_to(keep):
+    with log.llama_log_captured() as pieces:
         handle = _load_handle(info, load_mtp=False, n_gpu_layers=0, **kw)
-    return Model(info, handle, False), set(re.findall(r"repack tensor (\S+) with", "".join(lines)))
+    return Model(info, handle, False), set(re.findall(r"repack tensor (\S+) with", "".join(pieces)))
 
 
 def _logits(model: Model) -> np.ndarray:

@@ -703,7 +703,7 @@ def _repacked_verdict(path: Path):
 
     ok = probe.batched_verdict(path) if _check_applies() else True
     if ok is not True and ok is not None:
-        _repacked_warning(path, ok or False)
+        _repacked_warning(path, ok)
     return ok
 
 

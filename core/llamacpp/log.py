@@ -57,3 +57,17 @@ def llama_log_to(callback=None) -> Iterator[None]:
             yield
         finally:
             lc.llama_log_set(_drop_log(), None)
+
+
+@contextlib.contextmanager
+def llama_log_captured() -> Iterator[list[str]]:
+    """Collect llama.cpp's log text for the block (every level, pieces as llama.cpp sends them:
+    join them before splitting lines); silenced afterwards, as llama_log_to leaves it."""
+    pieces: list[str] = []
+
+    @_llama().llama_log_callback
+    def keep(_level: int, text: bytes, _user: object) -> None:
+        pieces.append((text or b"").decode(errors="replace"))
+
+    with llama_log_to(keep):
+        yield pieces
