@@ -2,7 +2,8 @@
 
 The same GGUF is loaded twice: without its MTP layer (`--no-mtp`, what a user would otherwise run)
 and with it. Modes, each a warm engine, run in turn on the same prompt for --pairs rounds (this
-machine drifts by 10-30% within minutes; a round's modes run back to back):
+machine drifts by 10-30% within minutes; a round's modes run back to back, each round starting
+one mode later than the one before, so that no mode always runs first):
 
 - `no-mtp`: plain decoding on the file loaded with mtp=False.
 - `auto@0`: auto's target context (hidden output; no snapshots while it decodes plain) and the
@@ -218,7 +219,10 @@ def main() -> None:
         t0 = time.time()
         try:
             for r in range(a.pairs):
-                for name, eng in engines.items():
+                names = list(engines)
+                # each round starts one mode later: no mode always runs first (or right after another)
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    eng = engines[name]
                     calls[name].clear()
                     if name == "auto-cold":
                         eng.plan.restart()  # cold again: the policy measures from nothing

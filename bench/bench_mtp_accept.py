@@ -6,12 +6,14 @@ the draft chain) and then replaces each proposed token by the known greedy conti
 probability a (a wrong token otherwise). The target verifies as usual, so the output stays the
 greedy output and acceptance per depth is ~a (conditional on the previous depth).
 
-For a in --rates and N in 0 (plain), --drafts, auto (starting from costs measured at this a, as
-after `qwythos bench`) and auto-cold (no cached costs): generated tok/s as the median of --reps
-runs, with the spread (max-min)/median, the speed-up over plain, acceptance and auto's choice.
-The modes take turns within each rep, and the paired columns compare runs of the same rep (this
-machine's speed drifts by 10-30% over minutes): "paired" is the median of per-rep ratios to plain,
-"vs best" (auto rows) the median of per-rep ratios to the best fixed N.
+For a in --rates and N in 0 (plain, the file loaded with its head), --drafts, auto (starting
+from costs measured at this a, as after `qwythos bench`) and auto-cold (no cached costs), and
+`no-mtp` (the same file loaded a second time without its MTP layer, what a user would otherwise
+run, `qwythos run --no-mtp`): generated tok/s as the median of --reps runs, with the spread
+(max-min)/median, acceptance and auto's choice. The modes take turns within each rep, and the
+paired columns compare runs of the same rep (this machine's speed drifts by 10-30% over minutes):
+"x no-mtp" is the median of per-rep ratios to `no-mtp` (the speed-up a user sees), "x plain" the
+same against plain with the head loaded, "vs best" (auto rows) against the best fixed N.
 With --real the trained tiny model also runs with its own head (a = what the head earns); with
 --cpp BIN llama.cpp's C++ loop (llama-speculative-simple --spec-type draft-mtp) runs each fixed N
 on the same file (its own head, no control of a), median of --reps.
@@ -21,7 +23,8 @@ on the same file (its own head, no control of a), median of --reps.
     # the 9B shapes (random weights, Q4_K_M, q8_0 head; built once into --work, ~17 GB temporarily):
     nice -n 10 python bench/bench_mtp_accept.py --build-9b --threads 2 --max-tokens 48 --reps 3
 
-Targets (issue 11): auto >= 0.97x plain at a = 0 and within 5% of the best fixed N at every a.
+Targets (issue 11): auto >= 0.97x plain at a = 0 and within 5% of the best fixed N at every a;
+(issue 27) speed-ups against `no-mtp`.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def controlled_engine(model, reference: list[int], rate: float, seed: int, plan,
 
 
 def _one(model, toks, reference, mode, rate, max_tokens, threads, costs, seed, real=False):
+    """One warm generation of `mode` (0, N, "auto", "auto-cold") -> its numbers."""
     from qwythos.runtime.draft_plan import draft_plan
     from qwythos.runtime.speculative import Engine
 
@@ -111,66 +115,71 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
     from qwythos.core.llamacpp.handles import load_model
 
     out = {"model": str(path), "threads": threads, "max_tokens": max_tokens, "reps": reps, "rows": []}
-    with load_model(path) as m:
+    NO_MTP = "no-mtp"
+    with load_model(path, mtp=False) as bare, load_model(path) as m:
+
+        def one(mode, *args, **kw):
+            """A run of `mode`; `no-mtp` on the file loaded without its head."""
+            if mode == NO_MTP:
+                return _one(bare, toks, None, 0, 0.0, max_tokens, threads, None, 0)
+            return _one(m, toks, *args, **kw)
+
         toks = m.tokenize(prompt)
         repacked = m.repacked
         t = time.time()
         plain = [_one(m, toks, None, 0, 0.0, max_tokens, threads, None, r) for r in range(reps)]
         reference = toks + plain[0]["tokens"]
-        base = statistics.median(x["tps"] for x in plain)
         print(f"\n{path.name}: {len(toks)} prompt tokens, {max_tokens} generated, {threads} threads, "
               f"median of {reps}, modes interleaved per rep (plain: {time.time() - t:.0f} s)", flush=True)  # fmt: skip
         print(
-            f"{'a':>4} {'mode':>9} {'tok/s':>8} {'spread':>6} {'x plain':>7} {'paired':>7} {'vs best':>7} "
+            f"{'a':>4} {'mode':>9} {'tok/s':>8} {'spread':>6} {'x no-mtp':>8} {'x plain':>7} {'vs best':>7} "
             f"{'accept/depth':>24} auto N, steps at 0/1/.."
         )
 
-        def show(rate, mode, runs, plain_runs=None, best_runs=None):
-            """One row. With plain_runs (the same rate's plain runs, rep by rep) also the paired
-            speed-up: the median over reps of this rep's tok/s over the same rep's plain tok/s,
-            which the machine's drift between reps does not move; with best_runs (the best fixed
-            N's runs) the paired ratio to them."""
+        def show(rate, mode, runs, base_runs=None, plain_runs=None, best_runs=None):
+            """One row. With base_runs (the same rate's `no-mtp` runs, rep by rep) the paired
+            speed-up: the median over reps of this rep's tok/s over the same rep's `no-mtp` tok/s,
+            which the machine's drift between reps does not move; the same against plain_runs
+            (plain decoding with the head loaded) and best_runs (the best fixed N's runs)."""
             tps = [x["tps"] for x in runs]
             med = statistics.median(tps)
             spread = (max(tps) - min(tps)) / med if med else 0.0
 
             def paired(other):
+                if other is None:
+                    return None
                 return statistics.median(a / b["tps"] for a, b in zip(tps, other, strict=True) if b["tps"])
 
-            pair = paired(plain_runs) if plain_runs is not None else None
-            vs_best = paired(best_runs) if best_runs is not None else None
+            base, pair, vs_best = paired(base_runs), paired(plain_runs), paired(best_runs)
             acc = " ".join(f"{a:.2f}" for a in runs[0]["acceptance"]) or "-"
             fin = runs[0]["final"] if runs[0]["final"] is not None else "-"
             if runs[0]["final"] is not None:  # auto: what it chose, and steps per length over all reps
                 steps = np.sum([x["steps_per_draft"] for x in runs], axis=0)
                 fin = f"{fin} {'/'.join(str(int(k)) for k in steps)}"
             same = all(x["tokens"] == plain[0]["tokens"] for x in runs)
-            pcol = f"{pair:6.2f}x" if pair is not None else " " * 7
-            bcol = f"{vs_best:6.2f}x" if vs_best is not None else " " * 7
-            print(f"{rate:4} {mode:>9} {med:8.2f} {spread:6.1%} {med / base:6.2f}x {pcol} {bcol} {acc:>24} {fin!s:>6}"
+            ncol, pcol, bcol = (f"{x:6.2f}x" if x is not None else " " * 7 for x in (base, pair, vs_best))
+            print(f"{rate:4} {mode:>9} {med:8.2f} {spread:6.1%} {ncol:>8} {pcol} {bcol} {acc:>24} {fin!s:>6}"
                   + ("" if same else "  OUTPUT DIFFERS"), flush=True)  # fmt: skip
             out["rows"].append({"a": rate, "mode": str(mode), "tps": tps, "median": med, "spread": spread,
-                                "speedup": med / base, "paired_speedup": pair, "paired_vs_best_fixed": vs_best,
+                                "paired_vs_no_mtp": base, "paired_vs_plain": pair, "paired_vs_best_fixed": vs_best,
                                 "acceptance": runs[0]["acceptance"],
                                 "auto_final": runs[0]["final"], "same_output": same})  # fmt: skip
 
         show("-", 0, plain)
         if real and m.has_mtp:
-            for n in [*drafts, "auto"]:
-                show(
-                    "real",
-                    n,
-                    [
-                        _one(m, toks, None, n, 0.0, max_tokens, threads, None, r, real=True)
-                        for r in range(reps)
-                    ],
-                )
+            modes = [NO_MTP, 0, *drafts, "auto"]
+            runs = {mode: [] for mode in modes}
+            for r in range(reps):
+                for mode in modes:
+                    runs[mode].append(one(mode, None, mode, 0.0, max_tokens, threads, None, r, real=True))
+            for mode in modes:
+                show("real", mode, runs[mode], runs[NO_MTP], runs[0])
         for rate in rates:
             # Modes interleaved within each rep (plain, each N, auto, auto-cold, then again), so
             # that drift in the machine's speed over minutes falls on every mode alike; the
             # speed-up is against the plain runs of the same rate. Auto starts from the costs of
             # this rate's first fixed runs, as it would after `qwythos bench`.
-            modes = [0, *drafts, "auto", "auto-cold"]
+            modes = [NO_MTP, 0, *drafts, "auto", "auto-cold"]
             runs: dict = {mode: [] for mode in modes}
             costs = None
             for r in range(reps):
@@ -178,11 +187,11 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
                     if mode == "auto" and costs is None:
                         costs = _costs({n: runs[n] for n in [0, *drafts]}, max(drafts))
                     c = costs if mode == "auto" else None
-                    runs[mode].append(_one(m, toks, reference, mode, rate, max_tokens, threads, c, r))
-            base = statistics.median(x["tps"] for x in runs[0])
+                    runs[mode].append(one(mode, reference, mode, rate, max_tokens, threads, c, r))
             best = max([0, *drafts], key=lambda n: statistics.median(x["tps"] for x in runs[n]))
             for mode in modes:
-                show(rate, mode, runs[mode], runs[0], runs[best] if str(mode).startswith("auto") else None)
+                auto = str(mode).startswith("auto")
+                show(rate, mode, runs[mode], runs[NO_MTP], runs[0], runs[best] if auto else None)
         if cpp is not None:
             from bench_mtp import run_cpp
 
