@@ -2,9 +2,9 @@
 
 data/tiny-wide (scripts/train_tiny.py --shape wide: hidden 256, every matrix row a multiple of the
 256-wide k-quant block, trained with its MTP head on the stdlib's train split) is converted to
-BF16 (its linear-attention key heads, 32 wide, first zero-padded to the value heads' 64 by
-scripts/pad_linear_keys.py: llama.cpp's qwen35 loader needs them equal; the padded model is close to,
-not exactly, the trained one, and every figure below compares it with its own BF16), its importance
+BF16 (a model whose linear-attention key heads are narrower than its value heads, as an earlier
+data/tiny-wide was, is first zero-padded by scripts/pad_linear_keys.py: llama.cpp's qwen35 loader
+needs them equal; every figure compares a model with its own BF16), its importance
 matrix computed by `qwythos quantize --imatrix auto` (head included) from a calibration text, and it
 is quantized to each type twice (`--mtp-type same`, without and with the imatrix; an IQ type
 without one, which `quantize` refuses, through llama.cpp's quantizer directly). Then, on held-out text that is not the calibration text (the stdlib files the training

@@ -1,15 +1,16 @@
 """Widen a tiny model's linear-attention key heads with zeros, to the value heads' width.
 
 llama.cpp's qwen35 loader takes both linear-attention head widths from `ssm.state_size`, so a model
-whose key heads are narrower than its value heads does not load. data/tiny-wide was trained with
-key heads of 32 and value heads of 64; this rewrites it with key heads of 64, the extra 32 query
-and key channels of each head zero (their rows of in_proj_qkv and conv1d). The model computes the
+whose key heads are narrower than its value heads does not load (an earlier data/tiny-wide had key
+heads of 32 and value heads of 64; today's is trained with both 64). This rewrites such a model with
+key heads as wide as its value heads, the extra query and key channels of each head zero (their rows
+of in_proj_qkv and conv1d). The model computes the
 same function: zero channels add nothing to q.k, nor to the L2 norms of q and k, nor to the
 delta-rule state; the only change, the query scale 1/sqrt(d_k), multiplies each head's output by
 a constant that the gated RMS norm after it removes. The script checks that in torch (logits and
 the head's drafts of both folders on held-out text) before it writes.
 
-    nice -n 10 python scripts/pad_linear_keys.py data/tiny-wide --out /tmp/tiny-wide-padded
+    nice -n 10 python scripts/pad_linear_keys.py MODEL_FOLDER --out /tmp/model-padded
 """
 
 from __future__ import annotations
