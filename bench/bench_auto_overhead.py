@@ -217,9 +217,9 @@ def main() -> None:
         rounds: dict[str, list[dict]] = {m: [] for m in engines}
         outputs: dict[str, list[int]] = {}
         t0 = time.time()
+        names = list(engines)
         try:
             for r in range(a.pairs):
-                names = list(engines)
                 # each round starts one mode later: no mode always runs first (or right after another)
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     eng = engines[name]

@@ -118,11 +118,11 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
     NO_MTP = "no-mtp"
     with load_model(path, mtp=False) as bare, load_model(path) as m:
 
-        def one(mode, *args, **kw):
-            """A run of `mode`; `no-mtp` on the file loaded without its head."""
+        def one(mode, reference, rate, costs, seed, real=False):
+            """A run of `mode`; `no-mtp` is plain decoding on the file loaded without its head."""
             if mode == NO_MTP:
-                return _one(bare, toks, None, 0, 0.0, max_tokens, threads, None, 0)
-            return _one(m, toks, *args, **kw)
+                return _one(bare, toks, None, 0, 0.0, max_tokens, threads, None, seed)
+            return _one(m, toks, reference, mode, rate, max_tokens, threads, costs, seed, real)
 
         toks = m.tokenize(prompt)
         repacked = m.repacked
@@ -171,13 +171,13 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
             runs = {mode: [] for mode in modes}
             for r in range(reps):
                 for mode in modes:
-                    runs[mode].append(one(mode, None, mode, 0.0, max_tokens, threads, None, r, real=True))
+                    runs[mode].append(one(mode, None, 0.0, None, r, real=True))
             for mode in modes:
                 show("real", mode, runs[mode], runs[NO_MTP], runs[0])
         for rate in rates:
-            # Modes interleaved within each rep (plain, each N, auto, auto-cold, then again), so
-            # that drift in the machine's speed over minutes falls on every mode alike; the
-            # speed-up is against the plain runs of the same rate. Auto starts from the costs of
+            # Modes interleaved within each rep (no-mtp, plain, each N, auto, auto-cold, then
+            # again), so that drift in the machine's speed over minutes falls on every mode alike;
+            # the speed-ups are against the same rate's no-mtp (and plain) runs. Auto starts from the costs of
             # this rate's first fixed runs, as it would after `qwythos bench`.
             modes = [NO_MTP, 0, *drafts, "auto", "auto-cold"]
             runs: dict = {mode: [] for mode in modes}
@@ -187,7 +187,7 @@ def bench_file(path: Path, rates, drafts, reps, max_tokens, threads, prompt, rea
                     if mode == "auto" and costs is None:
                         costs = _costs({n: runs[n] for n in [0, *drafts]}, max(drafts))
                     c = costs if mode == "auto" else None
-                    runs[mode].append(one(mode, reference, mode, rate, max_tokens, threads, c, r))
+                    runs[mode].append(one(mode, reference, rate, c, r))
             best = max([0, *drafts], key=lambda n: statistics.median(x["tps"] for x in runs[n]))
             for mode in modes:
                 auto = str(mode).startswith("auto")
